@@ -1,0 +1,36 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Numeric targets are compiled for AVX2/FMA (x86-64 from 2013 on); the kernels rely on it.
+let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-Ounchecked", "-wmo"])]
+
+let package = Package(
+    name: "Ember",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ember", targets: ["ember"]),
+        .library(name: "EmberTensor", targets: ["EmberTensor"]),
+        .library(name: "EmberTokenizers", targets: ["EmberTokenizers"]),
+        .library(name: "EmberFormats", targets: ["EmberFormats"]),
+        .library(name: "EmberModels", targets: ["EmberModels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "EmberTensor", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
+        .target(name: "EmberTokenizers"),
+        .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
+        .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
+        .target(name: "EmberModels", dependencies: ["EmberNN", "EmberFormats", "EmberTokenizers"], swiftSettings: kernelFlags),
+        .executableTarget(name: "ember", dependencies: [
+            "EmberModels",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor"], path: "Tests/EmberTensorTests"),
+        .testTarget(name: "EmberFormatsTests", dependencies: ["EmberFormats"], path: "Tests/EmberFormatsTests"),
+        .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats"], path: "Tests/EmberTokenizersTests"),
+        .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
+    ]
+)

@@ -1,0 +1,120 @@
+import EmberTensor
+import Foundation
+
+/// LLaMA-family inference: token ids in, logits out, with a KV cache for incremental decoding.
+///
+/// One `forward` call processes T new tokens at positions `cache.count ..< cache.count + T`:
+///
+///     x = embed(tokens)                                   [T, C]
+///     for each block:
+///         h = rmsnorm(x) ; q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ   [T, H·D], [T, Hkv·D]
+///         rope(q, k) ; cache ← k, v
+///         x += attention(q, cache, causal) · Woᵀ
+///         h = rmsnorm(x) ; x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ) · Wdᵀ
+///     logits = rmsnorm(x) · Woutᵀ                        [T, V]
+public final class Llama: @unchecked Sendable {
+    public let configuration: LlamaConfiguration
+    public let weights: LlamaWeights
+    public let rope: RopeParameters
+    private let inverseFrequencies: [Float]
+
+    public init(configuration: LlamaConfiguration, weights: LlamaWeights) {
+        self.configuration = configuration
+        self.weights = weights
+        rope = RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta,
+                              linearScale: configuration.ropeLinearScale, mode: weights.ropeMode)
+        inverseFrequencies = rope.inverseFrequencies
+    }
+
+    public func makeCache(capacity: Int? = nil) -> KVCache {
+        KVCache(configuration: configuration, capacity: capacity ?? configuration.maxPositionEmbeddings)
+    }
+
+    /// Which positions' logits `forward` returns.
+    public enum Outputs: Sendable { case last, all }
+
+    public enum ForwardError: Error, CustomStringConvertible {
+        case contextFull(needed: Int, capacity: Int)
+        case tokenOutOfRange(Int, vocabulary: Int)
+
+        public var description: String {
+            switch self {
+            case .contextFull(let needed, let capacity):
+                "the sequence needs \(needed) positions but the context holds \(capacity)"
+            case .tokenOutOfRange(let id, let vocabulary):
+                "token id \(id) is outside the vocabulary (0..<\(vocabulary))"
+            }
+        }
+    }
+
+    /// Runs `tokens` through the model, appending them to `cache`, and returns logits
+    /// [1, V] (`.last`) or [T, V] (`.all`) as a flat array.
+    public func forward(_ tokens: [Int], cache: KVCache, outputs: Outputs = .last, pool: ThreadPool = .shared) throws -> [Float] {
+        let c = configuration
+        let T = tokens.count, C = c.hiddenSize, start = cache.count
+        guard T > 0 else { return [] }
+        guard start + T <= cache.capacity else { throw ForwardError.contextFull(needed: start + T, capacity: cache.capacity) }
+        for id in tokens where id < 0 || id >= c.vocabularySize { throw ForwardError.tokenOutOfRange(id, vocabulary: c.vocabularySize) }
+
+        let x = FloatBuffer(count: T * C), h = FloatBuffer(count: T * C)
+        let q = FloatBuffer(count: T * c.queryDim), k = FloatBuffer(count: T * c.kvDim), v = FloatBuffer(count: T * c.kvDim)
+        let attention = FloatBuffer(count: T * c.queryDim)
+        let gate = FloatBuffer(count: T * c.intermediateSize), up = FloatBuffer(count: T * c.intermediateSize)
+        let positions = (0..<T).map { Int32(start + $0) }
+
+        pool.parallelRanges(T) { rows in
+            for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
+        }
+        for (layer, block) in weights.blocks.enumerated() {
+            normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
+            block.query.multiply(h.pointer, q.pointer, m: T, pool: pool)
+            block.key.multiply(h.pointer, k.pointer, m: T, pool: pool)
+            block.value.multiply(h.pointer, v.pointer, m: T, pool: pool)
+            positions.withUnsafeBufferPointer { p in
+                inverseFrequencies.withUnsafeBufferPointer { f in
+                    pool.parallelRanges(T) { rows in
+                        ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
+                                    tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope, inverseFrequencies: f.baseAddress!)
+                        ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
+                                    tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope, inverseFrequencies: f.baseAddress!)
+                    }
+                }
+            }
+            (cache.keys[layer].pointer + start * c.kvDim).update(from: k.pointer, count: T * c.kvDim)
+            (cache.values[layer].pointer + start * c.kvDim).update(from: v.pointer, count: T * c.kvDim)
+            attentionForward(q: q.pointer, k: cache.keys[layer].pointer, v: cache.values[layer].pointer, out: attention.pointer,
+                             tokens: T, keys: start + T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
+                             headDim: c.headDim, pool: pool)
+            block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
+            add(h.pointer, into: x.pointer, T * C)
+
+            normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
+            block.gate.multiply(h.pointer, gate.pointer, m: T, pool: pool)
+            block.up.multiply(h.pointer, up.pointer, m: T, pool: pool)
+            let I = c.intermediateSize
+            pool.parallelRanges(T * I, minimumChunk: 4096) { r in
+                swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
+            }
+            block.down.multiply(gate.pointer, h.pointer, m: T, pool: pool)
+            add(h.pointer, into: x.pointer, T * C)
+        }
+        cache.count = start + T
+
+        let first = outputs == .last ? T - 1 : 0
+        let rows = T - first
+        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
+        return [Float](unsafeUninitializedCapacity: rows * c.vocabularySize) { buffer, initialized in
+            weights.output.multiply(h.pointer, buffer.baseAddress!, m: rows, pool: pool)
+            initialized = rows * c.vocabularySize
+        }
+    }
+
+    private func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
+        let C = configuration.hiddenSize, eps = configuration.rmsNormEpsilon
+        weight.withUnsafeBufferPointer { w in
+            pool.parallelRanges(rows) { r in
+                rmsNormForward(x + r.lowerBound * C, weight: w.baseAddress!, out: out + r.lowerBound * C, rows: r.count, dim: C, epsilon: eps)
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+import EmberFormats
+import EmberTensor
+import Foundation
+
+/// The hyper-parameters of a LLaMA-family model (LLaMA-2/3, SmolLM, Mistral), named as in
+/// Hugging Face's `config.json` through `CodingKeys`, and readable from GGUF metadata.
+public struct LlamaConfiguration: Codable, Sendable, Equatable {
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDim: Int
+    public var vocabularySize: Int
+    public var maxPositionEmbeddings: Int
+    public var rmsNormEpsilon: Float
+    public var ropeTheta: Float
+    public var ropeLinearScale: Float
+    public var tieWordEmbeddings: Bool
+    public var architectures: [String]?
+
+    enum CodingKeys: String, CodingKey {
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case layerCount = "num_hidden_layers"
+        case headCount = "num_attention_heads"
+        case kvHeadCount = "num_key_value_heads"
+        case headDim = "head_dim"
+        case vocabularySize = "vocab_size"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case rmsNormEpsilon = "rms_norm_eps"
+        case ropeTheta = "rope_theta"
+        case ropeScaling = "rope_scaling"
+        case tieWordEmbeddings = "tie_word_embeddings"
+        case architectures
+        case modelType = "model_type"
+    }
+
+    public init(hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int, kvHeadCount: Int,
+                headDim: Int? = nil, vocabularySize: Int, maxPositionEmbeddings: Int, rmsNormEpsilon: Float = 1e-5,
+                ropeTheta: Float = 10000, ropeLinearScale: Float = 1, tieWordEmbeddings: Bool = false) {
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.layerCount = layerCount
+        self.headCount = headCount
+        self.kvHeadCount = kvHeadCount
+        self.headDim = headDim ?? hiddenSize / max(headCount, 1)
+        self.vocabularySize = vocabularySize
+        self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.rmsNormEpsilon = rmsNormEpsilon
+        self.ropeTheta = ropeTheta
+        self.ropeLinearScale = ropeLinearScale
+        self.tieWordEmbeddings = tieWordEmbeddings
+        architectures = ["LlamaForCausalLM"]
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
+        let modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
+        let supported: Set = ["LlamaForCausalLM", "MistralForCausalLM"]
+        if let architectures, !architectures.contains(where: supported.contains) {
+            throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs LlamaForCausalLM and MistralForCausalLM)")
+        }
+        if architectures == nil, let modelType, !["llama", "mistral"].contains(modelType) {
+            throw FormatError("config.json: model_type \(modelType) is not supported (Ember runs llama and mistral)")
+        }
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        layerCount = try c.decode(Int.self, forKey: .layerCount)
+        headCount = try c.decode(Int.self, forKey: .headCount)
+        kvHeadCount = try c.decodeIfPresent(Int.self, forKey: .kvHeadCount) ?? headCount
+        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / max(headCount, 1)
+        vocabularySize = try c.decode(Int.self, forKey: .vocabularySize)
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        rmsNormEpsilon = try c.decodeIfPresent(Float.self, forKey: .rmsNormEpsilon) ?? 1e-6
+        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        self.architectures = architectures
+        ropeLinearScale = 1
+        if let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) {
+            switch scaling.type {
+            case "linear": ropeLinearScale = scaling.factor ?? 1
+            case "default", nil: break
+            default: throw FormatError("config.json: rope_scaling type \(scaling.type!) is not supported (linear is)")
+            }
+        }
+        try validate()
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(hiddenSize, forKey: .hiddenSize)
+        try c.encode(intermediateSize, forKey: .intermediateSize)
+        try c.encode(layerCount, forKey: .layerCount)
+        try c.encode(headCount, forKey: .headCount)
+        try c.encode(kvHeadCount, forKey: .kvHeadCount)
+        try c.encode(headDim, forKey: .headDim)
+        try c.encode(vocabularySize, forKey: .vocabularySize)
+        try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
+        try c.encode(rmsNormEpsilon, forKey: .rmsNormEpsilon)
+        try c.encode(ropeTheta, forKey: .ropeTheta)
+        try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
+        try c.encode(architectures ?? ["LlamaForCausalLM"], forKey: .architectures)
+        try c.encode("llama", forKey: .modelType)
+        if ropeLinearScale != 1 { try c.encode(RopeScaling(type: "linear", factor: ropeLinearScale), forKey: .ropeScaling) }
+    }
+
+    private struct RopeScaling: Codable {
+        var type: String?
+        var factor: Float?
+        enum CodingKeys: String, CodingKey { case type = "rope_type", factor }
+        init(type: String?, factor: Float?) { self.type = type; self.factor = factor }
+        init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            factor = try c.decodeIfPresent(Float.self, forKey: .factor)
+            let legacy = try decoder.container(keyedBy: LegacyKey.self)
+            type = try c.decodeIfPresent(String.self, forKey: .type) ?? legacy.decodeIfPresent(String.self, forKey: .type)
+        }
+        enum LegacyKey: String, CodingKey { case type }
+    }
+
+    /// Reads a `config.json`.
+    public static func load(configPath: String) throws -> LlamaConfiguration {
+        guard let data = FileManager.default.contents(atPath: configPath) else { throw FormatError("\(configPath): cannot read") }
+        do {
+            return try JSONDecoder().decode(LlamaConfiguration.self, from: data)
+        } catch let error as FormatError {
+            throw error
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw FormatError("\(configPath): missing field \(key.stringValue)")
+        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+            throw FormatError("\(configPath): field \(context.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type")
+        } catch {
+            throw FormatError("\(configPath): not valid JSON")
+        }
+    }
+
+    /// Reads the `llama.*` (or `mistral.*`) metadata of a GGUF file.
+    public init(gguf: GGUFFile) throws {
+        guard let architecture = gguf.string("general.architecture") else {
+            throw FormatError("\(gguf.path): metadata general.architecture is missing")
+        }
+        guard ["llama", "mistral"].contains(architecture) else {
+            throw FormatError("\(gguf.path): architecture \(architecture) is not supported (Ember runs llama and mistral)")
+        }
+        let a = architecture
+        hiddenSize = try gguf.requireInt("\(a).embedding_length")
+        intermediateSize = try gguf.requireInt("\(a).feed_forward_length")
+        layerCount = try gguf.requireInt("\(a).block_count")
+        headCount = try gguf.requireInt("\(a).attention.head_count")
+        kvHeadCount = gguf.int("\(a).attention.head_count_kv") ?? headCount
+        headDim = gguf.int("\(a).attention.key_length") ?? hiddenSize / max(headCount, 1)
+        guard let embeddings = gguf.tensorInfo(named: "token_embd.weight"), embeddings.extents.count == 2 else {
+            throw FormatError("\(gguf.path): tensor token_embd.weight is missing")
+        }
+        vocabularySize = gguf.int("\(a).vocab_size") ?? embeddings.extents[1]
+        maxPositionEmbeddings = gguf.int("\(a).context_length") ?? 2048
+        rmsNormEpsilon = gguf.float("\(a).attention.layer_norm_rms_epsilon") ?? 1e-5
+        ropeTheta = gguf.float("\(a).rope.freq_base") ?? 10000
+        ropeLinearScale = 1
+        if let type = gguf.string("\(a).rope.scaling.type"), type != "none" {
+            guard type == "linear" else { throw FormatError("\(gguf.path): rope scaling \(type) is not supported (linear is)") }
+            ropeLinearScale = gguf.float("\(a).rope.scaling.factor") ?? 1
+        }
+        if let ropeDimensions = gguf.int("\(a).rope.dimension_count"), ropeDimensions != headDim {
+            throw FormatError("\(gguf.path): partial rotary embeddings (\(ropeDimensions) of \(headDim)) are not supported for llama")
+        }
+        tieWordEmbeddings = gguf.tensorInfo(named: "output.weight") == nil
+        architectures = ["LlamaForCausalLM"]
+        try validate()
+    }
+
+    /// Rejects inconsistent or absurd settings with a message naming the field.
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw FormatError("model configuration: \(message)") } }
+        try check((1...1 << 16).contains(hiddenSize), "hidden size \(hiddenSize) is out of range")
+        try check((1...1 << 18).contains(intermediateSize), "intermediate size \(intermediateSize) is out of range")
+        try check((1...1024).contains(layerCount), "layer count \(layerCount) is out of range")
+        try check((1...1024).contains(headCount), "head count \(headCount) is out of range")
+        try check(kvHeadCount >= 1 && headCount % kvHeadCount == 0, "head count \(headCount) is not a multiple of the key/value head count \(kvHeadCount)")
+        try check(headDim >= 2 && headDim % 2 == 0 && headDim <= 1024, "head dimension \(headDim) must be even and at most 1024")
+        try check((1...1 << 22).contains(vocabularySize), "vocabulary size \(vocabularySize) is out of range")
+        try check((1...1 << 24).contains(maxPositionEmbeddings), "context length \(maxPositionEmbeddings) is out of range")
+        try check(rmsNormEpsilon > 0 && rmsNormEpsilon < 1, "rms_norm_eps \(rmsNormEpsilon) is out of range")
+        try check(ropeTheta > 1, "rope_theta \(ropeTheta) is out of range")
+    }
+
+    public var queryDim: Int { headCount * headDim }
+    public var kvDim: Int { kvHeadCount * headDim }
+}

@@ -1,0 +1,52 @@
+import EmberFormats
+import EmberTensor
+import EmberTokenizers
+import Foundation
+
+/// A model ready to run, from either a `.gguf` file or a Hugging Face directory
+/// (`config.json` + `model.safetensors` or its shards).
+public struct LoadedModel: Sendable {
+    public let path: String
+    public let model: Llama
+    /// nil when the directory has no tokenizer Ember can read.
+    public let tokenizer: (any Tokenizer)?
+    public let chatTemplate: String?
+    /// Whether the model expects a beginning-of-sequence token before the text.
+    public let addBOS: Bool
+    public let gguf: GGUFFile?
+
+    public static func load(path: String) throws -> LoadedModel {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw FormatError("\(path): no such file or directory")
+        }
+        if isDirectory.boolValue { return try loadDirectory(path) }
+        let gguf = try GGUFFile(path: path)
+        let configuration = try LlamaConfiguration(gguf: gguf)
+        let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, names: .gguf, ropeMode: .interleaved)
+        let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        guard tokenizer.vocabularySize == configuration.vocabularySize else {
+            throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(configuration.vocabularySize)")
+        }
+        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
+                           chatTemplate: gguf.string("tokenizer.chat_template"),
+                           addBOS: gguf.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false, gguf: gguf)
+    }
+
+    private static func loadDirectory(_ path: String) throws -> LoadedModel {
+        let configPath = path + "/config.json"
+        guard FileManager.default.fileExists(atPath: configPath) else { throw FormatError("\(path): no config.json in the model directory") }
+        let configuration = try LlamaConfiguration.load(configPath: configPath)
+        let tensors = try SafetensorsCollection(directory: path)
+        let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
+                                            names: .huggingFace, ropeMode: .neox)
+        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: nil,
+                           chatTemplate: nil, addBOS: false, gguf: nil)
+    }
+
+    /// The tokenizer, or an error saying this model has none Ember can read.
+    public func requireTokenizer() throws -> any Tokenizer {
+        guard let tokenizer else { throw FormatError("\(path): no tokenizer Ember can read here; pass a .gguf model for text input") }
+        return tokenizer
+    }
+}

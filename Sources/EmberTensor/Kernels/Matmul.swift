@@ -1,0 +1,32 @@
+import CBLAS
+
+/// Dense f32 matrix multiply through OpenBLAS.
+///
+/// Shapes: x [M, K], w [N, K] (a linear layer's weight, out × in), y [M, N].   y = x · wᵀ (+ y if `accumulate`)
+/// The N dimension is split across the pool and each part runs single-threaded SGEMM, so OpenBLAS's own
+/// threads never compete with the pool's.
+public func matmul(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                   m M: Int, n N: Int, k K: Int, accumulate: Bool = false, pool: ThreadPool = .shared) {
+    BLAS.ensureSingleThreaded()
+    pool.parallelRanges(N, minimumChunk: 32) { range in
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(range.count), Int32(K),
+                    1, x, Int32(K), w + range.lowerBound * K, Int32(K),
+                    accumulate ? 1 : 0, y + range.lowerBound, Int32(N))
+    }
+}
+
+/// A single SGEMM call on the current thread: y [M, N] = x [M, K] · w [N, K]ᵀ with row stride `ldy` for y.
+@inline(__always)
+func sgemmNT(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m M: Int, n N: Int, k K: Int, ldy: Int) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K), 1, x, Int32(K), w, Int32(K), 0, y, Int32(ldy))
+}
+
+enum BLAS {
+    nonisolated(unsafe) private static var configured = false
+    static func ensureSingleThreaded() {
+        if !configured {
+            openblas_set_num_threads(1)
+            configured = true
+        }
+    }
+}

@@ -1,0 +1,113 @@
+/// A linear layer's weight, stored in any `DType`, usually memory-mapped straight from a model file.
+///
+/// Shape [rows, columns] = [out features, in features], row-major; a row is `columns / blockSize` blocks.
+/// `multiply` computes y [M, rows] = x [M, columns] · Wᵀ:
+/// - few rows of x (decoding): each thread walks a range of weight rows and takes direct dot products
+///   over the stored blocks, so the weights are read once and never expanded;
+/// - many rows of x (prompt processing): each thread dequantizes a slab of weight rows into a small
+///   f32 buffer and runs SGEMM on it, so the f32 copy never exceeds a few hundred kilobytes.
+public struct WeightMatrix: @unchecked Sendable {
+    public let type: DType
+    public let rows: Int
+    public let columns: Int
+    public let data: UnsafeRawPointer
+    /// Keeps the memory behind `data` alive (a mapped file or an owned buffer).
+    public let owner: AnyObject?
+
+    public init(type: DType, rows: Int, columns: Int, data: UnsafeRawPointer, owner: AnyObject?) {
+        precondition(columns % type.blockSize == 0, "row length \(columns) is not a whole number of \(type) blocks")
+        self.type = type
+        self.rows = rows
+        self.columns = columns
+        self.data = data
+        self.owner = owner
+    }
+
+    /// An f32 matrix owning a copy of `values` ([rows, columns]).
+    public init(rows: Int, columns: Int, values: [Float]) {
+        precondition(values.count == rows * columns)
+        let buffer = FloatBuffer(values)
+        self.init(type: .f32, rows: rows, columns: columns, data: UnsafeRawPointer(buffer.pointer), owner: buffer)
+    }
+
+    public var rowBytes: Int { columns / type.blockSize * type.blockBytes }
+
+    public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
+
+    /// Row `r` as f32 (an embedding lookup).
+    public func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        dequantize(type, from: row(r), to: out, count: columns)
+    }
+
+    /// All of it as f32 [rows, columns].
+    public func dequantized() -> [Float] { dequantize(type, from: data, count: rows * columns) }
+
+    /// Rows of x at or above which `multiply` switches from direct dot products to dequantize + SGEMM.
+    public static let gemmThreshold = 6
+
+    /// y [m, rows] = x [m, columns] · Wᵀ
+    public func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool = .shared) {
+        if type == .f32 {
+            matmul(x, data.assumingMemoryBound(to: Float.self), y, m: m, n: rows, k: columns, pool: pool)
+        } else if m >= Self.gemmThreshold {
+            multiplyByDequantizedSlabs(x, y, m: m, pool: pool)
+        } else {
+            multiplyByDotProducts(x, y, m: m, pool: pool)
+        }
+    }
+
+    private func multiplyByDotProducts(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
+        let blocks = columns / 32
+        // Per-block sums of x serve the q4 kinds' offset terms.
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: m * blocks)
+        defer { sums.deallocate() }
+        for i in 0..<m {
+            for b in 0..<blocks {
+                var s: Float = 0
+                for j in 0..<32 { s += x[i * columns + b * 32 + j] }
+                sums[i * blocks + b] = s
+            }
+        }
+        pool.parallelRanges(rows, minimumChunk: 16) { range in
+            for r in range {
+                let w = row(r)
+                for i in 0..<m {
+                    y[i * rows + r] = quantizedDot(type, w, x + i * columns, sums + i * blocks, blocks: blocks)
+                }
+            }
+        }
+    }
+
+    private func multiplyByDequantizedSlabs(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
+        BLAS.ensureSingleThreaded()
+        let slabRows = max(16, min(256, (1 << 16) / columns))
+        let slabs = (rows + slabRows - 1) / slabRows
+        pool.parallelFor(slabs) { s in
+            let first = s * slabRows
+            let count = min(slabRows, rows - first)
+            let slab = UnsafeMutablePointer<Float>.allocate(capacity: count * columns)
+            defer { slab.deallocate() }
+            dequantize(type, from: row(first), to: slab, count: count * columns)
+            sgemmNT(x, slab, y + first, m: m, n: count, k: columns, ldy: rows)
+        }
+    }
+}
+
+/// An owned, aligned f32 buffer.
+public final class FloatBuffer: @unchecked Sendable {
+    public let pointer: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    public init(count: Int) {
+        self.count = count
+        pointer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        pointer.initialize(repeating: 0, count: count)
+    }
+
+    public convenience init(_ values: [Float]) {
+        self.init(count: values.count)
+        values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
+    }
+
+    deinit { pointer.deallocate() }
+}

@@ -1,0 +1,158 @@
+/// Byte-level BPE (GPT-2, SmolLM, LLaMA-3 families).
+///
+/// Encoding: split out special tokens, pre-tokenize each remaining span, map each piece's UTF-8 bytes
+/// through `ByteLevel`, then merge adjacent symbols, always the pair with the lowest merge rank first
+/// (leftmost on ties), until no ranked pair remains.
+///
+///     let bpe = try ByteLevelBPETokenizer(tokens: ["a", "b", "ab"], merges: ["a b"], preTokenizer: .gpt2)
+///     bpe.encode("ab")   // [2]
+public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
+    public let tokens: [String]
+    public let preTokenizer: PreTokenizer
+    public let bosTokenID: Int?
+    public let eosTokenID: Int?
+    public let endOfGenerationIDs: Set<Int>
+
+    private let vocabulary: [String: Int]
+    private let tokenBytes: [[UInt8]]
+    /// (left id << 32 | right id) → (rank, merged id)
+    private let merges: [UInt64: (rank: Int32, merged: Int32)]
+    private let byteTokens: [Int32]
+    private let special: Set<Int>
+    /// Special tokens split out of the text, longest first; `alwaysSplit` ones even without `parseSpecial`.
+    private let specialMatchers: [(text: [UInt8], id: Int, alwaysSplit: Bool)]
+
+    /// - Parameters:
+    ///   - tokens: the vocabulary, index = id, in byte-level form (`Ġthe`).
+    ///   - merges: "left right" pairs, highest priority first.
+    ///   - controlTokens: ids of special tokens matched only with `parseSpecial` (`<|im_start|>`).
+    ///   - userTokens: ids of added tokens that are always matched as whole tokens.
+    public init(tokens: [String], merges mergeList: [String], preTokenizer: PreTokenizer,
+                controlTokens: Set<Int> = [], userTokens: Set<Int> = [],
+                bosTokenID: Int? = nil, eosTokenID: Int? = nil, endOfGenerationIDs: Set<Int> = []) throws {
+        self.tokens = tokens
+        self.preTokenizer = preTokenizer
+        self.bosTokenID = bosTokenID
+        self.eosTokenID = eosTokenID
+        self.endOfGenerationIDs = endOfGenerationIDs.union(eosTokenID.map { [$0] } ?? [])
+        var vocabulary: [String: Int] = [:]
+        vocabulary.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() where vocabulary[t] == nil { vocabulary[t] = i }
+        self.vocabulary = vocabulary
+
+        let special = controlTokens.union(userTokens)
+        self.special = special
+        tokenBytes = tokens.enumerated().map { i, t in
+            special.contains(i) ? Array(t.utf8) : (ByteLevel.decode(t) ?? Array(t.utf8))
+        }
+
+        var byteTokens = [Int32](repeating: -1, count: 256)
+        for b in 0..<256 {
+            if let id = vocabulary[String(ByteLevel.byteToScalar[b])] { byteTokens[b] = Int32(id) }
+        }
+        self.byteTokens = byteTokens
+
+        var table: [UInt64: (rank: Int32, merged: Int32)] = [:]
+        table.reserveCapacity(mergeList.count)
+        for (rank, merge) in mergeList.enumerated() {
+            let parts = merge.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw TokenizerError("merge \(rank) \"\(merge)\" is not two tokens separated by a space") }
+            guard let l = vocabulary[String(parts[0])], let r = vocabulary[String(parts[1])] else {
+                throw TokenizerError("merge \(rank) \"\(merge)\" names a token that is not in the vocabulary")
+            }
+            guard let m = vocabulary[String(parts[0]) + String(parts[1])] else {
+                throw TokenizerError("merge \(rank) \"\(merge)\" produces a token that is not in the vocabulary")
+            }
+            let key = UInt64(l) << 32 | UInt64(r)
+            if table[key] == nil { table[key] = (Int32(rank), Int32(m)) }
+        }
+        merges = table
+
+        specialMatchers = special.map { (Array(tokens[$0].utf8), $0, userTokens.contains($0)) }
+            .filter { !$0.0.isEmpty }
+            .sorted { $0.0.count > $1.0.count }
+    }
+
+    public var vocabularySize: Int { tokens.count }
+    public func isSpecial(_ id: Int) -> Bool { special.contains(id) }
+    public func id(of token: String) -> Int? { vocabulary[token] }
+    public func bytes(of id: Int) -> [UInt8] { tokens.indices.contains(id) ? tokenBytes[id] : [] }
+
+    public func encode(_ text: String, parseSpecial: Bool) -> [Int] {
+        var ids: [Int] = []
+        for segment in splitSpecial(Array(text.utf8), parseSpecial: parseSpecial) {
+            switch segment {
+            case .special(let id): ids.append(id)
+            case .text(let bytes): encodeOrdinary(bytes, into: &ids)
+            }
+        }
+        return ids
+    }
+
+    private enum Segment { case text(ArraySlice<UInt8>), special(Int) }
+
+    private func splitSpecial(_ bytes: [UInt8], parseSpecial: Bool) -> [Segment] {
+        let matchers = specialMatchers.filter { parseSpecial || $0.alwaysSplit }
+        if matchers.isEmpty { return [.text(bytes[...])] }
+        var segments: [Segment] = []
+        var start = 0, i = 0
+        outer: while i < bytes.count {
+            for m in matchers where bytes[i] == m.text[0] && i + m.text.count <= bytes.count
+                && bytes[i..<i + m.text.count].elementsEqual(m.text) {
+                if start < i { segments.append(.text(bytes[start..<i])) }
+                segments.append(.special(m.id))
+                i += m.text.count
+                start = i
+                continue outer
+            }
+            i += 1
+        }
+        if start < bytes.count { segments.append(.text(bytes[start...])) }
+        return segments
+    }
+
+    private func encodeOrdinary(_ bytes: ArraySlice<UInt8>, into ids: inout [Int]) {
+        let scalars = Array(String(decoding: bytes, as: UTF8.self).unicodeScalars)
+        var symbols: [Int32] = []
+        var utf8: [UInt8] = []
+        for piece in preTokenizer.split(scalars) {
+            utf8.removeAll(keepingCapacity: true)
+            for s in scalars[piece] { utf8.append(contentsOf: String(s).utf8) }
+            symbols.removeAll(keepingCapacity: true)
+            for b in utf8 { symbols.append(byteTokens[Int(b)]) }
+            mergeSymbols(&symbols)
+            for s in symbols where s >= 0 { ids.append(Int(s)) }
+        }
+    }
+
+    /// Applies merges to one pre-token in rank order.
+    private func mergeSymbols(_ symbols: inout [Int32]) {
+        while symbols.count > 1 {
+            var best: (rank: Int32, merged: Int32) = (.max, -1)
+            var at = -1
+            for i in 0..<symbols.count - 1 {
+                if let m = merges[UInt64(UInt32(bitPattern: symbols[i])) << 32 | UInt64(UInt32(bitPattern: symbols[i + 1]))],
+                   m.rank < best.rank {
+                    best = m
+                    at = i
+                }
+            }
+            if at < 0 { return }
+            // Merge every non-overlapping occurrence of this pair, left to right.
+            let left = symbols[at], right = symbols[at + 1]
+            var out: [Int32] = []
+            out.reserveCapacity(symbols.count)
+            var i = 0
+            while i < symbols.count {
+                if i + 1 < symbols.count, symbols[i] == left, symbols[i + 1] == right {
+                    out.append(best.merged)
+                    i += 2
+                } else {
+                    out.append(symbols[i])
+                    i += 1
+                }
+            }
+            symbols = out
+        }
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import EmberModels
+import EmberTensor
+import Foundation
+
+@main
+struct Ember: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ember",
+        abstract: "Run LLaMA-family language models on the CPU.",
+        discussion: """
+        MODEL is a .gguf file, or a directory holding config.json and model.safetensors (or its shards).
+        The default model is fetched by scripts/fetch-model.sh into .cache/models/.
+
+        Examples:
+          ember generate --model model.gguf --prompt "The capital of France is" --temperature 0
+          ember generate --model model.gguf --chat
+          ember perplexity --model model.gguf --file text.txt --context 512
+          ember bench --model model.gguf --threads 2
+          ember inspect --model model.gguf
+        """,
+        subcommands: [Generate.self, Perplexity.self, Bench.self, Inspect.self])
+}
+
+/// Options every model-running command shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("A .gguf file or a Hugging Face model directory.", valueName: "path"))
+    var model: String
+
+    @Option(name: .long, help: "Worker threads (default: all cores).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    func validate() throws {
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+    }
+
+    func load() throws -> LoadedModel {
+        ThreadPool.configureShared(threadCount: threads)
+        return try LoadedModel.load(path: model)
+    }
+}
+
+/// Writes to standard error without buffering.
+func printError(_ text: String, terminator: String = "\n") {
+    FileHandle.standardError.write(Data((text + terminator).utf8))
+}
+
+/// Writes to standard output and flushes, so streamed text appears as it is produced.
+func printFlushed(_ text: String) {
+    FileHandle.standardOutput.write(Data(text.utf8))
+}
