@@ -49,7 +49,8 @@ int main(int argc, char **argv) {
 
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = n + n_gen + 16; cp.n_batch = cp.n_ctx; cp.n_ubatch = cp.n_ctx;
-    cp.n_threads = 2; cp.n_threads_batch = 2;
+    const char *threads = getenv("LLAMA_REF_THREADS");  // default 2, the machine's core count
+    cp.n_threads = cp.n_threads_batch = threads ? atoi(threads) : 2;
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) { fprintf(stderr, "cannot create context\n"); return 1; }
 

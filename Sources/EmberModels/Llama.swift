@@ -16,14 +16,12 @@ public final class Llama: @unchecked Sendable {
     public let configuration: LlamaConfiguration
     public let weights: LlamaWeights
     public let rope: RopeParameters
-    private let inverseFrequencies: [Float]
 
     public init(configuration: LlamaConfiguration, weights: LlamaWeights) {
         self.configuration = configuration
         self.weights = weights
         rope = RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta,
                               linearScale: configuration.ropeLinearScale, mode: weights.ropeMode)
-        inverseFrequencies = rope.inverseFrequencies
     }
 
     public func makeCache(capacity: Int? = nil) -> KVCache {
@@ -65,26 +63,24 @@ public final class Llama: @unchecked Sendable {
         pool.parallelRanges(T) { rows in
             for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
         }
+
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
             block.query.multiply(h.pointer, q.pointer, m: T, pool: pool)
             block.key.multiply(h.pointer, k.pointer, m: T, pool: pool)
             block.value.multiply(h.pointer, v.pointer, m: T, pool: pool)
             positions.withUnsafeBufferPointer { p in
-                inverseFrequencies.withUnsafeBufferPointer { f in
-                    pool.parallelRanges(T) { rows in
-                        ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
-                                    tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope, inverseFrequencies: f.baseAddress!)
-                        ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
-                                    tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope, inverseFrequencies: f.baseAddress!)
-                    }
+                pool.parallelRanges(T) { rows in
+                    ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
+                                tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
+                    ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
+                                tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
                 }
             }
-            (cache.keys[layer].pointer + start * c.kvDim).update(from: k.pointer, count: T * c.kvDim)
-            (cache.values[layer].pointer + start * c.kvDim).update(from: v.pointer, count: T * c.kvDim)
-            attentionForward(q: q.pointer, k: cache.keys[layer].pointer, v: cache.values[layer].pointer, out: attention.pointer,
-                             tokens: T, keys: start + T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
-                             headDim: c.headDim, pool: pool)
+            cache.store(layer: layer, keys: k.pointer, values: v.pointer, at: start, count: T)
+            cachedAttentionForward(q: q.pointer, k: cache.keys[layer], v: cache.values[layer], out: attention.pointer,
+                                   tokens: T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
+                                   headDim: c.headDim, pool: pool)
             block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
             add(h.pointer, into: x.pointer, T * C)
 

@@ -54,3 +54,4 @@ public func dequantize(_ type: DType, from source: UnsafeRawPointer, count: Int)
         initialized = count
     }
 }
+

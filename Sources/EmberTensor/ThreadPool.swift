@@ -18,6 +18,7 @@ public final class ThreadPool: @unchecked Sendable {
     private nonisolated(unsafe) var job: (Int) -> Void = { _ in }
     private nonisolated(unsafe) var jobCount = 0
     private let lock = NSLock()
+    private let stopping = Atomic<Bool>(false)
 
     private final class Worker: @unchecked Sendable {
         let wake = DispatchSemaphore(value: 0)
@@ -29,7 +30,10 @@ public final class ThreadPool: @unchecked Sendable {
 
     /// Replaces the shared pool (the `--threads` option).
     public static func configureShared(threadCount: Int) {
-        if shared.threadCount != threadCount { shared = ThreadPool(threadCount: threadCount) }
+        if shared.threadCount != threadCount {
+            shared.shutdown()
+            shared = ThreadPool(threadCount: threadCount)
+        }
     }
 
     public init(threadCount: Int) {
@@ -37,10 +41,22 @@ public final class ThreadPool: @unchecked Sendable {
         for _ in 1..<self.threadCount {
             let worker = Worker()
             workers.append(worker)
-            let thread = Thread { [unowned self] in self.run(worker) }
+            let thread = Thread { self.run(worker) }
             thread.stackSize = 1 << 20
             thread.start()
         }
+    }
+
+    /// Stops the workers once they finish what they are doing; the pool then runs everything on the caller.
+    public func shutdown() {
+        lock.lock()
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        generation.add(1, ordering: .sequentiallyConsistent)
+        for worker in workers where worker.sleeping.exchange(false, ordering: .acquiringAndReleasing) {
+            worker.wake.signal()
+        }
+        workers = []
+        lock.unlock()
     }
 
     /// Runs `body(i)` for every `i` in `0..<count`, spread over the pool, and returns when all are done.
@@ -99,6 +115,7 @@ public final class ThreadPool: @unchecked Sendable {
                 spins = 0
             }
             seen = generation.load(ordering: .acquiring)
+            if stopping.load(ordering: .sequentiallyConsistent) { return }
             drain()
             unfinishedWorkers.subtract(1, ordering: .releasing)
         }

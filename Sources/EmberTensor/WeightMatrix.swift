@@ -42,42 +42,55 @@ public struct WeightMatrix: @unchecked Sendable {
     /// All of it as f32 [rows, columns].
     public func dequantized() -> [Float] { dequantize(type, from: data, count: rows * columns) }
 
-    /// Rows of x at or above which `multiply` switches from direct dot products to dequantize + SGEMM.
+    /// Rows of x at or above which f16 / bf16 products switch from direct dot products to dequantize + SGEMM.
     public static let gemmThreshold = 6
 
     /// y [m, rows] = x [m, columns] · Wᵀ
+    ///
+    /// The activations first take the form llama.cpp gives them for this weight type: 8-bit blocks
+    /// for quantized weights, f16 / bf16 for those; f32 weights use x as it is.
     public func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool = .shared) {
-        if type == .f32 {
+        switch type {
+        case .f32:
             matmul(x, data.assumingMemoryBound(to: Float.self), y, m: m, n: rows, k: columns, pool: pool)
-        } else if m >= Self.gemmThreshold {
-            multiplyByDequantizedSlabs(x, y, m: m, pool: pool)
-        } else {
-            multiplyByDotProducts(x, y, m: m, pool: pool)
+        case .f16, .bf16:
+            let rounded = FloatBuffer(count: m * columns)
+            rounded.pointer.update(from: x, count: m * columns)
+            roundActivations(rounded.pointer, count: m * columns, to: type)
+            if m >= Self.gemmThreshold {
+                multiplyByDequantizedSlabs(rounded.pointer, y, m: m, pool: pool)
+            } else {
+                pool.parallelRanges(rows, minimumChunk: 16) { range in
+                    for r in range {
+                        for i in 0..<m { y[i * rows + r] = floatDot(type, row(r), rounded.pointer + i * columns, count: columns) }
+                    }
+                }
+            }
+        case .q8_0, .q4_0, .q4_1:
+            multiplyByDotProducts(Q8Activations(quantizing: x, rows: m, columns: columns), y, m: m, pool: pool)
         }
     }
 
-    private func multiplyByDotProducts(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
+    private func multiplyByDotProducts(_ x: Q8Activations, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
         let blocks = columns / 32
-        // Per-block sums of x serve the q4 kinds' offset terms.
-        let sums = UnsafeMutablePointer<Float>.allocate(capacity: m * blocks)
-        defer { sums.deallocate() }
-        for i in 0..<m {
-            for b in 0..<blocks {
-                var s: Float = 0
-                for j in 0..<32 { s += x[i * columns + b * 32 + j] }
-                sums[i * blocks + b] = s
-            }
-        }
-        pool.parallelRanges(rows, minimumChunk: 16) { range in
-            for r in range {
-                let w = row(r)
-                for i in 0..<m {
-                    y[i * rows + r] = quantizedDot(type, w, x + i * columns, sums + i * blocks, blocks: blocks)
+        x.values.withUnsafeBufferPointer { q in
+            x.scales.withUnsafeBufferPointer { d in
+                x.sums.withUnsafeBufferPointer { s in
+                    pool.parallelRanges(rows, minimumChunk: 16) { range in
+                        for r in range {
+                            let w = row(r)
+                            for i in 0..<m {
+                                y[i * rows + r] = quantizedDot(type, w, q.baseAddress! + i * columns, d.baseAddress! + i * blocks,
+                                                               s.baseAddress! + i * blocks, blocks: blocks)
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
+    /// Each thread expands a slab of weight rows to f32 and multiplies it with SGEMM.
     private func multiplyByDequantizedSlabs(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
         BLAS.ensureSingleThreaded()
         let slabRows = max(16, min(256, (1 << 16) / columns))

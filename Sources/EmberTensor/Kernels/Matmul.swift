@@ -17,8 +17,10 @@ public func matmul(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: Un
 
 /// A single SGEMM call on the current thread: y [M, N] = x [M, K] · w [N, K]ᵀ with row stride `ldy` for y.
 @inline(__always)
-func sgemmNT(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m M: Int, n N: Int, k K: Int, ldy: Int) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K), 1, x, Int32(K), w, Int32(K), 0, y, Int32(ldy))
+func sgemmNT(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m M: Int, n N: Int, k K: Int,
+             ldy: Int, accumulate: Bool = false) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(N), Int32(K), 1, x, Int32(K), w, Int32(K),
+                accumulate ? 1 : 0, y, Int32(ldy))
 }
 
 enum BLAS {

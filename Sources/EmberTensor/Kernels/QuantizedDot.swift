@@ -1,71 +1,106 @@
-/// Dot products between one stored weight row and an f32 vector x, straight over the blocks.
+/// Dot products between one stored weight row and one row of 8-bit activations (`Q8Activations`),
+/// multiplying in integers within each block of 32:
 ///
-/// `blockSums[b]` = Σ x[32b ..< 32b+32], which turns the q4 offsets into one multiply per block:
-///   q8_0: Σ_b d_b · Σ_j q_j x_j
-///   q4_0: Σ_b d_b · (Σ_j q_j x_j − 8 · blockSums[b])
-///   q4_1: Σ_b (d_b · Σ_j q_j x_j + m_b · blockSums[b])
+///   q8_0: Σ_b d_b · dx_b · Σ_j q_j qx_j
+///   q4_0: Σ_b d_b · dx_b · Σ_j (q_j − 8) qx_j
+///   q4_1: Σ_b d_b · dx_b · Σ_j q_j qx_j  +  Σ_b m_b · s_b
+///
+/// The float arithmetic follows llama.cpp's x86 kernels step for step: each block's integer products
+/// are summed in eight lanes of four consecutive elements, each lane accumulates d·dx · lane by FMA
+/// across blocks, the lanes are added pairwise (i, i+4), (i, i+2), (0, 1), and the q4_1 offsets are a
+/// running FMA added last. Ember's results therefore equal llama.cpp's bit for bit, which matters
+/// because these outputs are quantized again by the next layer, where any difference can flip a rounding.
 @inline(__always)
-func quantizedDot(_ type: DType, _ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ blockSums: UnsafePointer<Float>, blocks: Int) -> Float {
-    let rx = UnsafeRawPointer(x)
+func quantizedDot(_ type: DType, _ row: UnsafeRawPointer, _ q: UnsafePointer<Int8>, _ scales: UnsafePointer<Float>,
+                  _ sums: UnsafePointer<Float>, blocks: Int) -> Float {
+    let rq = UnsafeRawPointer(q)
+    var acc = SIMD8<Float>()
     switch type {
     case .q4_1:
-        var total = SIMD8<Float>()
         var offsets: Float = 0
         for b in 0..<blocks {
             let block = row + b * 20
             let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
             let m = halfToFloat(block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
-            let acc = nibbleDot(block + 4, rx + 128 * b)
-            total.addProduct(acc, SIMD8(repeating: d))
-            offsets += m * blockSums[b]
+            offsets = offsets.addingProduct(m, sums[b])
+            let lanes = nibbleLanes(block + 4, rq + 32 * b, offset: 0)
+            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(lanes))
         }
-        return total.sum() + offsets
+        return horizontalSum(acc) + offsets
     case .q4_0:
-        var total = SIMD8<Float>()
-        var offsets: Float = 0
         for b in 0..<blocks {
             let block = row + b * 18
             let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
-            let acc = nibbleDot(block + 2, rx + 128 * b)
-            total.addProduct(acc, SIMD8(repeating: d))
-            offsets -= 8 * d * blockSums[b]
+            let lanes = nibbleLanes(block + 2, rq + 32 * b, offset: 8)
+            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(lanes))
         }
-        return total.sum() + offsets
+        return horizontalSum(acc)
     case .q8_0:
-        var total = SIMD8<Float>()
         for b in 0..<blocks {
             let block = row + b * 34
             let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
-            var acc = SIMD8<Float>()
-            for part in 0..<4 {
-                let q = block.loadUnaligned(fromByteOffset: 2 + 8 * part, as: SIMD8<Int8>.self)
-                acc.addProduct(SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: q)),
-                               rx.loadUnaligned(fromByteOffset: 128 * b + 32 * part, as: SIMD8<Float>.self))
-            }
-            total.addProduct(acc, SIMD8(repeating: d))
+            let w = block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self)
+            let x = rq.loadUnaligned(fromByteOffset: 32 * b, as: SIMD32<Int8>.self)
+            let p = SIMD32<Int16>(truncatingIfNeeded: w) &* SIMD32<Int16>(truncatingIfNeeded: x)
+            let pairs = SIMD16<Int32>(truncatingIfNeeded: p.evenHalf) &+ SIMD16<Int32>(truncatingIfNeeded: p.oddHalf)
+            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(pairs.evenHalf &+ pairs.oddHalf))
         }
-        return total.sum()
-    case .f32:
-        return dot(row.assumingMemoryBound(to: Float.self), x, blocks * 32)
-    case .f16, .bf16:
-        var s: Float = 0
-        for j in 0..<blocks * 32 {
-            let bits = row.loadUnaligned(fromByteOffset: 2 * j, as: UInt16.self)
-            s += (type == .f16 ? halfToFloat(bits) : bfloat16ToFloat(bits)) * x[j]
-        }
-        return s
+        return horizontalSum(acc)
+    case .f32, .f16, .bf16:
+        preconditionFailure("\(type) rows take f32 activations")
     }
 }
 
-/// Σ_j q_j x_j over one block of 16 nibble bytes (low nibbles → x[0..<16], high → x[16..<32]), as 8 lanes.
+/// Lane i = Σ_{j=4i}^{4i+3} (w_j − offset) · x_j over one block, where w_0..15 are the low nibbles
+/// and w_16..31 the high nibbles.
 @inline(__always)
-private func nibbleDot(_ nibbles: UnsafeRawPointer, _ x: UnsafeRawPointer) -> SIMD8<Float> {
+private func nibbleLanes(_ nibbles: UnsafeRawPointer, _ x: UnsafeRawPointer, offset: Int16) -> SIMD8<Int32> {
     let bytes = nibbles.loadUnaligned(as: SIMD16<UInt8>.self)
-    let low = SIMD16<Int32>(truncatingIfNeeded: bytes & 0x0F)
-    let high = SIMD16<Int32>(truncatingIfNeeded: bytes &>> 4)
-    var acc = SIMD8<Float>(low.lowHalf) * x.loadUnaligned(as: SIMD8<Float>.self)
-    acc.addProduct(SIMD8<Float>(low.highHalf), x.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self))
-    acc.addProduct(SIMD8<Float>(high.lowHalf), x.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self))
-    acc.addProduct(SIMD8<Float>(high.highHalf), x.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self))
-    return acc
+    let w = SIMD32<Int16>(truncatingIfNeeded: SIMD32(lowHalf: bytes & 0x0F, highHalf: bytes &>> 4)) &- offset
+    let p = w &* SIMD32<Int16>(truncatingIfNeeded: x.loadUnaligned(as: SIMD32<Int8>.self))
+    let pairs = p.evenHalf &+ p.oddHalf
+    return SIMD8<Int32>(truncatingIfNeeded: pairs.evenHalf) &+ SIMD8<Int32>(truncatingIfNeeded: pairs.oddHalf)
+}
+
+/// (x0+x4 + x2+x6) + (x1+x5 + x3+x7), the pairing of an AVX horizontal add.
+@inline(__always)
+func horizontalSum(_ x: SIMD8<Float>) -> Float {
+    let four = x.lowHalf + x.highHalf
+    let two = four.lowHalf + four.highHalf
+    return two[0] + two[1]
+}
+
+/// The 16-lane tree reduction: lanes (i, i+8), then (i, i+4), (i, i+2), (0, 1).
+@inline(__always)
+func horizontalSum(_ x: SIMD16<Float>) -> Float {
+    horizontalSum(x.lowHalf + x.highHalf)
+}
+
+/// f32 activations against an f16 / bf16 / f32 row.
+@inline(__always)
+func floatDot(_ type: DType, _ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, count: Int) -> Float {
+    switch type {
+    case .f32:
+        return dot(row.assumingMemoryBound(to: Float.self), x, count)
+    case .f16, .bf16:
+        var acc = SIMD8<Float>()
+        var j = 0
+        while j + 8 <= count {
+            let bits = row.loadUnaligned(fromByteOffset: 2 * j, as: SIMD8<UInt16>.self)
+            let w = type == .f16
+                ? SIMD8<Float>(unsafeBitCast(bits, to: SIMD8<Float16>.self))
+                : unsafeBitCast(SIMD8<UInt32>(truncatingIfNeeded: bits) &<< 16, to: SIMD8<Float>.self)
+            acc.addProduct(w, UnsafeRawPointer(x).loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self))
+            j += 8
+        }
+        var s = acc.sum()
+        while j < count {
+            let bits = row.loadUnaligned(fromByteOffset: 2 * j, as: UInt16.self)
+            s += (type == .f16 ? halfToFloat(bits) : bfloat16ToFloat(bits)) * x[j]
+            j += 1
+        }
+        return s
+    default:
+        preconditionFailure("\(type) rows take quantized activations")
+    }
 }

@@ -2,11 +2,14 @@ import Foundation
 
 /// Rotary position embedding.
 ///
-/// Dimension pair `i` of a head (i < ropeDim/2) is rotated by the angle `p · base^(−2i/ropeDim) / scale`
-/// at position `p`. Which two elements form the pair depends on the checkpoint's convention:
+/// Dimension pair `i` of a head (i < ropeDim/2) is rotated by the angle `p · θ^i / scale` at position
+/// `p`, with θ = base^(−2/ropeDim). Which two elements form the pair depends on the checkpoint:
 /// - `.interleaved`: elements (2i, 2i+1), as GGUF LLaMA weights expect (llama.cpp's "norm" mode);
 /// - `.neox`: elements (i, i + ropeDim/2), as Hugging Face LLaMA weights expect ("rotate_half").
 /// Elements past `ropeDim` are left alone (partial rotary).
+///
+/// The angles are built the way llama.cpp builds them, by repeated f32 multiplication by θ, so that
+/// both give the same rotated values to the last bit.
 public enum RopeMode: String, Sendable {
     case interleaved, neox
 }
@@ -24,34 +27,32 @@ public struct RopeParameters: Sendable, Equatable {
         self.linearScale = linearScale
         self.mode = mode
     }
-
-    /// The per-pair inverse frequencies θ_i = base^(−2i/d) / scale.
-    public var inverseFrequencies: [Float] {
-        (0..<dimensions / 2).map { i in powf(base, -2 * Float(i) / Float(dimensions)) / linearScale }
-    }
 }
 
-/// Shapes: x [tokens, heads, headDim] rotated in place; positions [tokens];
-/// inverseFrequencies [ropeDim / 2] (from `RopeParameters.inverseFrequencies`).
+/// Shapes: x [tokens, heads, headDim] rotated in place; positions [tokens].
 public func ropeForward(_ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, tokens: Int, heads: Int, headDim: Int,
-                        parameters: RopeParameters, inverseFrequencies: UnsafePointer<Float>) {
+                        parameters: RopeParameters) {
     let half = parameters.dimensions / 2
+    let thetaScale = powf(parameters.base, -2 / Float(parameters.dimensions))
+    let frequencyScale = 1 / parameters.linearScale
     withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half) { table in
         let cosines = table.baseAddress!, sines = cosines + half
         for t in 0..<tokens {
-            let p = Float(positions[t])
+            var theta = Float(positions[t])
             for i in 0..<half {
-                let angle = p * inverseFrequencies[i]
+                let angle = frequencyScale * theta
                 cosines[i] = cosf(angle)
                 sines[i] = sinf(angle)
+                theta *= thetaScale
             }
             for h in 0..<heads {
                 let v = x + (t * heads + h) * headDim
                 for i in 0..<half {
                     let (a, b) = parameters.mode == .interleaved ? (2 * i, 2 * i + 1) : (i, i + half)
                     let x0 = v[a], x1 = v[b]
-                    v[a] = x0 * cosines[i] - x1 * sines[i]
-                    v[b] = x0 * sines[i] + x1 * cosines[i]
+                    // The first product is fused into the add, as llama.cpp's compiled kernel does.
+                    v[a] = (-(x1 * sines[i])).addingProduct(x0, cosines[i])
+                    v[b] = (x1 * cosines[i]).addingProduct(x0, sines[i])
                 }
             }
         }

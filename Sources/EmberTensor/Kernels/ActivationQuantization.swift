@@ -1,0 +1,54 @@
+/// Activations quantized to 8 bits per block of 32, the way llama.cpp quantizes the input of a
+/// matrix multiply whose weights are q4_0, q4_1 or q8_0 (its q8_0 / q8_1 "vec_dot" types):
+///
+///     d = max|x| / 127, stored as f16          q_j = roundeven(x_j · 127 / max|x|)
+///     s = d · Σ q_j, stored as f16 (q8_1 only; pairs with q4_1's minimum)
+///
+/// Ember computes quantized products the same way, so its logits follow llama.cpp's to within
+/// float summation order instead of drifting by the quantization noise of every layer.
+public struct Q8Activations {
+    public let rows: Int
+    public let columns: Int
+    public private(set) var values: [Int8]   // [rows, columns]
+    public private(set) var scales: [Float]  // [rows, columns / 32]
+    public private(set) var sums: [Float]    // [rows, columns / 32]
+
+    public init(quantizing x: UnsafePointer<Float>, rows: Int, columns: Int) {
+        precondition(columns % 32 == 0)
+        self.rows = rows
+        self.columns = columns
+        let blocks = rows * columns / 32
+        var values = [Int8](repeating: 0, count: rows * columns)
+        var scales = [Float](repeating: 0, count: blocks)
+        var sums = [Float](repeating: 0, count: blocks)
+        values.withUnsafeMutableBufferPointer { q in
+            for b in 0..<blocks {
+                let xb = x + 32 * b
+                var maximum: Float = 0
+                for j in 0..<32 { maximum = max(maximum, abs(xb[j])) }
+                let d = maximum / 127
+                let inverse: Float = maximum != 0 ? 127 / maximum : 0
+                var total: Int32 = 0
+                for j in 0..<32 {
+                    let v = Int32((xb[j] * inverse).rounded(.toNearestOrEven))
+                    q[32 * b + j] = Int8(truncatingIfNeeded: v)
+                    total += v
+                }
+                scales[b] = Float(Float16(d))
+                sums[b] = Float(Float16(d * Float(total)))
+            }
+        }
+        self.values = values
+        self.scales = scales
+        self.sums = sums
+    }
+}
+
+/// Rounds activations to the 16-bit type of f16 / bf16 weights, as llama.cpp converts the input of such a product.
+public func roundActivations(_ x: UnsafeMutablePointer<Float>, count: Int, to type: DType) {
+    switch type {
+    case .f16: for i in 0..<count { x[i] = halfToFloat(floatToHalf(x[i])) }
+    case .bf16: for i in 0..<count { x[i] = bfloat16ToFloat(floatToBFloat16(x[i])) }
+    default: break
+    }
+}
