@@ -42,6 +42,9 @@ public struct WeightMatrix: @unchecked Sendable {
     /// All of it as f32 [rows, columns].
     public func dequantized() -> [Float] { dequantize(type, from: data, count: rows * columns) }
 
+    /// Rows of x at or above which quantized rows are decoded once into a buffer and reused for every row of x.
+    static let decodeThreshold = 4
+
     /// Rows of x at or above which f16 / bf16 products switch from direct dot products to dequantize + SGEMM.
     public static let gemmThreshold = 6
 
@@ -73,15 +76,29 @@ public struct WeightMatrix: @unchecked Sendable {
 
     private func multiplyByDotProducts(_ x: Q8Activations, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
         let blocks = columns / 32
-        x.values.withUnsafeBufferPointer { q in
+        let withMinimums = type == .q4_1
+        x.lanes.withUnsafeBufferPointer { lanes in
             x.scales.withUnsafeBufferPointer { d in
                 x.sums.withUnsafeBufferPointer { s in
+                    if m < Self.decodeThreshold {
+                        pool.parallelRanges(rows, minimumChunk: 16) { range in
+                            for r in range {
+                                for i in 0..<m {
+                                    y[i * rows + r] = quantizedDot(type, row(r), lanes.baseAddress! + i * columns, scales: d.baseAddress! + i * blocks,
+                                                                   sums: s.baseAddress! + i * blocks, blocks: blocks)
+                                }
+                            }
+                        }
+                        return
+                    }
                     pool.parallelRanges(rows, minimumChunk: 16) { range in
+                        let decoded = DecodedRow(blocks: blocks)
+                        defer { decoded.deallocate() }
                         for r in range {
-                            let w = row(r)
+                            decoded.decode(type, row(r))
                             for i in 0..<m {
-                                y[i * rows + r] = quantizedDot(type, w, q.baseAddress! + i * columns, d.baseAddress! + i * blocks,
-                                                               s.baseAddress! + i * blocks, blocks: blocks)
+                                y[i * rows + r] = decoded.dot(lanes.baseAddress! + i * columns, scales: d.baseAddress! + i * blocks,
+                                                              sums: s.baseAddress! + i * blocks, withMinimums: withMinimums)
                             }
                         }
                     }

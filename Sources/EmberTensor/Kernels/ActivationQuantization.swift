@@ -4,12 +4,12 @@
 ///     d = max|x| / 127, stored as f16          q_j = roundeven(x_j · 127 / max|x|)
 ///     s = d · Σ q_j, stored as f16 (q8_1 only; pairs with q4_1's minimum)
 ///
-/// Ember computes quantized products the same way, so its logits follow llama.cpp's to within
-/// float summation order instead of drifting by the quantization noise of every layer.
+/// The values are kept as f32 in *lane order*: within a block, `lanes[8k + i]` is element `4i + k`, the
+/// layout `QuantizedRows` decodes weights into, so a block's dot product is four 8-wide multiply-adds.
 public struct Q8Activations {
     public let rows: Int
     public let columns: Int
-    public private(set) var values: [Int8]   // [rows, columns]
+    public private(set) var lanes: [Float]   // [rows, columns], lane order within each block of 32
     public private(set) var scales: [Float]  // [rows, columns / 32]
     public private(set) var sums: [Float]    // [rows, columns / 32]
 
@@ -18,10 +18,10 @@ public struct Q8Activations {
         self.rows = rows
         self.columns = columns
         let blocks = rows * columns / 32
-        var values = [Int8](repeating: 0, count: rows * columns)
+        var lanes = [Float](repeating: 0, count: rows * columns)
         var scales = [Float](repeating: 0, count: blocks)
         var sums = [Float](repeating: 0, count: blocks)
-        values.withUnsafeMutableBufferPointer { q in
+        lanes.withUnsafeMutableBufferPointer { q in
             for b in 0..<blocks {
                 let xb = x + 32 * b
                 var maximum: Float = 0
@@ -31,14 +31,14 @@ public struct Q8Activations {
                 var total: Int32 = 0
                 for j in 0..<32 {
                     let v = Int32((xb[j] * inverse).rounded(.toNearestOrEven))
-                    q[32 * b + j] = Int8(truncatingIfNeeded: v)
+                    q[32 * b + 8 * (j % 4) + j / 4] = Float(v)
                     total += v
                 }
                 scales[b] = Float(Float16(d))
                 sums[b] = Float(Float16(d * Float(total)))
             }
         }
-        self.values = values
+        self.lanes = lanes
         self.scales = scales
         self.sums = sums
     }

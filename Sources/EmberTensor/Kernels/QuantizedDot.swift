@@ -1,5 +1,4 @@
-/// Dot products between one stored weight row and one row of 8-bit activations (`Q8Activations`),
-/// multiplying in integers within each block of 32:
+/// Dot products between quantized weight rows and 8-bit activations (`Q8Activations`):
 ///
 ///   q8_0: Σ_b d_b · dx_b · Σ_j q_j qx_j
 ///   q4_0: Σ_b d_b · dx_b · Σ_j (q_j − 8) qx_j
@@ -10,56 +9,106 @@
 /// across blocks, the lanes are added pairwise (i, i+4), (i, i+2), (0, 1), and the q4_1 offsets are a
 /// running FMA added last. Ember's results therefore equal llama.cpp's bit for bit, which matters
 /// because these outputs are quantized again by the next layer, where any difference can flip a rounding.
-@inline(__always)
-func quantizedDot(_ type: DType, _ row: UnsafeRawPointer, _ q: UnsafePointer<Int8>, _ scales: UnsafePointer<Float>,
-                  _ sums: UnsafePointer<Float>, blocks: Int) -> Float {
-    let rq = UnsafeRawPointer(q)
-    var acc = SIMD8<Float>()
-    switch type {
-    case .q4_1:
-        var offsets: Float = 0
+///
+/// The integer products are formed in f32, where every product and every sum of four is exact
+/// (|q·qx| ≤ 127², four of them < 2²⁴), so they cost four 8-wide multiply-adds per block.
+
+/// One weight row decoded into lane order (`lanes[32b + 8k + i]` = element 4i + k of block b),
+/// with its per-block scales and, for q4_1, minimums.
+struct DecodedRow {
+    let lanes: UnsafeMutablePointer<Float>
+    let scales: UnsafeMutablePointer<Float>
+    let minimums: UnsafeMutablePointer<Float>
+    let blocks: Int
+
+    init(blocks: Int) {
+        self.blocks = blocks
+        lanes = .allocate(capacity: blocks * 32)
+        scales = .allocate(capacity: blocks)
+        minimums = .allocate(capacity: blocks)
+    }
+
+    func deallocate() {
+        lanes.deallocate()
+        scales.deallocate()
+        minimums.deallocate()
+    }
+
+    func decode(_ type: DType, _ row: UnsafeRawPointer) {
         for b in 0..<blocks {
-            let block = row + b * 20
-            let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
-            let m = halfToFloat(block.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
-            offsets = offsets.addingProduct(m, sums[b])
-            let lanes = nibbleLanes(block + 4, rq + 32 * b, offset: 0)
-            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(lanes))
+            let block = decodeBlock(type, row, b)
+            scales[b] = block.scale
+            minimums[b] = block.minimum
+            let out = UnsafeMutableRawPointer(lanes + 32 * b)
+            out.storeBytes(of: block.lanes.0, toByteOffset: 0, as: SIMD8<Float>.self)
+            out.storeBytes(of: block.lanes.1, toByteOffset: 32, as: SIMD8<Float>.self)
+            out.storeBytes(of: block.lanes.2, toByteOffset: 64, as: SIMD8<Float>.self)
+            out.storeBytes(of: block.lanes.3, toByteOffset: 96, as: SIMD8<Float>.self)
+        }
+    }
+
+    /// The dot product with activation row `x` (lanes, scales and block sums of that row).
+    @inline(__always)
+    func dot(_ x: UnsafePointer<Float>, scales xScales: UnsafePointer<Float>, sums: UnsafePointer<Float>, withMinimums: Bool) -> Float {
+        var acc = SIMD8<Float>()
+        var offsets: Float = 0
+        let w = UnsafeRawPointer(lanes), xr = UnsafeRawPointer(x)
+        for b in 0..<blocks {
+            let o = 128 * b
+            var lane = w.load(fromByteOffset: o, as: SIMD8<Float>.self) * xr.load(fromByteOffset: o, as: SIMD8<Float>.self)
+            lane.addProduct(w.load(fromByteOffset: o + 32, as: SIMD8<Float>.self), xr.load(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+            lane.addProduct(w.load(fromByteOffset: o + 64, as: SIMD8<Float>.self), xr.load(fromByteOffset: o + 64, as: SIMD8<Float>.self))
+            lane.addProduct(w.load(fromByteOffset: o + 96, as: SIMD8<Float>.self), xr.load(fromByteOffset: o + 96, as: SIMD8<Float>.self))
+            acc.addProduct(SIMD8(repeating: scales[b] * xScales[b]), lane)
+            if withMinimums { offsets = offsets.addingProduct(minimums[b], sums[b]) }
         }
         return horizontalSum(acc) + offsets
-    case .q4_0:
-        for b in 0..<blocks {
-            let block = row + b * 18
-            let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
-            let lanes = nibbleLanes(block + 2, rq + 32 * b, offset: 8)
-            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(lanes))
-        }
-        return horizontalSum(acc)
+    }
+}
+
+/// Block `b` of a stored row: its four lane vectors (lane i of vector k = element 4i + k), scale and minimum.
+@inline(__always)
+func decodeBlock(_ type: DType, _ row: UnsafeRawPointer, _ b: Int)
+    -> (lanes: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>), scale: Float, minimum: Float) {
+    switch type {
+    case .q4_1, .q4_0:
+        let size = type == .q4_1 ? 20 : 18
+        let block = row + b * size
+        let scale = halfToFloat(block.loadUnaligned(as: UInt16.self))
+        let minimum = type == .q4_1 ? halfToFloat(block.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) : 0
+        let words = (block + size - 16).loadUnaligned(as: SIMD4<UInt32>.self)
+        let w = unsafeBitCast(SIMD8<UInt32>(lowHalf: words & 0x0F0F_0F0F, highHalf: (words &>> 4) & 0x0F0F_0F0F), to: SIMD8<Int32>.self)
+        let offset: Int32 = type == .q4_0 ? 8 : 0
+        return ((SIMD8<Float>((w & 0xFF) &- offset), SIMD8<Float>(((w &>> 8) & 0xFF) &- offset),
+                 SIMD8<Float>(((w &>> 16) & 0xFF) &- offset), SIMD8<Float>((w &>> 24) &- offset)), scale, minimum)
     case .q8_0:
-        for b in 0..<blocks {
-            let block = row + b * 34
-            let d = halfToFloat(block.loadUnaligned(as: UInt16.self))
-            let w = block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self)
-            let x = rq.loadUnaligned(fromByteOffset: 32 * b, as: SIMD32<Int8>.self)
-            let p = SIMD32<Int16>(truncatingIfNeeded: w) &* SIMD32<Int16>(truncatingIfNeeded: x)
-            let pairs = SIMD16<Int32>(truncatingIfNeeded: p.evenHalf) &+ SIMD16<Int32>(truncatingIfNeeded: p.oddHalf)
-            acc.addProduct(SIMD8<Float>(repeating: d * scales[b]), SIMD8<Float>(pairs.evenHalf &+ pairs.oddHalf))
-        }
-        return horizontalSum(acc)
+        let block = row + b * 34
+        let w = block.loadUnaligned(fromByteOffset: 2, as: SIMD8<Int32>.self)
+        return ((SIMD8<Float>((w &<< 24) &>> 24), SIMD8<Float>((w &<< 16) &>> 24),
+                 SIMD8<Float>((w &<< 8) &>> 24), SIMD8<Float>(w &>> 24)), halfToFloat(block.loadUnaligned(as: UInt16.self)), 0)
     case .f32, .f16, .bf16:
         preconditionFailure("\(type) rows take f32 activations")
     }
 }
 
-/// Lane i = Σ_{j=4i}^{4i+3} (w_j − offset) · x_j over one block, where w_0..15 are the low nibbles
-/// and w_16..31 the high nibbles.
+/// A stored row against one activation row, decoding each block in registers (the decoding path).
 @inline(__always)
-private func nibbleLanes(_ nibbles: UnsafeRawPointer, _ x: UnsafeRawPointer, offset: Int16) -> SIMD8<Int32> {
-    let bytes = nibbles.loadUnaligned(as: SIMD16<UInt8>.self)
-    let w = SIMD32<Int16>(truncatingIfNeeded: SIMD32(lowHalf: bytes & 0x0F, highHalf: bytes &>> 4)) &- offset
-    let p = w &* SIMD32<Int16>(truncatingIfNeeded: x.loadUnaligned(as: SIMD32<Int8>.self))
-    let pairs = p.evenHalf &+ p.oddHalf
-    return SIMD8<Int32>(truncatingIfNeeded: pairs.evenHalf) &+ SIMD8<Int32>(truncatingIfNeeded: pairs.oddHalf)
+func quantizedDot(_ type: DType, _ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, scales xScales: UnsafePointer<Float>,
+                  sums: UnsafePointer<Float>, blocks: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var offsets: Float = 0
+    let xr = UnsafeRawPointer(x)
+    for b in 0..<blocks {
+        let (w, scale, minimum) = decodeBlock(type, row, b)
+        let o = 128 * b
+        var lane = w.0 * xr.load(fromByteOffset: o, as: SIMD8<Float>.self)
+        lane.addProduct(w.1, xr.load(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+        lane.addProduct(w.2, xr.load(fromByteOffset: o + 64, as: SIMD8<Float>.self))
+        lane.addProduct(w.3, xr.load(fromByteOffset: o + 96, as: SIMD8<Float>.self))
+        acc.addProduct(SIMD8(repeating: scale * xScales[b]), lane)
+        if type == .q4_1 { offsets = offsets.addingProduct(minimum, sums[b]) }
+    }
+    return horizontalSum(acc) + offsets
 }
 
 /// (x0+x4 + x2+x6) + (x1+x5 + x3+x7), the pairing of an AVX horizontal add.
