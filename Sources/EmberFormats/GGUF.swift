@@ -39,7 +39,7 @@ public final class GGUFFile: @unchecked Sendable {
         let metadataCount = try cursor.read(UInt64.self, "the metadata count")
         // Every metadata pair and tensor info takes more than 8 bytes: a count beyond that is a lie.
         guard tensorCount <= UInt64(file.size / 8), metadataCount <= UInt64(file.size / 8) else {
-            throw FormatError("\(path): absurd header: \(tensorCount) tensors and \(metadataCount) metadata pairs in a \(file.size)-byte file")
+            throw FormatError("\(path): truncated file or absurd header: \(tensorCount) tensors and \(metadataCount) metadata pairs cannot fit in \(file.size) bytes")
         }
 
         var metadata: [String: GGUFValue] = [:]
@@ -124,7 +124,7 @@ public final class GGUFFile: @unchecked Sendable {
     private static func readString(_ cursor: inout ByteCursor, _ what: String) throws -> String {
         let length = try cursor.read(UInt64.self, "the length of \(what)")
         guard length <= UInt64(cursor.remaining) else {
-            throw FormatError("\(cursor.name): \(what) claims \(length) bytes but only \(cursor.remaining) remain")
+            throw FormatError("\(cursor.name): truncated or corrupt file: \(what) claims \(length) bytes but only \(cursor.remaining) remain")
         }
         let raw = try cursor.bytes(Int(length), what)
         return String(decoding: raw, as: UTF8.self)
@@ -148,7 +148,7 @@ public final class GGUFFile: @unchecked Sendable {
             let elementType = try cursor.read(UInt32.self, "the element type of \(key)")
             let count = try cursor.read(UInt64.self, "the length of \(key)")
             guard count <= UInt64(cursor.remaining) else {
-                throw FormatError("\(cursor.name): metadata array \(key) claims \(count) elements but only \(cursor.remaining) bytes remain")
+                throw FormatError("\(cursor.name): truncated or corrupt file: metadata array \(key) claims \(count) elements but only \(cursor.remaining) bytes remain")
             }
             guard elementType != 9 else { throw FormatError("\(cursor.name): metadata \(key) nests arrays, which Ember does not read") }
             var values: [GGUFValue] = []

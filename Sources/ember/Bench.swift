@@ -37,7 +37,7 @@ struct Bench: ParsableCommand {
         let model = loaded.model
         let V = model.configuration.vocabularySize
         guard promptTokens + genTokens <= model.configuration.maxPositionEmbeddings else {
-            throw ValidationError("the tests need \(promptTokens + genTokens) positions but the model's context is \(model.configuration.maxPositionEmbeddings)")
+            throw CommandError("the tests need \(promptTokens + genTokens) positions but the model's context is \(model.configuration.maxPositionEmbeddings)")
         }
         var random = SplitMix64(seed: 42)
         let cache = model.makeCache(capacity: max(promptTokens, genTokens, 1))

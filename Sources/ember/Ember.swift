@@ -49,3 +49,10 @@ func printError(_ text: String, terminator: String = "\n") {
 func printFlushed(_ text: String) {
     FileHandle.standardOutput.write(Data(text.utf8))
 }
+
+/// A failure found while running a command (as opposed to a malformed command line):
+/// printed as one line, without the usage text.
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -66,7 +66,7 @@ struct Generate: ParsableCommand {
             var input = tokenizer.encode(text, parseSpecial: parseSpecial)
             if cache.count == 0, loaded.addBOS, let bos = tokenizer.bosTokenID { input.insert(bos, at: 0) }
             guard cache.count + input.count < capacity else {
-                throw ValidationError("the prompt has \(input.count) tokens but the context holds \(capacity - cache.count) more; shorten it or raise --context")
+                throw CommandError("the prompt has \(input.count) tokens but the context holds \(capacity - cache.count) more; shorten it or raise --context")
             }
             let start = Date()
             var logits = try model.forward(input, cache: cache)

@@ -28,10 +28,10 @@ struct Perplexity: ParsableCommand {
     func run() throws {
         let loaded = try options.load()
         let tokenizer = try loaded.requireTokenizer()
-        guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
-        guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(file) is not valid UTF-8") }
+        guard let data = FileManager.default.contents(atPath: file) else { throw CommandError("cannot read \(file)") }
+        guard let text = String(data: data, encoding: .utf8) else { throw CommandError("\(file) is not valid UTF-8") }
         guard context <= loaded.model.configuration.maxPositionEmbeddings else {
-            throw ValidationError("--context \(context) exceeds the model's context length \(loaded.model.configuration.maxPositionEmbeddings)")
+            throw CommandError("--context \(context) exceeds the model's context length \(loaded.model.configuration.maxPositionEmbeddings)")
         }
         var tokens = tokenizer.encode(text)
         if loaded.addBOS, let bos = tokenizer.bosTokenID { tokens.insert(bos, at: 0) }

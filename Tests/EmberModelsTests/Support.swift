@@ -6,9 +6,15 @@ enum Fixtures {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
     static let defaultModel = path(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    static var hasDefaultModel: Bool { FileManager.default.fileExists(atPath: defaultModel) }
 
     static func json(_ relative: String) throws -> Any {
         try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path(relative))))
     }
+}
+
+/// Writes `bytes` to a fresh temporary file and returns its path.
+func temporaryFile(_ bytes: [UInt8], suffix: String = ".gguf") -> String {
+    let path = NSTemporaryDirectory() + "ember-\(UUID().uuidString)\(suffix)"
+    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    return path
 }

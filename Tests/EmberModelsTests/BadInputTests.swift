@@ -1,0 +1,133 @@
+import EmberFormats
+import EmberModels
+import Foundation
+import Testing
+
+/// Loads a model and returns the error message, or nil when it loaded.
+func loadError(_ path: String) -> String? {
+    do { _ = try LoadedModel.load(path: path); return nil } catch { return "\(error)" }
+}
+
+@Suite struct ModelBadInputTests {
+    @Test func tinyModelLoadsAndRuns() throws {
+        let path = TinyModel().write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let loaded = try LoadedModel.load(path: path)
+        let logits = try loaded.model.forward(try loaded.requireTokenizer().encode("hello"), cache: loaded.model.makeCache(capacity: 16))
+        #expect(logits.count == 258 && logits.allSatisfy { $0.isFinite })
+    }
+
+    @Test func rejectsUnknownArchitecture() {
+        let path = TinyModel(architecture: "gpt2").write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(loadError(path)?.contains("architecture gpt2 is not supported") == true)
+    }
+
+    @Test func rejectsInconsistentHeadCounts() {
+        let path = TinyModel(headCount: 4, kvHeadCount: 3).write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(loadError(path)?.contains("not a multiple of the key/value head count 3") == true)
+    }
+
+    @Test func rejectsMissingTensor() {
+        let path = TinyModel(omitTensor: "blk.1.ffn_up.weight").write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(loadError(path)?.contains("tensor blk.1.ffn_up.weight is missing") == true)
+    }
+
+    @Test func rejectsTensorTypeEmberCannotComputeWith() {
+        let path = TinyModel(queryType: .q6_K).write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(loadError(path)?.contains("stored as q6_K") == true)
+    }
+
+    @Test func rejectsContextOverflowAndBadTokens() throws {
+        let path = TinyModel().write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let model = try LoadedModel.load(path: path).model
+        #expect(throws: Llama.ForwardError.self) { try model.forward(Array(repeating: 1, count: 9), cache: model.makeCache(capacity: 8)) }
+        #expect(throws: Llama.ForwardError.self) { try model.forward([9999], cache: model.makeCache(capacity: 8)) }
+    }
+
+    @Test func rejectsInvalidConfigJSON() throws {
+        let directory = NSTemporaryDirectory() + "ember-config-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func write(_ json: String) { FileManager.default.createFile(atPath: directory + "/config.json", contents: Data(json.utf8)) }
+        write(#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 10}"#)
+        #expect(loadError(directory)?.contains("not a multiple") == true)
+        write(#"{"architectures": ["GPT2LMHeadModel"]}"#)
+        #expect(loadError(directory)?.contains("GPT2LMHeadModel is not supported") == true)
+        write("{")
+        #expect(loadError(directory)?.contains("not valid JSON") == true)
+        write(#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}"#)
+        #expect(loadError(directory)?.contains("missing field") == true)
+    }
+}
+
+/// The `ember` command as a user runs it: bad input gives one line on standard error and a non-zero exit.
+@Suite(.serialized) struct CommandLineBadInputTests {
+    static let binary: String? = [".build/release/ember", ".build/debug/ember"].map(Fixtures.path).first {
+        FileManager.default.isExecutableFile(atPath: $0)
+    }
+
+    func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let binary = try #require(Self.binary, "build the ember executable first (swift build -c release)")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile(), stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    }
+
+    func expectCleanFailure(_ arguments: [String], mentioning text: String) throws {
+        let result = try run(arguments)
+        #expect(result.status != 0)
+        #expect(result.status < 128, "the process crashed")
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "expected one line, got: \(result.stderr)")
+        #expect(result.stderr.contains(text), "\(result.stderr)")
+    }
+
+    @Test func truncatedModel() throws {
+        let full = TinyModel().bytes()
+        let path = temporaryFile(Array(full[..<(full.count / 2)]))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try expectCleanFailure(["generate", "--model", path, "--prompt", "hi"], mentioning: "truncated")
+    }
+
+    @Test func notAModel() throws {
+        let path = temporaryFile(Array("just some text".utf8))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try expectCleanFailure(["inspect", "--model", path], mentioning: "not a GGUF file")
+        try expectCleanFailure(["bench", "--model", "/no/such/model.gguf"], mentioning: "no such file")
+    }
+
+    @Test func promptLongerThanContext() throws {
+        let path = TinyModel(contextLength: 32).write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try expectCleanFailure(["generate", "--model", path, "--prompt", String(repeating: "a", count: 100), "--temperature", "0"],
+                               mentioning: "the prompt has 100 tokens but the context holds 32")
+    }
+
+    @Test func textTooShortForPerplexity() throws {
+        let model = TinyModel().write()
+        let text = temporaryFile(Array("short".utf8), suffix: ".txt")
+        defer { [model, text].forEach { try? FileManager.default.removeItem(atPath: $0) } }
+        try expectCleanFailure(["perplexity", "--model", model, "--file", text, "--context", "16"], mentioning: "needs at least 32")
+    }
+
+    @Test func tinyModelGeneratesAndInspects() throws {
+        let path = TinyModel().write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let generated = try run(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "5", "--temperature", "0"])
+        #expect(generated.status == 0, "\(generated.stderr)")
+        let inspected = try run(["inspect", "--model", path])
+        #expect(inspected.stdout.contains("blk.1.ffn_down.weight") && inspected.stdout.contains("llama.block_count = 2"))
+    }
+}

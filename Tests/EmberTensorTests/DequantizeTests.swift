@@ -1,0 +1,26 @@
+import EmberTensor
+import Testing
+
+/// Dequantization against `gguf.quants.dequantize` (fixtures from scripts/fixtures/dequant.py),
+/// compared bit for bit, signed zeros and subnormals included.
+@Suite struct DequantizeTests {
+    @Test(arguments: [DType.q8_0, .q4_0, .q4_1, .f16, .bf16])
+    func matchesGGUFBitForBit(type: DType) throws {
+        let raw = try Fixtures.bytes("Tests/Fixtures/dequant/\(type.rawValue).bin")
+        let expected = try Fixtures.floats("Tests/Fixtures/dequant/\(type.rawValue).f32")
+        let count = raw.count / type.blockBytes * type.blockSize
+        #expect(count == expected.count)
+        let actual = raw.withUnsafeBytes { dequantize(type, from: $0.baseAddress!, count: count) }
+        let mismatches = zip(actual, expected).enumerated().filter { $0.element.0.bitPattern != $0.element.1.bitPattern }
+        print("\(type.rawValue): \(count) values, \(mismatches.count) differ in any bit")
+        #expect(mismatches.isEmpty, "first mismatch: \(mismatches.first.map { "\($0.offset): \($0.element)" } ?? "")")
+    }
+
+    @Test func halfConversionsRoundTrip() {
+        for bits in stride(from: 0, through: 0xFFFF, by: 7).map(UInt16.init) where !halfToFloat(bits).isNaN {
+            #expect(floatToHalf(halfToFloat(bits)) == bits)
+            #expect(floatToBFloat16(bfloat16ToFloat(bits)) == bits || bfloat16ToFloat(bits).isNaN)
+        }
+        #expect(floatToBFloat16(1.00390625) == 0x3F80)  // a tie rounds to even
+    }
+}
