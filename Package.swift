@@ -30,7 +30,7 @@ let package = Package(
         ]),
         .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor"], path: "Tests/EmberTensorTests"),
         .testTarget(name: "EmberFormatsTests", dependencies: ["EmberFormats"], path: "Tests/EmberFormatsTests"),
-        .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats"], path: "Tests/EmberTokenizersTests"),
+        .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
     ]
 )

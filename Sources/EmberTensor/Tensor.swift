@@ -15,10 +15,4 @@ public struct Tensor: Sendable, Equatable {
     }
 
     public var count: Int { storage.count }
-
-    /// Largest absolute element-wise difference; the measure every parity test reports.
-    public func maxAbsoluteDifference(_ other: Tensor) -> Float {
-        precondition(shape == other.shape, "shapes differ: \(shape) vs \(other.shape)")
-        return zip(storage, other.storage).reduce(0) { max($0, abs($1.0 - $1.1)) }
-    }
 }

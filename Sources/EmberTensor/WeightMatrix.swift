@@ -23,13 +23,6 @@ public struct WeightMatrix: @unchecked Sendable {
         self.owner = owner
     }
 
-    /// An f32 matrix owning a copy of `values` ([rows, columns]).
-    public init(rows: Int, columns: Int, values: [Float]) {
-        precondition(values.count == rows * columns)
-        let buffer = FloatBuffer(values)
-        self.init(type: .f32, rows: rows, columns: columns, data: UnsafeRawPointer(buffer.pointer), owner: buffer)
-    }
-
     public var rowBytes: Int { columns / type.blockSize * type.blockBytes }
 
     public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
@@ -39,8 +32,6 @@ public struct WeightMatrix: @unchecked Sendable {
         dequantize(type, from: row(r), to: out, count: columns)
     }
 
-    /// All of it as f32 [rows, columns].
-    public func dequantized() -> [Float] { dequantize(type, from: data, count: rows * columns) }
 
     /// Rows of x at or above which quantized rows are decoded once into a buffer and reused for every row of x.
     static let decodeThreshold = 4

@@ -33,12 +33,6 @@ public func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePo
     while i < n { y[i] += alpha * x[i]; i += 1 }
 }
 
-/// y *= alpha
-@inline(__always)
-public func scale(_ y: UnsafeMutablePointer<Float>, by alpha: Float, _ n: Int) {
-    for i in 0..<n { y[i] *= alpha }
-}
-
 /// y += x
 @inline(__always)
 public func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
