@@ -6,7 +6,7 @@ import Testing
 /// Writes `bytes` to a fresh temporary file and returns its path.
 func temporaryFile(_ bytes: [UInt8], suffix: String = ".gguf") -> String {
     let path = NSTemporaryDirectory() + "ember-\(UUID().uuidString)\(suffix)"
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     return path
 }
 

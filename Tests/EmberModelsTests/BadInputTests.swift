@@ -53,7 +53,7 @@ func loadError(_ path: String) -> String? {
         let directory = NSTemporaryDirectory() + "ember-config-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        func write(_ json: String) { FileManager.default.createFile(atPath: directory + "/config.json", contents: Data(json.utf8)) }
+        func write(_ json: String) { _ = FileManager.default.createFile(atPath: directory + "/config.json", contents: Data(json.utf8)) }
         write(#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 10}"#)
         #expect(loadError(directory)?.contains("not a multiple") == true)
         write(#"{"architectures": ["GPT2LMHeadModel"]}"#)

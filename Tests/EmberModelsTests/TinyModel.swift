@@ -63,7 +63,7 @@ struct TinyModel {
     /// Writes the model to a temporary file and returns its path.
     func write() -> String {
         let path = NSTemporaryDirectory() + "ember-tiny-\(UUID().uuidString).gguf"
-        FileManager.default.createFile(atPath: path, contents: Data(bytes()))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes()))
         return path
     }
 }
