@@ -8,7 +8,7 @@ import Foundation
 public struct LoadedModel: Sendable {
     public let path: String
     public let model: Llama
-    /// nil when the directory has no tokenizer Ember can read.
+    /// nil when a model directory has no tokenizer.json.
     public let tokenizer: (any Tokenizer)?
     public let chatTemplate: String?
     /// Whether the model expects a beginning-of-sequence token before the text.
@@ -40,13 +40,22 @@ public struct LoadedModel: Sendable {
         let tensors = try SafetensorsCollection(directory: path)
         let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
                                             names: .huggingFace, ropeMode: .neox)
-        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: nil,
+        let tokenizerPath = path + "/tokenizer.json"
+        var tokenizer: (any Tokenizer)?
+        if FileManager.default.fileExists(atPath: tokenizerPath) {
+            do {
+                tokenizer = try TokenizerJSON.load(path: tokenizerPath)
+            } catch let error as TokenizerError {
+                throw FormatError(error.message)
+            }
+        }
+        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
                            chatTemplate: nil, addBOS: false, gguf: nil)
     }
 
     /// The tokenizer, or an error saying this model has none Ember can read.
     public func requireTokenizer() throws -> any Tokenizer {
-        guard let tokenizer else { throw FormatError("\(path): no tokenizer Ember can read here; pass a .gguf model for text input") }
+        guard let tokenizer else { throw FormatError("\(path): no tokenizer.json beside the model, so text cannot be tokenized") }
         return tokenizer
     }
 }

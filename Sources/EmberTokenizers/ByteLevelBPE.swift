@@ -19,8 +19,7 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
     private let merges: [UInt64: (rank: Int32, merged: Int32)]
     private let byteTokens: [Int32]
     private let special: Set<Int>
-    /// Special tokens split out of the text, longest first; `alwaysSplit` ones even without `parseSpecial`.
-    private let specialMatchers: [(text: [UInt8], id: Int, alwaysSplit: Bool)]
+    private let splitter: SpecialTokenSplitter
 
     /// - Parameters:
     ///   - tokens: the vocabulary, index = id, in byte-level form (`Ġthe`).
@@ -68,51 +67,29 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
         }
         merges = table
 
-        specialMatchers = special.map { (Array(tokens[$0].utf8), $0, userTokens.contains($0)) }
-            .filter { !$0.0.isEmpty }
-            .sorted { $0.0.count > $1.0.count }
+        splitter = SpecialTokenSplitter(special.map { (tokens[$0], $0, userTokens.contains($0)) })
     }
 
     public var vocabularySize: Int { tokens.count }
     public func isSpecial(_ id: Int) -> Bool { special.contains(id) }
     public func id(of token: String) -> Int? { vocabulary[token] }
     public func bytes(of id: Int) -> [UInt8] { tokens.indices.contains(id) ? tokenBytes[id] : [] }
+    public func token(_ id: Int) -> String? { tokens.indices.contains(id) ? tokens[id] : nil }
+    public func decode(_ ids: [Int], skipSpecial: Bool) -> String { decodeBytes(ids, skipSpecial: skipSpecial) }
 
     public func encode(_ text: String, parseSpecial: Bool) -> [Int] {
         var ids: [Int] = []
-        for segment in splitSpecial(Array(text.utf8), parseSpecial: parseSpecial) {
+        for segment in splitter.split(text, parseSpecial: parseSpecial) {
             switch segment {
             case .special(let id): ids.append(id)
-            case .text(let bytes): encodeOrdinary(bytes, into: &ids)
+            case .text(let span): encodeOrdinary(span, into: &ids)
             }
         }
         return ids
     }
 
-    private enum Segment { case text(ArraySlice<UInt8>), special(Int) }
-
-    private func splitSpecial(_ bytes: [UInt8], parseSpecial: Bool) -> [Segment] {
-        let matchers = specialMatchers.filter { parseSpecial || $0.alwaysSplit }
-        if matchers.isEmpty { return [.text(bytes[...])] }
-        var segments: [Segment] = []
-        var start = 0, i = 0
-        outer: while i < bytes.count {
-            for m in matchers where bytes[i] == m.text[0] && i + m.text.count <= bytes.count
-                && bytes[i..<i + m.text.count].elementsEqual(m.text) {
-                if start < i { segments.append(.text(bytes[start..<i])) }
-                segments.append(.special(m.id))
-                i += m.text.count
-                start = i
-                continue outer
-            }
-            i += 1
-        }
-        if start < bytes.count { segments.append(.text(bytes[start...])) }
-        return segments
-    }
-
-    private func encodeOrdinary(_ bytes: ArraySlice<UInt8>, into ids: inout [Int]) {
-        let scalars = Array(String(decoding: bytes, as: UTF8.self).unicodeScalars)
+    private func encodeOrdinary(_ text: Substring, into ids: inout [Int]) {
+        let scalars = Array(text.unicodeScalars)
         var symbols: [Int32] = []
         var utf8: [UInt8] = []
         for piece in preTokenizer.split(scalars) {

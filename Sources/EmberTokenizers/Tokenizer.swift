@@ -12,13 +12,19 @@ public protocol Tokenizer: Sendable {
     var endOfGenerationIDs: Set<Int> { get }
     func isSpecial(_ id: Int) -> Bool
     func id(of token: String) -> Int?
+    /// The vocabulary entry of `id` as the tokenizer stores it (`Ġthe`, `##ing`).
+    func token(_ id: Int) -> String?
+    /// The text of `ids`. Invalid UTF-8 (a character cut between tokens) becomes U+FFFD.
+    func decode(_ ids: [Int], skipSpecial: Bool) -> String
 }
 
 extension Tokenizer {
     public func encode(_ text: String) -> [Int] { encode(text, parseSpecial: false) }
 
-    /// The text of `ids`. Invalid UTF-8 (a character cut between tokens) becomes U+FFFD.
-    public func decode(_ ids: [Int], skipSpecial: Bool = false) -> String {
+    public func decode(_ ids: [Int]) -> String { decode(ids, skipSpecial: false) }
+
+    /// Concatenated token bytes: the decoding of byte-level vocabularies.
+    public func decodeBytes(_ ids: [Int], skipSpecial: Bool) -> String {
         var bytes: [UInt8] = []
         for id in ids where !(skipSpecial && isSpecial(id)) { bytes += self.bytes(of: id) }
         return String(decoding: bytes, as: UTF8.self)

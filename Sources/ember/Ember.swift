@@ -17,9 +17,10 @@ struct Ember: ParsableCommand {
           ember generate --model model.gguf --chat
           ember perplexity --model model.gguf --file text.txt --context 512
           ember bench --model model.gguf --threads 2
+          ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
         """,
-        subcommands: [Generate.self, Perplexity.self, Bench.self, Inspect.self])
+        subcommands: [Generate.self, Perplexity.self, Bench.self, Tokenize.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

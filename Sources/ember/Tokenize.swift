@@ -1,0 +1,80 @@
+import ArgumentParser
+import EmberFormats
+import EmberModels
+import EmberTokenizers
+import Foundation
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Split text into token ids with a model's tokenizer.",
+        discussion: """
+        TOKENIZER is a Hugging Face tokenizer.json or a .gguf model (its vocabulary is used).
+        Text comes from --text, --file, or standard input. Special tokens written in the text
+        (<|im_start|>, [CLS]) become their ids, as Hugging Face's Tokenizer.encode(text,
+        add_special_tokens=False) and llama-tokenize do; --no-parse-special tokenizes them as text.
+
+        Examples:
+          ember tokenize --tokenizer tokenizer.json --text "Hello world"
+          ember tokenize --tokenizer model.gguf --file notes.txt --tokens
+          echo "Hello" | ember tokenize --tokenizer tokenizer.json --json
+        """)
+
+    @Option(help: ArgumentHelp("A tokenizer.json or a .gguf file.", valueName: "path"))
+    var tokenizer: String
+
+    @Option(help: "The text to tokenize.")
+    var text: String?
+
+    @Option(help: ArgumentHelp("A UTF-8 file to tokenize.", valueName: "path"))
+    var file: String?
+
+    @Flag(help: "Print ids, space-separated (the default).")
+    var ids = false
+
+    @Flag(help: "Print the token strings instead of ids, one per line.")
+    var tokens = false
+
+    @Flag(help: "Print {\"ids\": [...]} (with --tokens, also \"tokens\").")
+    var json = false
+
+    @Flag(name: .customLong("no-parse-special"), help: "Tokenize special-token text as ordinary text.")
+    var noParseSpecial = false
+
+    func validate() throws {
+        guard !(text != nil && file != nil) else { throw ValidationError("give --text or --file, not both") }
+        guard !(ids && tokens) else { throw ValidationError("give --ids or --tokens, not both") }
+    }
+
+    func run() throws {
+        let tokenizer = try loadTokenizer(self.tokenizer)
+        let input: String
+        if let text {
+            input = text
+        } else {
+            let data = file.map { FileManager.default.contents(atPath: $0) } ?? FileHandle.standardInput.readDataToEndOfFile()
+            guard let data else { throw CommandError("cannot read \(file!)") }
+            guard let decoded = String(validating: data, as: UTF8.self) else {
+                throw CommandError("\(file ?? "standard input") is not valid UTF-8")
+            }
+            input = decoded
+        }
+        let result = tokenizer.encode(input, parseSpecial: !noParseSpecial)
+        if json {
+            var object: [String: Any] = ["ids": result]
+            if tokens { object["tokens"] = result.map { tokenizer.token($0) ?? "" } }
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            print(String(decoding: data, as: UTF8.self))
+        } else if tokens {
+            for id in result { print(tokenizer.token(id) ?? "") }
+        } else {
+            print(result.map(String.init).joined(separator: " "))
+        }
+    }
+}
+
+/// A tokenizer from a tokenizer.json or from a GGUF file's vocabulary.
+func loadTokenizer(_ path: String) throws -> any Tokenizer {
+    guard FileManager.default.fileExists(atPath: path) else { throw CommandError("\(path): no such file") }
+    if path.hasSuffix(".json") { return try TokenizerJSON.load(path: path) }
+    return try ByteLevelBPETokenizer(gguf: GGUFFile(path: path))
+}
