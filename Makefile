@@ -7,7 +7,8 @@
 SWIFT_BUILD = swift build -c release
 MODEL = .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 F32_MODEL = .cache/models/SmolLM2-135M-f32
-PYTHON_PACKAGES = gguf==0.19.0 safetensors==0.8.0 numpy
+PYTHON_PACKAGES = gguf==0.19.0 safetensors==0.8.0 numpy tokenizers==0.23.3
+TOKENIZERS = .cache/models/SmolLM2-135M-tokenizer/tokenizer.json .cache/models/all-minilm-l6-v2/tokenizer.json
 THREADS ?= $(shell nproc)
 
 .PHONY: run test build setup model bench clean
@@ -31,7 +32,10 @@ endif
 $(F32_MODEL)/model.safetensors: | model
 	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/make-safetensors-model.py $(MODEL) $(F32_MODEL)
 
-test: setup model $(F32_MODEL)/model.safetensors
+$(TOKENIZERS): | model
+	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/fixtures/tokenizers-reference.py --files-only
+
+test: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS)
 	$(SWIFT_BUILD) --build-tests
 	swift test -c release --skip-build
 

@@ -10,9 +10,11 @@ extension ByteLevelBPETokenizer {
         let pre = gguf.string("tokenizer.ggml.pre") ?? "default"
         let preTokenizer: PreTokenizer
         switch pre {
-        case "default", "gpt2": preTokenizer = .gpt2
+        case "gpt2": preTokenizer = .gpt2
         case "smollm": preTokenizer = .smollm
-        default: throw FormatError("\(path): pre-tokenizer \(pre) is not supported (default, gpt2 and smollm are)")
+        case "llama-bpe", "llama3": preTokenizer = .llama3
+        case "qwen2": preTokenizer = .qwen2
+        default: throw FormatError("\(path): pre-tokenizer \(pre) is not supported (gpt2, smollm, llama-bpe and qwen2 are)")
         }
         guard let tokenValues = gguf.metadata["tokenizer.ggml.tokens"]?.array else { throw FormatError("\(path): tokenizer.ggml.tokens is missing") }
         let tokens = try tokenValues.enumerated().map { i, v in

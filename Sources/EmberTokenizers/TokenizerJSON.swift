@@ -88,9 +88,18 @@ public enum TokenizerJSON {
             o["type"] as? String == "ByteLevel" && (o["use_regex"] as? Bool ?? true) && !(o["add_prefix_space"] as? Bool ?? false)
         }
         if isByteLevel(object) { return .gpt2 }
-        if type == "Sequence", let parts = object["pretokenizers"] as? [[String: Any]], parts.count == 2,
-           parts[0]["type"] as? String == "Digits", parts[0]["individual_digits"] as? Bool == true, isByteLevel(parts[1]) {
-            return .smollm
+        if type == "Sequence", let parts = object["pretokenizers"] as? [[String: Any]], parts.count == 2 {
+            if parts[0]["type"] as? String == "Digits", parts[0]["individual_digits"] as? Bool == true, isByteLevel(parts[1]) {
+                return .smollm
+            }
+            // Split on a known pattern, then ByteLevel without its own regex (LLaMA-3, Qwen2).
+            if parts[0]["type"] as? String == "Split", parts[0]["behavior"] as? String == "Isolated",
+               parts[0]["invert"] as? Bool != true, parts[1]["type"] as? String == "ByteLevel",
+               parts[1]["use_regex"] as? Bool == false, !(parts[1]["add_prefix_space"] as? Bool ?? false),
+               let pattern = (parts[0]["pattern"] as? [String: Any])?["Regex"] as? String,
+               let known = PreTokenizer.patterns.first(where: { $0.value == pattern })?.key {
+                return known
+            }
         }
         let parts = (object["pretokenizers"] as? [[String: Any]])?.compactMap { $0["type"] as? String }.joined(separator: ", ")
         throw TokenizerError("pre-tokenizer \(type)\(parts.map { "(\($0))" } ?? "") is not supported (ByteLevel, and Digits then ByteLevel, are)")

@@ -110,25 +110,22 @@ public final class WordPieceTokenizer: Tokenizer, @unchecked Sendable {
         ids += pieces
     }
 
-    /// Joins the pieces: continuation pieces attach to the previous one, others are separated by a
-    /// space; then the spaces BERT's decoder removes before punctuation and contractions go.
+    /// Joins the pieces: continuation pieces attach to the previous one, others follow a space,
+    /// and each piece then gets BERT's clean-up (a space before `.`, `?`, `!`, `,` and a few
+    /// contractions removed), applied piece by piece as Hugging Face's decoder applies it.
     public func decode(_ ids: [Int], skipSpecial: Bool) -> String {
         var text = ""
         for id in ids where !(skipSpecial && isSpecial(id)) {
             guard let t = token(id) else { continue }
-            if t.hasPrefix(continuingPrefix) {
-                text += t.dropFirst(continuingPrefix.count)
-            } else {
-                if !text.isEmpty { text += " " }
-                text += t
-            }
-        }
-        for (from, to) in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")] {
-            text = text.replacingOccurrences(of: from, with: to)
+            var piece = t.hasPrefix(continuingPrefix) ? String(t.dropFirst(continuingPrefix.count)) : (text.isEmpty ? t : " " + t)
+            for (from, to) in Self.cleanup { piece = piece.replacingOccurrences(of: from, with: to) }
+            text += piece
         }
         return text
     }
+
+    private static let cleanup = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                                  (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
 }
 
 /// BERT's normalizer: drop control characters and map whitespace to spaces, put spaces around CJK
