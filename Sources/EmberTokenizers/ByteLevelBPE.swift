@@ -79,26 +79,31 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
 
     public func encode(_ text: String, parseSpecial: Bool) -> [Int] {
         var ids: [Int] = []
+        var cache: [[UInt8]: [Int32]] = [:]  // pieces repeat: merge each distinct one once
         for segment in splitter.split(text, parseSpecial: parseSpecial) {
             switch segment {
             case .special(let id): ids.append(id)
-            case .text(let span): encodeOrdinary(span, into: &ids)
+            case .text(let span): encodeOrdinary(span, into: &ids, cache: &cache)
             }
         }
         return ids
     }
 
-    private func encodeOrdinary(_ text: Substring, into ids: inout [Int]) {
+    private func encodeOrdinary(_ text: Substring, into ids: inout [Int], cache: inout [[UInt8]: [Int32]]) {
         let scalars = Array(text.unicodeScalars)
-        var symbols: [Int32] = []
         var utf8: [UInt8] = []
         for piece in preTokenizer.split(scalars) {
             utf8.removeAll(keepingCapacity: true)
-            for s in scalars[piece] { utf8.append(contentsOf: String(s).utf8) }
-            symbols.removeAll(keepingCapacity: true)
-            for b in utf8 { symbols.append(byteTokens[Int(b)]) }
+            for s in scalars[piece] { UTF8.encode(s) { utf8.append($0) } }
+            if let known = cache[utf8] {
+                for s in known { ids.append(Int(s)) }
+                continue
+            }
+            var symbols = utf8.map { byteTokens[Int($0)] }
             mergeSymbols(&symbols)
-            for s in symbols where s >= 0 { ids.append(Int(s)) }
+            symbols.removeAll { $0 < 0 }
+            if cache.count < 1 << 20 { cache[utf8] = symbols }
+            for s in symbols { ids.append(Int(s)) }
         }
     }
 

@@ -40,6 +40,9 @@ struct Tokenize: ParsableCommand {
     @Flag(name: .customLong("no-parse-special"), help: "Tokenize special-token text as ordinary text.")
     var noParseSpecial = false
 
+    @Flag(help: "Print only the token count and the encoding speed (to standard error).")
+    var stats = false
+
     func validate() throws {
         guard !(text != nil && file != nil) else { throw ValidationError("give --text or --file, not both") }
         guard !(ids && tokens) else { throw ValidationError("give --ids or --tokens, not both") }
@@ -58,7 +61,14 @@ struct Tokenize: ParsableCommand {
             }
             input = decoded
         }
+        let start = DispatchTime.now().uptimeNanoseconds
         let result = tokenizer.encode(input, parseSpecial: !noParseSpecial)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if stats {
+            let megabytes = Double(input.utf8.count) / 1e6
+            printError(String(format: "%d tokens from %.2f MB in %.3f s: %.2f MB/s", result.count, megabytes, seconds, megabytes / seconds))
+            return
+        }
         if json {
             var object: [String: Any] = ["ids": result]
             if tokens { object["tokens"] = result.map { tokenizer.token($0) ?? "" } }
