@@ -122,6 +122,17 @@ func loadError(_ path: String) -> String? {
         try expectCleanFailure(["perplexity", "--model", model, "--file", text, "--context", "16"], mentioning: "needs at least 32")
     }
 
+    @Test func tokenizeRejectsInvalidUTF8AndBrokenTokenizers() throws {
+        let model = TinyModel().write()
+        let invalid = temporaryFile([0x61, 0xFF, 0xFE, 0x62], suffix: ".txt")
+        let broken = temporaryFile(Array(#"{"model": {"type": "BPE", "vocab": {"#.utf8), suffix: ".json")
+        defer { [model, invalid, broken].forEach { try? FileManager.default.removeItem(atPath: $0) } }
+        try expectCleanFailure(["tokenize", "--tokenizer", model, "--file", invalid], mentioning: "not valid UTF-8")
+        try expectCleanFailure(["tokenize", "--tokenizer", broken, "--text", "hi"], mentioning: "not a JSON object")
+        let ok = try run(["tokenize", "--tokenizer", model, "--text", "ab<|im_end|>", "--json"])
+        #expect(ok.stdout == "{\"ids\":[97,98,257]}\n", "\(ok.stdout)")
+    }
+
     @Test func tinyModelGeneratesAndInspects() throws {
         let path = TinyModel().write()
         defer { try? FileManager.default.removeItem(atPath: path) }
