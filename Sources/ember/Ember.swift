@@ -20,7 +20,7 @@ struct Ember: ParsableCommand {
           ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
         """,
-        subcommands: [Generate.self, Perplexity.self, Bench.self, Tokenize.self, Inspect.self])
+        subcommands: [Generate.self, Perplexity.self, Bench.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
 }
 
 /// Options every model-running command shares.
