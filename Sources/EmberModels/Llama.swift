@@ -66,9 +66,7 @@ public final class Llama: @unchecked Sendable {
 
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
-            block.query.multiply(h.pointer, q.pointer, m: T, pool: pool)
-            block.key.multiply(h.pointer, k.pointer, m: T, pool: pool)
-            block.value.multiply(h.pointer, v.pointer, m: T, pool: pool)
+            WeightMatrix.multiply(h.pointer, m: T, by: [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)], pool: pool)
             positions.withUnsafeBufferPointer { p in
                 pool.parallelRanges(T) { rows in
                     ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
@@ -85,8 +83,7 @@ public final class Llama: @unchecked Sendable {
             add(h.pointer, into: x.pointer, T * C)
 
             normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
-            block.gate.multiply(h.pointer, gate.pointer, m: T, pool: pool)
-            block.up.multiply(h.pointer, up.pointer, m: T, pool: pool)
+            WeightMatrix.multiply(h.pointer, m: T, by: [(block.gate, gate.pointer), (block.up, up.pointer)], pool: pool)
             let I = c.intermediateSize
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
                 swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)

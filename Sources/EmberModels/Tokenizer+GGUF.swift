@@ -40,9 +40,7 @@ extension ByteLevelBPETokenizer {
         }
         var endOfGeneration = Set<Int>()
         if let eot = try tokenID("tokenizer.ggml.eot_token_id") { endOfGeneration.insert(eot) }
-        for marker in ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"] {
-            if let i = tokens.firstIndex(of: marker), control.contains(i) || user.contains(i) { endOfGeneration.insert(i) }
-        }
+        for i in control.union(user) where ByteLevelBPETokenizer.endOfTurnMarkers.contains(tokens[i]) { endOfGeneration.insert(i) }
         do {
             try self.init(tokens: tokens, merges: merges, preTokenizer: preTokenizer, controlTokens: control, userTokens: user,
                           bosTokenID: try tokenID("tokenizer.ggml.bos_token_id"), eosTokenID: try tokenID("tokenizer.ggml.eos_token_id"),

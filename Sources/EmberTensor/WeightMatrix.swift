@@ -65,6 +65,21 @@ public struct WeightMatrix: @unchecked Sendable {
         }
     }
 
+    /// Several products of one input (Q, K and V; gate and up): y_i [m, rows_i] = x [m, columns] · W_iᵀ,
+    /// with the input quantized once for all the quantized weights among them.
+    public static func multiply(_ x: UnsafePointer<Float>, m: Int, by products: [(weight: WeightMatrix, output: UnsafeMutablePointer<Float>)],
+                                pool: ThreadPool = .shared) {
+        var quantized: Q8Activations?
+        for (weight, output) in products {
+            guard weight.type.isQuantized else {
+                weight.multiply(x, output, m: m, pool: pool)
+                continue
+            }
+            if quantized == nil { quantized = Q8Activations(quantizing: x, rows: m, columns: weight.columns) }
+            weight.multiplyByDotProducts(quantized!, output, m: m, pool: pool)
+        }
+    }
+
     private func multiplyByDotProducts(_ x: Q8Activations, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
         let blocks = columns / 32
         let withMinimums = type == .q4_1

@@ -70,6 +70,10 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
         splitter = SpecialTokenSplitter(special.map { (tokens[$0], $0, userTokens.contains($0)) })
     }
 
+    /// Texts of the special tokens that end a turn in the chat formats Ember knows; a vocabulary's
+    /// tokens with these texts join `endOfGenerationIDs`.
+    public static let endOfTurnMarkers: Set<String> = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"]
+
     public var vocabularySize: Int { tokens.count }
     public func isSpecial(_ id: Int) -> Bool { special.contains(id) }
     public func id(of token: String) -> Int? { vocabulary[token] }

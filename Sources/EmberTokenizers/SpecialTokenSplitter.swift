@@ -27,7 +27,7 @@ struct SpecialTokenSplitter {
             outer: while i < count {
                 if firstBytes[Int(b[i])] {
                     for m in active where i + m.bytes.count <= count && m.bytes[0] == b[i]
-                        && m.bytes.withUnsafeBufferPointer({ memcmp($0.baseAddress!, b.baseAddress! + i, m.bytes.count) == 0 }) {
+                        && m.bytes.withUnsafeBufferPointer({ bytesEqual($0.baseAddress!, b.baseAddress! + i, m.bytes.count) }) {
                         if start < i { segments.append(.text(Self.substring(text, start, i))) }
                         segments.append(.special(m.id))
                         i += m.bytes.count
@@ -50,7 +50,7 @@ struct SpecialTokenSplitter {
     }
 }
 
-private func memcmp(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Int32 {
-    for k in 0..<n where a[k] != b[k] { return 1 }
-    return 0
+private func bytesEqual(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+    for k in 0..<n where a[k] != b[k] { return false }
+    return true
 }

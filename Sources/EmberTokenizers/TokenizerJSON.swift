@@ -76,7 +76,7 @@ public enum TokenizerJSON {
         return try ByteLevelBPETokenizer(
             tokens: tokens, merges: merges, preTokenizer: preTokenizer,
             controlTokens: Set(added.filter(\.special).map(\.id)), userTokens: Set(added.filter { !$0.special }.map(\.id)),
-            eosTokenID: eos, endOfGenerationIDs: Set(added.filter { ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"].contains($0.content) }.map(\.id)))
+            eosTokenID: eos, endOfGenerationIDs: Set(added.filter { ByteLevelBPETokenizer.endOfTurnMarkers.contains($0.content) }.map(\.id)))
     }
 
     /// The byte-level pre-tokenizers Ember implements, recognised from their JSON.

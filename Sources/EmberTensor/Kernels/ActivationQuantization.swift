@@ -5,7 +5,7 @@
 ///     s = d · Σ q_j, stored as f16 (q8_1 only; pairs with q4_1's minimum)
 ///
 /// The values are kept as f32 in *lane order*: within a block, `lanes[8k + i]` is element `4i + k`, the
-/// layout `QuantizedRows` decodes weights into, so a block's dot product is four 8-wide multiply-adds.
+/// layout `DecodedRow` decodes weights into, so a block's dot product is four 8-wide multiply-adds.
 public struct Q8Activations {
     public let rows: Int
     public let columns: Int
