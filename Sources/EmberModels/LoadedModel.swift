@@ -24,7 +24,7 @@ public struct LoadedModel: Sendable {
         let gguf = try GGUFFile(path: path)
         let configuration = try LlamaConfiguration(gguf: gguf)
         let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, names: .gguf, ropeMode: .interleaved)
-        let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        let tokenizer = try GGUFTokenizer.load(gguf)
         guard tokenizer.vocabularySize == configuration.vocabularySize else {
             throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(configuration.vocabularySize)")
         }

@@ -15,8 +15,9 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
 
     private let vocabulary: [String: Int]
     private let tokenBytes: [[UInt8]]
-    /// (left id << 32 | right id) → (rank, merged id)
-    private let merges: [UInt64: (rank: Int32, merged: Int32)]
+    private let merges: BPEMerges
+    /// A pre-token that is itself a vocabulary entry becomes that token without merging (LLaMA-3).
+    private let ignoreMerges: Bool
     private let byteTokens: [Int32]
     private let special: Set<Int>
     private let splitter: SpecialTokenSplitter
@@ -28,8 +29,10 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
     ///   - userTokens: ids of added tokens that are always matched as whole tokens.
     public init(tokens: [String], merges mergeList: [String], preTokenizer: PreTokenizer,
                 controlTokens: Set<Int> = [], userTokens: Set<Int> = [],
-                bosTokenID: Int? = nil, eosTokenID: Int? = nil, endOfGenerationIDs: Set<Int> = []) throws {
+                bosTokenID: Int? = nil, eosTokenID: Int? = nil, endOfGenerationIDs: Set<Int> = [],
+                ignoreMerges: Bool = false) throws {
         self.tokens = tokens
+        self.ignoreMerges = ignoreMerges
         self.preTokenizer = preTokenizer
         self.bosTokenID = bosTokenID
         self.eosTokenID = eosTokenID
@@ -51,21 +54,7 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
         }
         self.byteTokens = byteTokens
 
-        var table: [UInt64: (rank: Int32, merged: Int32)] = [:]
-        table.reserveCapacity(mergeList.count)
-        for (rank, merge) in mergeList.enumerated() {
-            let parts = merge.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw TokenizerError("merge \(rank) \"\(merge)\" is not two tokens separated by a space") }
-            guard let l = vocabulary[String(parts[0])], let r = vocabulary[String(parts[1])] else {
-                throw TokenizerError("merge \(rank) \"\(merge)\" names a token that is not in the vocabulary")
-            }
-            guard let m = vocabulary[String(parts[0]) + String(parts[1])] else {
-                throw TokenizerError("merge \(rank) \"\(merge)\" produces a token that is not in the vocabulary")
-            }
-            let key = UInt64(l) << 32 | UInt64(r)
-            if table[key] == nil { table[key] = (Int32(rank), Int32(m)) }
-        }
-        merges = table
+        merges = try BPEMerges(list: mergeList, vocabulary: vocabulary)
 
         splitter = SpecialTokenSplitter(special.map { (tokens[$0], $0, userTokens.contains($0)) })
     }
@@ -103,42 +92,15 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
                 for s in known { ids.append(Int(s)) }
                 continue
             }
-            var symbols = utf8.map { byteTokens[Int($0)] }
-            mergeSymbols(&symbols)
-            symbols.removeAll { $0 < 0 }
+            var symbols: [Int32]
+            if ignoreMerges, let whole = vocabulary[ByteLevel.encode(utf8)] {
+                symbols = [Int32(whole)]
+            } else {
+                symbols = merges.merge(utf8.map { byteTokens[Int($0)] }).map(\.id)
+                symbols.removeAll { $0 < 0 }
+            }
             if cache.count < 1 << 20 { cache[utf8] = symbols }
             for s in symbols { ids.append(Int(s)) }
-        }
-    }
-
-    /// Applies merges to one pre-token in rank order.
-    private func mergeSymbols(_ symbols: inout [Int32]) {
-        while symbols.count > 1 {
-            var best: (rank: Int32, merged: Int32) = (.max, -1)
-            var at = -1
-            for i in 0..<symbols.count - 1 {
-                if let m = merges[UInt64(UInt32(bitPattern: symbols[i])) << 32 | UInt64(UInt32(bitPattern: symbols[i + 1]))],
-                   m.rank < best.rank {
-                    best = m
-                    at = i
-                }
-            }
-            if at < 0 { return }
-            // Merge every non-overlapping occurrence of this pair, left to right.
-            let left = symbols[at], right = symbols[at + 1]
-            var out: [Int32] = []
-            out.reserveCapacity(symbols.count)
-            var i = 0
-            while i < symbols.count {
-                if i + 1 < symbols.count, symbols[i] == left, symbols[i + 1] == right {
-                    out.append(best.merged)
-                    i += 2
-                } else {
-                    out.append(symbols[i])
-                    i += 1
-                }
-            }
-            symbols = out
         }
     }
 }

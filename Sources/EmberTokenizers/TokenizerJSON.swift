@@ -21,7 +21,14 @@ public enum TokenizerJSON {
         let added = try addedTokens(root["added_tokens"])
         let type = model["type"] as? String ?? (model["merges"] != nil ? "BPE" : "WordPiece")
         switch type {
-        case "BPE": return try byteLevelBPE(model: model, root: root, added: added)
+        case "BPE":
+            if let post = typeName(root["post_processor"]), !knownPostProcessors.contains(post) {
+                throw TokenizerError("post-processor \(post) is not supported (\(knownPostProcessors.sorted().joined(separator: ", ")) are)")
+            }
+            if mentionsByteLevel(root["pre_tokenizer"]) || typeName(root["decoder"]) == "ByteLevel" {
+                return try byteLevelBPE(model: model, root: root, added: added)
+            }
+            return try sentencePieceBPE(model: model, root: root, added: added)
         case "WordPiece": return try wordPiece(model: model, root: root, added: added)
         default: throw TokenizerError("model type \(type) is not supported (BPE and WordPiece are)")
         }
@@ -57,11 +64,61 @@ public enum TokenizerJSON {
 
     static func typeName(_ value: Any?) -> String? { (value as? [String: Any])?["type"] as? String }
 
+    /// Post-processors only add special tokens around an encoding (not done by `encode`), so any of these is accepted.
+    static let knownPostProcessors: Set<String> = ["TemplateProcessing", "ByteLevel", "BertProcessing", "RobertaProcessing", "Sequence"]
+
+    /// Whether a pre-tokenizer is or contains ByteLevel.
+    static func mentionsByteLevel(_ value: Any?) -> Bool {
+        guard let object = value as? [String: Any] else { return false }
+        if object["type"] as? String == "ByteLevel" { return true }
+        return (object["pretokenizers"] as? [Any] ?? []).contains(where: mentionsByteLevel)
+    }
+
+    static func firstAdded(_ added: [AddedToken], _ texts: [String]) -> Int? {
+        texts.lazy.compactMap { t in added.first { $0.content == t && $0.special }?.id }.first
+    }
+
+    /// BPE over characters with `▁` for spaces (LLaMA-2, Mistral, Gemma converted from SentencePiece).
+    static func sentencePieceBPE(model: [String: Any], root: [String: Any], added: [AddedToken]) throws -> SentencePieceBPETokenizer {
+        for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
+            if let value = model[key] as? String, !value.isEmpty { throw TokenizerError("BPE with \(key) is not supported") }
+        }
+        if let dropout = model["dropout"] as? Double, dropout > 0 { throw TokenizerError("BPE dropout is not supported") }
+        let normalizer = try (root["normalizer"] as? [String: Any]).map(TextNormalizer.fromJSON)
+        var preTokenizer: [SentencePieceBPETokenizer.WordSplit] = []
+        if let pre = root["pre_tokenizer"] as? [String: Any] {
+            let parts = pre["type"] as? String == "Sequence" ? (pre["pretokenizers"] as? [[String: Any]] ?? []) : [pre]
+            preTokenizer = try parts.map(wordSplit)
+        }
+        let decoders = try (root["decoder"] as? [String: Any]).map(TokenDecoder.fromJSON) ?? []
+        let tokens = try vocabularyArray(model["vocab"], added: added)
+        let merges: [String] = try (model["merges"] as? [Any] ?? []).enumerated().map { i, m in
+            if let s = m as? String { return s }
+            if let pair = m as? [String], pair.count == 2 { return pair[0] + " " + pair[1] }
+            throw TokenizerError("merge \(i) is neither \"a b\" nor [\"a\", \"b\"]")
+        }
+        var unknown: Int?
+        if let name = model["unk_token"] as? String {
+            guard let id = tokens.firstIndex(of: name) else { throw TokenizerError("the unknown token \(name) is not in the vocabulary") }
+            unknown = id
+        }
+        var types = tokens.map { SentencePieceBPETokenizer.byteValue($0) == nil ? SentencePieceBPETokenizer.PieceType.normal : .byte }
+        for a in added { types[a.id] = a.special ? .control : .userDefined }
+        if let unknown { types[unknown] = .unknown }
+        return try SentencePieceBPETokenizer(
+            pieces: tokens, types: types, merges: merges, byteFallback: model["byte_fallback"] as? Bool ?? false,
+            unknownID: unknown, input: .components(normalizer: normalizer, preTokenizer: preTokenizer), output: .decoders(decoders),
+            addedTokens: added.map { ($0.id, !$0.special) }, ignoreMerges: model["ignore_merges"] as? Bool ?? false,
+            fuseUnknown: model["fuse_unk"] as? Bool ?? false,
+            bosTokenID: firstAdded(added, ["<s>", "<bos>", "<|begin_of_text|>"]),
+            eosTokenID: firstAdded(added, ["</s>", "<eos>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>"]))
+    }
+
     static func byteLevelBPE(model: [String: Any], root: [String: Any], added: [AddedToken]) throws -> ByteLevelBPETokenizer {
         if root["normalizer"] != nil && !(root["normalizer"] is NSNull) {
             throw TokenizerError("normalizer \(typeName(root["normalizer"]) ?? "?") is not supported for byte-level BPE")
         }
-        if model["byte_fallback"] as? Bool == true { throw TokenizerError("BPE with byte_fallback (SentencePiece style) is not supported") }
+        if model["byte_fallback"] as? Bool == true { throw TokenizerError("byte-level BPE with byte_fallback is not supported") }
         let preTokenizer = try bytePreTokenizer(root["pre_tokenizer"])
         if let decoder = typeName(root["decoder"]), decoder != "ByteLevel" {
             throw TokenizerError("decoder \(decoder) is not supported for byte-level BPE (ByteLevel is)")
@@ -76,7 +133,32 @@ public enum TokenizerJSON {
         return try ByteLevelBPETokenizer(
             tokens: tokens, merges: merges, preTokenizer: preTokenizer,
             controlTokens: Set(added.filter(\.special).map(\.id)), userTokens: Set(added.filter { !$0.special }.map(\.id)),
-            eosTokenID: eos, endOfGenerationIDs: Set(added.filter { ByteLevelBPETokenizer.endOfTurnMarkers.contains($0.content) }.map(\.id)))
+            eosTokenID: eos, endOfGenerationIDs: Set(added.filter { ByteLevelBPETokenizer.endOfTurnMarkers.contains($0.content) }.map(\.id)),
+            ignoreMerges: model["ignore_merges"] as? Bool ?? false)
+    }
+
+    /// A Metaspace or Split pre-tokenizer of a SentencePiece-style BPE.
+    static func wordSplit(_ object: [String: Any]) throws -> SentencePieceBPETokenizer.WordSplit {
+        switch object["type"] as? String {
+        case "Metaspace":
+            var m = SentencePieceBPETokenizer.Metaspace()
+            m.replacement = (object["replacement"] as? String)?.first ?? "▁"
+            let scheme = object["prepend_scheme"] as? String ?? ((object["add_prefix_space"] as? Bool ?? true) ? "always" : "never")
+            guard let prepend = SentencePieceBPETokenizer.Metaspace.Prepend(rawValue: scheme) else {
+                throw TokenizerError("Metaspace prepend_scheme \(scheme) is not one of always, first, never")
+            }
+            m.prepend = prepend
+            m.split = object["split"] as? Bool ?? true
+            return .metaspace(m)
+        case "Split":
+            let name = object["behavior"] as? String ?? "?"
+            guard let behavior = SentencePieceBPETokenizer.SplitBehavior(rawValue: name) else {
+                throw TokenizerError("Split behavior \(name) is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous")
+            }
+            return .split(try TextPattern(object, in: "pre-tokenizer Split"), behavior: behavior, invert: object["invert"] as? Bool ?? false)
+        case let type:
+            throw TokenizerError("pre-tokenizer \(type ?? "?") is not supported for SentencePiece-style BPE (Metaspace and Split are)")
+        }
     }
 
     /// The byte-level pre-tokenizers Ember implements, recognised from their JSON.

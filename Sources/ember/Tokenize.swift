@@ -82,9 +82,10 @@ struct Tokenize: ParsableCommand {
     }
 }
 
-/// A tokenizer from a tokenizer.json or from a GGUF file's vocabulary.
+/// A tokenizer from a tokenizer.json, a SentencePiece .model or a GGUF file's vocabulary.
 func loadTokenizer(_ path: String) throws -> any Tokenizer {
     guard FileManager.default.fileExists(atPath: path) else { throw CommandError("\(path): no such file") }
     if path.hasSuffix(".json") { return try TokenizerJSON.load(path: path) }
-    return try ByteLevelBPETokenizer(gguf: GGUFFile(path: path))
+    if path.hasSuffix(".model") { return try SentencePieceModel.load(path: path) }
+    return try GGUFTokenizer.load(GGUFFile(path: path))
 }

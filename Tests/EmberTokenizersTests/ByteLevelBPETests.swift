@@ -74,7 +74,7 @@ enum Fixtures {
     @Test(arguments: [false, true])
     func matchesLlamaTokenize(parseSpecial: Bool) throws {
         let gguf = try GGUFFile(path: Fixtures.path(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-        let tokenizer = try ByteLevelBPETokenizer(gguf: gguf)
+        let tokenizer = try GGUFTokenizer.load(gguf)
         let text = try String(contentsOfFile: Fixtures.path("Tests/Fixtures/text/tokenizer.txt"), encoding: .utf8)
         let file = parseSpecial ? "tokenizer-ids-special.json" : "tokenizer-ids.json"
         let expected = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.path("Tests/Fixtures/llama.cpp/\(file)")))) as! [Int]
