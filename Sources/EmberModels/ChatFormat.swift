@@ -1,28 +1,43 @@
+import EmberTokenizers
 import Foundation
 
-/// ChatML prompts (`<|im_start|>role\n…<|im_end|>\n`), the format of SmolLM2 and Qwen models.
+/// Turns a conversation into a prompt with the model's own chat template (GGUF
+/// `tokenizer.chat_template`, or `chat_template` in a model directory's `tokenizer_config.json`),
+/// rendered as transformers renders it. A model without a template gets ChatML.
 public struct ChatFormat: Sendable {
-    /// The system message the model's own template adds when the conversation has none.
-    public var defaultSystemPrompt: String?
-
-    public init(template: String?) {
-        defaultSystemPrompt = nil
-        // SmolLM2's template inserts a fixed system turn; find its text between the markers.
-        if let template, let start = template.range(of: "<|im_start|>system\n"),
-           let end = template.range(of: "<|im_end|>", range: start.upperBound..<template.endIndex) {
-            let text = String(template[start.upperBound..<end.lowerBound])
-            if !text.contains("{") { defaultSystemPrompt = text }
+    public struct Message: Sendable {
+        public var role: String
+        public var content: String
+        public init(role: String, content: String) {
+            self.role = role
+            self.content = content
         }
     }
 
-    public func turn(role: String, content: String) -> String {
-        "<|im_start|>\(role)\n\(content)<|im_end|>\n"
+    /// ChatML, for models that carry no template of their own.
+    public static let chatML = """
+        {% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}\
+        {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}
+        """
+
+    public let template: ChatTemplate
+    public let bosToken: String?
+    public let eosToken: String?
+
+    public init(template source: String?, tokenizer: (any Tokenizer)?) throws {
+        template = try ChatTemplate(source ?? Self.chatML)
+        bosToken = tokenizer?.bosTokenID.flatMap { tokenizer?.token($0) }
+        eosToken = tokenizer?.eosTokenID.flatMap { tokenizer?.token($0) }
     }
 
-    /// The text that opens a conversation with one user message and asks for the assistant's reply.
-    public func prompt(user: String, system: String? = nil, firstTurn: Bool = true) -> String {
-        var text = ""
-        if firstTurn, let s = system ?? defaultSystemPrompt { text += turn(role: "system", content: s) }
-        return text + turn(role: "user", content: user) + "<|im_start|>assistant\n"
+    /// The prompt for `messages`, ending with the opening of the assistant's turn when `addGenerationPrompt`.
+    public func prompt(_ messages: [Message], addGenerationPrompt: Bool = true) throws -> String {
+        let list = JinjaValue.list(messages.map { .dict(JinjaDict([("role", .string($0.role)), ("content", .string($0.content))])) })
+        return try prompt(messages: list, addGenerationPrompt: addGenerationPrompt)
+    }
+
+    /// The prompt for OpenAI-style message objects (and `tools`, when given).
+    public func prompt(messages: JinjaValue, tools: JinjaValue? = nil, addGenerationPrompt: Bool = true) throws -> String {
+        try template.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bosToken, eosToken: eosToken, tools: tools)
     }
 }

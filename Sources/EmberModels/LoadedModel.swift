@@ -15,6 +15,15 @@ public struct LoadedModel: Sendable {
     public let addBOS: Bool
     public let gguf: GGUFFile?
 
+    /// The model's chat format (its own template, or ChatML when it has none).
+    public func chatFormat() throws -> ChatFormat {
+        do {
+            return try ChatFormat(template: chatTemplate, tokenizer: tokenizer)
+        } catch let error as JinjaError {
+            throw FormatError("\(path): the chat template cannot be used: \(error.message)")
+        }
+    }
+
     public static func load(path: String) throws -> LoadedModel {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
@@ -49,8 +58,22 @@ public struct LoadedModel: Sendable {
                 throw FormatError(error.message)
             }
         }
+        let settings = try tokenizerConfig(path + "/tokenizer_config.json")
         return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
-                           chatTemplate: nil, addBOS: false, gguf: nil)
+                           chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil)
+    }
+
+    /// The chat template and BOS setting of a Hugging Face `tokenizer_config.json`, when there is one.
+    private static func tokenizerConfig(_ path: String) throws -> (chatTemplate: String?, addBOS: Bool) {
+        guard let data = FileManager.default.contents(atPath: path) else { return (nil, false) }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw FormatError("\(path): not a JSON object")
+        }
+        var template = object["chat_template"] as? String
+        if template == nil, let named = object["chat_template"] as? [[String: Any]] {
+            template = (named.first { $0["name"] as? String == "default" } ?? named.first)?["template"] as? String
+        }
+        return (template, object["add_bos_token"] as? Bool ?? false)
     }
 
     /// The tokenizer, or an error saying this model has none Ember can read.

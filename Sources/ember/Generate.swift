@@ -60,11 +60,21 @@ struct Generate: ParsableCommand {
         let capacity = context ?? min(model.configuration.maxPositionEmbeddings, 4096)
         let cache = model.makeCache(capacity: capacity)
         var sampler = Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed)
-        let format = ChatFormat(template: loaded.chatTemplate)
+        let format = try loaded.chatFormat()
+        /// The tokens the cache holds, so that each chat turn only feeds what is new.
+        var history: [Int] = []
 
-        func reply(to text: String, parseSpecial: Bool) throws {
-            var input = tokenizer.encode(text, parseSpecial: parseSpecial)
-            if cache.count == 0, loaded.addBOS, let bos = tokenizer.bosTokenID { input.insert(bos, at: 0) }
+        /// Generates after `text`; returns the reply's text.
+        @discardableResult
+        func reply(to text: String, parseSpecial: Bool) throws -> String {
+            var tokens = tokenizer.encode(text, parseSpecial: parseSpecial)
+            if loaded.addBOS, let bos = tokenizer.bosTokenID, tokens.first != bos { tokens.insert(bos, at: 0) }
+            // Reuse the cached prefix the new prompt shares with what the cache holds.
+            let shared = zip(history, tokens).prefix { $0 == $1 }.count
+            let keep = min(shared, tokens.count - 1, cache.count)
+            cache.truncate(to: keep)
+            history = tokens
+            let input = Array(tokens[keep...])
             guard cache.count + input.count < capacity else {
                 throw CommandError("the prompt has \(input.count) tokens but the context holds \(capacity - cache.count) more; shorten it or raise --context")
             }
@@ -73,21 +83,28 @@ struct Generate: ParsableCommand {
             let promptSeconds = Date().timeIntervalSince(start)
             var decoder = StreamingDecoder()
             var generated = 0
+            var replyText = ""
             let genStart = Date()
             while generated < maxTokens, cache.count < capacity {
                 let next = sampler.sample(logits[...])
                 generated += 1
                 if tokenizer.endOfGenerationIDs.contains(next) { break }
-                printFlushed(decoder.append(tokenizer.bytes(of: next)))
+                history.append(next)
+                let piece = decoder.append(tokenizer.bytes(of: next))
+                replyText += piece
+                printFlushed(piece)
                 if cache.count + 1 >= capacity { break }
                 logits = try model.forward([next], cache: cache)
             }
-            printFlushed(decoder.finish())
+            let tail = decoder.finish()
+            replyText += tail
+            printFlushed(tail)
             if verbose {
                 let genSeconds = Date().timeIntervalSince(genStart)
                 printError(String(format: "\n[prompt: %d tokens, %.1f tokens/s; generated: %d tokens, %.1f tokens/s]",
                                   input.count, Double(input.count) / promptSeconds, generated, Double(generated) / max(genSeconds, 1e-9)))
             }
+            return replyText
         }
 
         if !chat {
@@ -95,19 +112,20 @@ struct Generate: ParsableCommand {
             printFlushed("\n")
             return
         }
+        var messages: [ChatFormat.Message] = system.map { [.init(role: "system", content: $0)] } ?? []
         if let prompt {
-            try reply(to: format.prompt(user: prompt, system: system), parseSpecial: true)
+            messages.append(.init(role: "user", content: prompt))
+            try reply(to: format.prompt(messages), parseSpecial: true)
             printFlushed("\n")
             return
         }
         printError("Chatting with \(loaded.path). Type a message; an empty line ends the conversation.")
-        var firstTurn = true
         while true {
             printError("> ", terminator: "")
             guard let line = readLine(), !line.isEmpty else { break }
-            let text = (firstTurn ? "" : "<|im_end|>\n") + format.prompt(user: line, system: system, firstTurn: firstTurn)
-            firstTurn = false
-            try reply(to: text, parseSpecial: true)
+            messages.append(.init(role: "user", content: line))
+            let answer = try reply(to: format.prompt(messages), parseSpecial: true)
+            messages.append(.init(role: "assistant", content: answer))
             printFlushed("\n")
         }
     }
