@@ -23,6 +23,12 @@ extension Tokenizer {
 
     public func decode(_ ids: [Int]) -> String { decode(ids, skipSpecial: false) }
 
+    /// Token ids for UTF-8 bytes from outside (a file, a socket): invalid UTF-8 is an error that
+    /// gives the offset of the first bad byte, never a silent replacement.
+    public func encode(utf8 bytes: [UInt8], parseSpecial: Bool) throws -> [Int] {
+        try encode(validatedText(bytes), parseSpecial: parseSpecial)
+    }
+
     /// Concatenated token bytes: the decoding of byte-level vocabularies.
     public func decodeBytes(_ ids: [Int], skipSpecial: Bool) -> String {
         var bytes: [UInt8] = []
@@ -67,6 +73,16 @@ public struct StreamingDecoder {
         }
         return bytes.count
     }
+}
+
+/// `bytes` as a String, or an error naming the offset of the first byte that is not valid UTF-8.
+public func validatedText(_ bytes: [UInt8]) throws -> String {
+    if let text = String(validating: bytes, as: UTF8.self) { return text }
+    var iterator = bytes.makeIterator()
+    var decoder = UTF8()
+    var offset = 0
+    while case .scalarValue(let scalar) = decoder.decode(&iterator) { offset += UTF8.width(scalar) }
+    throw TokenizerError("the input is not valid UTF-8 (byte \(offset) of \(bytes.count))")
 }
 
 /// A tokenizer file that cannot be used, with the reason.

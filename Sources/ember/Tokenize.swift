@@ -56,10 +56,11 @@ struct Tokenize: ParsableCommand {
         } else {
             let data = file.map { FileManager.default.contents(atPath: $0) } ?? FileHandle.standardInput.readDataToEndOfFile()
             guard let data else { throw CommandError("cannot read \(file!)") }
-            guard let decoded = String(validating: data, as: UTF8.self) else {
-                throw CommandError("\(file ?? "standard input") is not valid UTF-8")
+            do {
+                input = try validatedText([UInt8](data))
+            } catch let error as TokenizerError {
+                throw CommandError("\(file ?? "standard input"): \(error.message)")
             }
-            input = decoded
         }
         let start = DispatchTime.now().uptimeNanoseconds
         let result = tokenizer.encode(input, parseSpecial: !noParseSpecial)

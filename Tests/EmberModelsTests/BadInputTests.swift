@@ -131,6 +131,12 @@ func loadError(_ path: String) -> String? {
         try expectCleanFailure(["tokenize", "--tokenizer", broken, "--text", "hi"], mentioning: "not a JSON object")
         let ok = try run(["tokenize", "--tokenizer", model, "--text", "ab<|im_end|>", "--json"])
         #expect(ok.stdout == "{\"ids\":[97,98,257]}\n", "\(ok.stdout)")
+        let spm = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("Tests/Fixtures/tokenizers/sentencepiece/llama.model")))
+        let truncated = temporaryFile(Array(spm.prefix(spm.count / 2)), suffix: ".model")
+        defer { try? FileManager.default.removeItem(atPath: truncated) }
+        try expectCleanFailure(["tokenize", "--tokenizer", truncated, "--text", "hi"], mentioning: "truncated")
+        let pieces = try run(["tokenize", "--tokenizer", Fixtures.path("Tests/Fixtures/tokenizers/sentencepiece/llama.model"), "--text", "Hello", "--tokens"])
+        #expect(pieces.status == 0 && pieces.stdout.hasPrefix("▁"), "\(pieces.stdout)")
     }
 
     @Test func tinyModelGeneratesAndInspects() throws {
