@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Single-threaded encode throughput of Ember against Hugging Face tokenizers on the same ~10 MB
-# text (the Python standard library's sources) with SmolLM2's tokenizer.json, side by side in one
-# run, checking that both produce the same ids. Prints a Markdown table with the ratio.
+# text (the Python standard library's sources), side by side in one
+# run, checking that both produce the same ids: SmolLM2's byte-level BPE and a SentencePiece-style BPE
+# (the LLaMA-2 layout tokenizer.json of Tests/Fixtures). Prints a Markdown table with the ratios.
 # Usage: bench/tokenizer.sh [--rounds 3]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,11 +30,14 @@ for path in sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "**", "*
         break
 PY
 fi
-ember_ids=$(mktemp)
-.build/release/ember tokenize --tokenizer "$tokenizer" --file "$corpus" > "$ember_ids"
-for r in $(seq "$rounds"); do
-    .build/release/ember tokenize --tokenizer "$tokenizer" --file "$corpus" --stats 2>&1 | sed -n 's/.*: \([0-9.]*\) MB\/s/ember \1/p'
-    RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "$python" - "$tokenizer" "$corpus" "$ember_ids" <<'PY'
+# Each tokenizer: Ember and tokenizers alternating, median of the rounds, ids checked equal.
+bench() {
+    local label=$1 tokenizer=$2 ember_ids
+    ember_ids=$(mktemp)
+    .build/release/ember tokenize --tokenizer "$tokenizer" --file "$corpus" > "$ember_ids"
+    for r in $(seq "$rounds"); do
+        .build/release/ember tokenize --tokenizer "$tokenizer" --file "$corpus" --stats 2>&1 | sed -n 's/.*: \([0-9.]*\) MB\/s/ember \1/p'
+        RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "$python" - "$tokenizer" "$corpus" "$ember_ids" <<'PY'
 import sys, time
 from tokenizers import Tokenizer
 tokenizer = Tokenizer.from_file(sys.argv[1])
@@ -47,14 +51,19 @@ if ours != ids:
     print(f"ids differ: Ember {len(ours)}, tokenizers {len(ids)}", file=sys.stderr)
     sys.exit(1)
 PY
-done | python3 -c '
-import statistics, sys
+    done | LABEL="$label" python3 -c '
+import os, statistics, sys
 rows = {}
 for line in sys.stdin:
     tool, value = line.split()
     rows.setdefault(tool, []).append(float(value))
 ours, ref = statistics.median(rows["ember"]), statistics.median(rows["tokenizers"])
-print(f"| tokenizer | corpus | tokenizers MB/s | Ember MB/s | Ember / tokenizers |")
-print(f"| --- | --- | ---: | ---: | ---: |")
-print(f"| SmolLM2 byte-level BPE | 10 MB of Python sources | {ref:.2f} | {ours:.2f} | {ours / ref:.1f} |")'
-rm -f "$ember_ids"
+label = os.environ["LABEL"]
+print(f"| {label} | 10 MB of Python sources | {ref:.2f} | {ours:.2f} | {ours / ref:.1f} |")'
+    rm -f "$ember_ids"
+}
+
+echo "| tokenizer | corpus | tokenizers MB/s | Ember MB/s | Ember / tokenizers |"
+echo "| --- | --- | ---: | ---: | ---: |"
+bench "SmolLM2 byte-level BPE" "$tokenizer"
+bench "SentencePiece BPE with byte fallback (LLaMA-2 layout, 2k pieces)" Tests/Fixtures/tokenizers/sentencepiece/llama-legacy.tokenizer.json

@@ -100,6 +100,7 @@ public struct TextPattern: @unchecked Sendable {
     }
 
     public func replace(in text: String, with replacement: String) -> String {
+        if regex == nil { return Self.replaceLiteral(source, in: text, with: replacement) }
         let ranges = matches(in: text)
         if ranges.isEmpty { return text }
         var out = ""
@@ -110,5 +111,28 @@ public struct TextPattern: @unchecked Sendable {
             from = r.upperBound
         }
         return out + text[from...]
+    }
+
+    /// Replaces every occurrence of `needle`, working on UTF-8 bytes (matches of valid UTF-8 in valid
+    /// UTF-8 always start and end on character boundaries).
+    static func replaceLiteral(_ needle: String, in text: String, with replacement: String) -> String {
+        let n = Array(needle.utf8), r = Array(replacement.utf8)
+        guard let first = n.first else { return text }
+        var t = text
+        return t.withUTF8 { bytes in
+            var out: [UInt8] = []
+            out.reserveCapacity(bytes.count + bytes.count / 8)
+            var i = 0
+            while i < bytes.count {
+                if bytes[i] == first, i + n.count <= bytes.count, n.indices.allSatisfy({ bytes[i + $0] == n[$0] }) {
+                    out += r
+                    i += n.count
+                } else {
+                    out.append(bytes[i])
+                    i += 1
+                }
+            }
+            return String(decoding: out, as: UTF8.self)
+        }
     }
 }

@@ -53,7 +53,7 @@ public final class SentencePieceBPETokenizer: Tokenizer, @unchecked Sendable {
             switch self {
             case .metaspace(let m):
                 let mark = String(m.replacement)
-                var text = word.replacingOccurrences(of: " ", with: mark)
+                var text = TextPattern.replaceLiteral(" ", in: word, with: mark)
                 let prepend = m.prepend == .always || (m.prepend == .first && atStart)
                 if prepend && !text.isEmpty && !text.hasPrefix(mark) { text = mark + text }
                 guard m.split else { return [(text, atStart)] }
@@ -121,6 +121,8 @@ public final class SentencePieceBPETokenizer: Tokenizer, @unchecked Sendable {
     private let unknownID: Int?
     private let ignoreMerges: Bool
     private let fuseUnknown: Bool
+    /// No vocabulary entry has `▁` after another character (see `encodeSymbols`).
+    private let splitsAtSpaces: Bool
     private let splitter: SpecialTokenSplitter
     /// User-defined pieces matched inside the normalized text (SentencePiece front end), longest first.
     private let inlinePieces: [UInt8: [(bytes: [UInt8], id: Int32)]]
@@ -147,6 +149,14 @@ public final class SentencePieceBPETokenizer: Tokenizer, @unchecked Sendable {
         self.output = output
         self.ignoreMerges = ignoreMerges
         self.fuseUnknown = fuseUnknown
+        splitsAtSpaces = !pieces.contains { piece in
+            var previous: Unicode.Scalar?
+            for c in piece.unicodeScalars {
+                if c == "▁", let p = previous, p != "▁" { return true }
+                previous = c
+            }
+            return false
+        }
         self.bosTokenID = bosTokenID
         self.eosTokenID = eosTokenID
 
@@ -265,13 +275,15 @@ public final class SentencePieceBPETokenizer: Tokenizer, @unchecked Sendable {
 
     /// Pieces of `text` each starting at an occurrence of `mark` (the text before the first one is a piece too).
     static func splitBefore(_ mark: Character, _ text: String) -> [Substring] {
+        guard let scalar = mark.unicodeScalars.first, mark.unicodeScalars.count == 1 else { return [text[...]] }
         var words: [Substring] = []
-        var start = text.startIndex
-        for i in text.indices where text[i] == mark && i != start {
+        let scalars = text.unicodeScalars
+        var start = scalars.startIndex
+        for i in scalars.indices where scalars[i] == scalar && i != start {
             words.append(text[start..<i])
             start = i
         }
-        if start < text.endIndex { words.append(text[start...]) }
+        if start < scalars.endIndex { words.append(text[start...]) }
         return words
     }
 
@@ -287,46 +299,89 @@ public final class SentencePieceBPETokenizer: Tokenizer, @unchecked Sendable {
         ids += out
     }
 
-    /// Splits normalized UTF-8 into symbols (user-defined pieces whole, otherwise one character each),
-    /// merges them, and maps what remains to ids with byte fallback or the unknown token.
+    /// Encodes normalized UTF-8. When no vocabulary entry has `▁` after another character, no merge
+    /// can cross the start of a `▁` run, so the text is merged one such segment at a time (the same
+    /// result as merging it whole) and repeated segments come from a cache.
     private func encodeSymbols(_ utf8: [UInt8], into ids: inout [Int]) {
+        guard splitsAtSpaces else {
+            appendFused(mergeSegment(utf8[...]), to: &ids)
+            return
+        }
+        var cache: [ArraySlice<UInt8>: [Int32]] = [:]
+        var start = 0, i = 0
+        var previousIsSpace = false
+        while i < utf8.count {
+            let isSpace = i + 2 < utf8.count && utf8[i] == 0xE2 && utf8[i + 1] == 0x96 && utf8[i + 2] == 0x81
+            if isSpace && !previousIsSpace && i > start {
+                appendSegment(utf8[start..<i], to: &ids, cache: &cache)
+                start = i
+            }
+            previousIsSpace = isSpace
+            i += isSpace ? 3 : 1
+        }
+        if start < utf8.count { appendSegment(utf8[start...], to: &ids, cache: &cache) }
+    }
+
+    private func appendSegment(_ segment: ArraySlice<UInt8>, to ids: inout [Int], cache: inout [ArraySlice<UInt8>: [Int32]]) {
+        if let known = cache[segment] {
+            appendFused(known, to: &ids)
+            return
+        }
+        let merged = mergeSegment(segment)
+        if segment.count < 128, cache.count < 1 << 16 { cache[segment] = merged }
+        appendFused(merged, to: &ids)
+    }
+
+    /// Appends ids, fusing an unknown token with an unknown token just before it when the model fuses them.
+    private func appendFused(_ segment: [Int32], to ids: inout [Int]) {
+        var rest = segment[...]
+        if fuseUnknown, let unknownID, ids.last == unknownID, rest.first == Int32(unknownID) { rest = rest.dropFirst() }
+        ids += rest.lazy.map(Int.init)
+    }
+
+    /// Splits UTF-8 into symbols (user-defined pieces whole, otherwise one character each), merges
+    /// them, and maps what remains to ids with byte fallback or the unknown token.
+    private func mergeSegment(_ utf8: ArraySlice<UInt8>) -> [Int32] {
         var symbols: [Int32] = []
         var starts: [Int] = []
         symbols.reserveCapacity(utf8.count)
-        var i = 0
-        while i < utf8.count {
+        starts.reserveCapacity(utf8.count + 1)
+        var i = utf8.startIndex
+        while i < utf8.endIndex {
             starts.append(i)
             if let candidates = inlinePieces[utf8[i]],
-               let hit = candidates.first(where: { i + $0.bytes.count <= utf8.count && utf8[i..<i + $0.bytes.count].elementsEqual($0.bytes) }) {
+               let hit = candidates.first(where: { i + $0.bytes.count <= utf8.endIndex && utf8[i..<i + $0.bytes.count].elementsEqual($0.bytes) }) {
                 symbols.append(hit.id)
                 i += hit.bytes.count
                 continue
             }
-            let length = Self.utf8Length(utf8[i])
-            var scalar: UInt32 = 0
-            if i + length <= utf8.count, let s = String(validating: utf8[i..<i + length], as: UTF8.self)?.unicodeScalars.first {
-                scalar = s.value
-            }
+            let lead = utf8[i]
+            let length = min(Self.utf8Length(lead), utf8.endIndex - i)
+            var scalar = UInt32(length == 1 ? lead : lead & (0xFF >> (length + 1)))
+            for k in 1..<max(length, 1) { scalar = scalar << 6 | UInt32(utf8[i + k] & 0x3F) }
             symbols.append(scalarIDs[scalar] ?? -1)
-            i = min(i + length, utf8.count)
+            i += length
         }
-        starts.append(utf8.count)
+        starts.append(utf8.endIndex)
+        var out: [Int32] = []
+        out.reserveCapacity(symbols.count)
         var previousUnknown = false
         for (id, start) in merges.merge(symbols) {
             if id >= 0 {
-                ids.append(Int(id))
+                out.append(id)
                 previousUnknown = false
                 continue
             }
             let bytes = utf8[starts[start]..<starts[start + 1]]
             if let byteIDs, bytes.allSatisfy({ byteIDs[Int($0)] >= 0 }) {
-                for b in bytes { ids.append(Int(byteIDs[Int(b)])) }
+                for b in bytes { out.append(byteIDs[Int(b)]) }
                 previousUnknown = false
             } else if let unknownID, !(fuseUnknown && previousUnknown) {
-                ids.append(unknownID)
+                out.append(Int32(unknownID))
                 previousUnknown = true
             }
         }
+        return out
     }
 
     static func utf8Length(_ lead: UInt8) -> Int { lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4 }
