@@ -5,6 +5,7 @@
 # llama.cpp's logits and greedy completions for the parity fixtures.
 # Output: .cache/llama.cpp/build/bin. Nothing built here is committed.
 # Usage: bench/build-llama-cpp.sh [TARGET...]   (default: all of the above)
+#        bench/build-llama-cpp.sh --source-only   (only unpack the source; prints its path)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/.cache"
@@ -21,6 +22,10 @@ if [ ! -d "$src" ]; then
     [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
         "llama-cpp-python==$version" -d "$cache/pypi"
     tar xzf "$sdist" -C "$cache/src"
+fi
+if [ "${1:-}" = "--source-only" ]; then
+    echo "$src"
+    exit 0
 fi
 
 targets=("$@")

@@ -56,12 +56,14 @@ public enum GGUFTokenizer {
         let path = gguf.path
         let pre = gguf.string("tokenizer.ggml.pre") ?? "default"
         let preTokenizer: PreTokenizer
+        // llama.cpp's names for the four splitting rules Ember implements.
         switch pre {
-        case "gpt2": preTokenizer = .gpt2
-        case "smollm": preTokenizer = .smollm
-        case "llama-bpe", "llama3": preTokenizer = .llama3
-        case "qwen2": preTokenizer = .qwen2
-        default: throw FormatError("\(path): pre-tokenizer \(pre) is not supported (gpt2, smollm, llama-bpe and qwen2 are)")
+        case "gpt2", "gpt-2", "phi-2", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "roberta-bpe": preTokenizer = .gpt2
+        case "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva": preTokenizer = .smollm
+        case "llama-bpe", "llama3", "llama-v3": preTokenizer = .llama3
+        case "qwen2", "deepseek-r1-qwen": preTokenizer = .qwen2
+        default:
+            throw FormatError("\(path): pre-tokenizer \(pre) is not supported (gpt2, smollm/starcoder, llama-bpe/llama3 and qwen2 families are)")
         }
         let merges = try (gguf.metadata["tokenizer.ggml.merges"]?.array ?? []).enumerated().map { i, value in
             guard let s = value.string else { throw FormatError("\(path): tokenizer.ggml.merges[\(i)] is not a string") }
