@@ -8,10 +8,13 @@ struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Split text into token ids with a model's tokenizer.",
         discussion: """
-        TOKENIZER is a Hugging Face tokenizer.json or a .gguf model (its vocabulary is used).
+        TOKENIZER is a Hugging Face tokenizer.json, a SentencePiece .model file, or a .gguf
+        model (its vocabulary is used).
         Text comes from --text, --file, or standard input. Special tokens written in the text
         (<|im_start|>, [CLS]) become their ids, as Hugging Face's Tokenizer.encode(text,
         add_special_tokens=False) and llama-tokenize do; --no-parse-special tokenizes them as text.
+        A .model file encodes as SentencePieceProcessor.encode(text) does: special-token text
+        stays text.
 
         Examples:
           ember tokenize --tokenizer tokenizer.json --text "Hello world"
@@ -19,7 +22,7 @@ struct Tokenize: ParsableCommand {
           echo "Hello" | ember tokenize --tokenizer tokenizer.json --json
         """)
 
-    @Option(help: ArgumentHelp("A tokenizer.json or a .gguf file.", valueName: "path"))
+    @Option(help: ArgumentHelp("A tokenizer.json, a SentencePiece .model or a .gguf file.", valueName: "path"))
     var tokenizer: String
 
     @Option(help: "The text to tokenize.")
@@ -63,7 +66,7 @@ struct Tokenize: ParsableCommand {
             }
         }
         let start = DispatchTime.now().uptimeNanoseconds
-        let result = tokenizer.encode(input, parseSpecial: !noParseSpecial)
+        let result = tokenizer.encode(input, parseSpecial: !noParseSpecial && !self.tokenizer.hasSuffix(".model"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         if stats {
             let megabytes = Double(input.utf8.count) / 1e6
