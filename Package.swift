@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "EmberTokenizers", targets: ["EmberTokenizers"]),
         .library(name: "EmberFormats", targets: ["EmberFormats"]),
         .library(name: "EmberModels", targets: ["EmberModels"]),
+        .library(name: "EmberInference", targets: ["EmberInference"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -24,6 +25,7 @@ let package = Package(
         .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberModels", dependencies: ["EmberNN", "EmberFormats", "EmberTokenizers"], swiftSettings: kernelFlags),
+        .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
         .executableTarget(name: "ember", dependencies: [
             "EmberModels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -32,5 +34,6 @@ let package = Package(
         .testTarget(name: "EmberFormatsTests", dependencies: ["EmberFormats"], path: "Tests/EmberFormatsTests"),
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
+        .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
     ]
 )
