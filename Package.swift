@@ -17,6 +17,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
@@ -26,8 +27,9 @@ let package = Package(
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberModels", dependencies: ["EmberNN", "EmberFormats", "EmberTokenizers"], swiftSettings: kernelFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
+        .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [
-            "EmberModels",
+            "EmberModels", "EmberServer", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor"], path: "Tests/EmberTensorTests"),

@@ -102,7 +102,7 @@ public final class Llama: @unchecked Sendable {
         }
     }
 
-    private func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
+    func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
         let C = configuration.hiddenSize, eps = configuration.rmsNormEpsilon
         weight.withUnsafeBufferPointer { w in
             pool.parallelRanges(rows) { r in

@@ -4,7 +4,7 @@ import EmberTensor
 import Foundation
 
 @main
-struct Ember: ParsableCommand {
+struct Ember: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ember",
         abstract: "Run LLaMA-family language models on the CPU.",
@@ -13,6 +13,7 @@ struct Ember: ParsableCommand {
         The default model is fetched by scripts/fetch-model.sh into .cache/models/.
 
         Examples:
+          ember serve --model model.gguf --port 8000
           ember generate --model model.gguf --prompt "The capital of France is" --temperature 0
           ember generate --model model.gguf --chat
           ember perplexity --model model.gguf --file text.txt --context 512
@@ -20,7 +21,7 @@ struct Ember: ParsableCommand {
           ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
         """,
-        subcommands: [Generate.self, Perplexity.self, Bench.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

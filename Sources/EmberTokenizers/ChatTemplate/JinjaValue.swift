@@ -174,6 +174,11 @@ extension JinjaValue {
         self = try parser.document()
     }
 
+    /// Compact JSON (no spaces), keys in insertion order; nil for values JSON cannot hold.
+    public func jsonText() -> String? {
+        try? json(indent: nil, itemSeparator: ",", keySeparator: ":")
+    }
+
     /// Python's `json.dumps(value, ensure_ascii=False, ...)`, the `tojson` filter of Hugging Face templates.
     func json(indent: Int?, itemSeparator: String? = nil, keySeparator: String = ": ", sortKeys: Bool = false) throws -> String {
         let item = itemSeparator ?? (indent == nil ? ", " : ",")
@@ -367,4 +372,10 @@ struct JSONReader {
         i += 4
         return v
     }
+}
+
+extension JinjaValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
 }

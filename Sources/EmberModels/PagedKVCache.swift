@@ -1,0 +1,139 @@
+import EmberTensor
+
+/// The KV cache of a serving engine: for each layer, keys and values for `blockCount` blocks of
+/// `blockSize` positions ([slots, Hkv·D], f16). Which blocks belong to which sequence is the block
+/// manager's business; this only holds the data.
+public final class PagedKVCache: @unchecked Sendable {
+    public let blockCount: Int
+    public let blockSize: Int
+    public let kvDim: Int
+    let keys: [UnsafeMutablePointer<Float16>]
+    let values: [UnsafeMutablePointer<Float16>]
+
+    public init(configuration: LlamaConfiguration, blockCount: Int, blockSize: Int) {
+        self.blockCount = blockCount
+        self.blockSize = blockSize
+        kvDim = configuration.kvDim
+        let size = blockCount * blockSize * kvDim
+        keys = (0..<configuration.layerCount).map { _ in .allocate(capacity: size) }
+        values = (0..<configuration.layerCount).map { _ in .allocate(capacity: size) }
+        // Touch every page now, so the memory is really there before serving starts.
+        for p in keys + values { p.initialize(repeating: 0, count: size) }
+    }
+
+    deinit {
+        keys.forEach { $0.deallocate() }
+        values.forEach { $0.deallocate() }
+    }
+
+    /// Bytes per block over all layers (keys and values, f16).
+    public static func bytesPerBlock(configuration: LlamaConfiguration, blockSize: Int) -> Int {
+        2 * configuration.layerCount * blockSize * configuration.kvDim * MemoryLayout<Float16>.size
+    }
+
+    /// Copies block `source` onto block `destination` in every layer (copy-on-write).
+    public func copyBlock(_ source: Int, to destination: Int) {
+        let n = blockSize * kvDim
+        for layer in keys.indices {
+            (keys[layer] + destination * n).update(from: keys[layer] + source * n, count: n)
+            (values[layer] + destination * n).update(from: values[layer] + source * n, count: n)
+        }
+    }
+
+    func store(layer: Int, row: UnsafePointer<Float>, value: UnsafePointer<Float>, slot: Int) {
+        let k = keys[layer] + slot * kvDim, v = values[layer] + slot * kvDim
+        for i in 0..<kvDim {
+            k[i] = Float16(row[i])
+            v[i] = Float16(value[i])
+        }
+    }
+}
+
+extension Llama {
+    /// One sequence's share of a batched step: `tokens` at positions `start ..< start + tokens.count`,
+    /// its block table, and whether the last token's logits are wanted.
+    public struct BatchEntry: Sendable {
+        public var tokens: [Int]
+        public var start: Int
+        public var blocks: [Int]
+        public var wantsLogits: Bool
+        public init(tokens: [Int], start: Int, blocks: [Int], wantsLogits: Bool) {
+            self.tokens = tokens
+            self.start = start
+            self.blocks = blocks
+            self.wantsLogits = wantsLogits
+        }
+    }
+
+    /// Runs a ragged batch (sequences of different lengths and phases) as one pass: every weight
+    /// matrix is read once for all rows; attention reads each sequence's keys and values through its
+    /// block table. Returns the logits of the last token of each entry that wants them, in order.
+    public func forward(batch: [BatchEntry], cache: PagedKVCache, splitKeys: Int? = 2048, pool: ThreadPool = .shared) throws -> [[Float]] {
+        let c = configuration
+        let C = c.hiddenSize
+        let T = batch.reduce(0) { $0 + $1.tokens.count }
+        guard T > 0 else { return [] }
+        var tokens: [Int] = [], positions: [Int32] = [], slots: [Int] = []
+        var sequences: [PagedSequence] = []
+        tokens.reserveCapacity(T)
+        for e in batch {
+            for id in e.tokens where id < 0 || id >= c.vocabularySize { throw ForwardError.tokenOutOfRange(id, vocabulary: c.vocabularySize) }
+            guard (e.start + e.tokens.count + cache.blockSize - 1) / cache.blockSize <= e.blocks.count else {
+                throw ForwardError.contextFull(needed: e.start + e.tokens.count, capacity: e.blocks.count * cache.blockSize)
+            }
+            sequences.append(PagedSequence(rows: tokens.count..<tokens.count + e.tokens.count, start: e.start, blocks: e.blocks.map { Int32($0) }))
+            for (i, id) in e.tokens.enumerated() {
+                let p = e.start + i
+                tokens.append(id)
+                positions.append(Int32(p))
+                slots.append(e.blocks[p / cache.blockSize] * cache.blockSize + p % cache.blockSize)
+            }
+        }
+
+        let x = FloatBuffer(count: T * C), h = FloatBuffer(count: T * C)
+        let q = FloatBuffer(count: T * c.queryDim), k = FloatBuffer(count: T * c.kvDim), v = FloatBuffer(count: T * c.kvDim)
+        let attention = FloatBuffer(count: T * c.queryDim)
+        let gate = FloatBuffer(count: T * c.intermediateSize), up = FloatBuffer(count: T * c.intermediateSize)
+        pool.parallelRanges(T) { rows in
+            for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
+        }
+        for (layer, block) in weights.blocks.enumerated() {
+            normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
+            WeightMatrix.multiply(h.pointer, m: T, by: [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)], pool: pool)
+            positions.withUnsafeBufferPointer { p in
+                pool.parallelRanges(T) { rows in
+                    ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
+                                tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
+                    ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
+                                tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
+                }
+            }
+            for t in 0..<T { cache.store(layer: layer, row: k.pointer + t * c.kvDim, value: v.pointer + t * c.kvDim, slot: slots[t]) }
+            pagedAttentionForward(q: q.pointer, keys: cache.keys[layer], values: cache.values[layer], out: attention.pointer,
+                                  sequences: sequences, blockSize: cache.blockSize, heads: c.headCount, kvHeads: c.kvHeadCount,
+                                  headDim: c.headDim, splitKeys: splitKeys, pool: pool)
+            block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
+            add(h.pointer, into: x.pointer, T * C)
+            normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
+            WeightMatrix.multiply(h.pointer, m: T, by: [(block.gate, gate.pointer), (block.up, up.pointer)], pool: pool)
+            let I = c.intermediateSize
+            pool.parallelRanges(T * I, minimumChunk: 4096) { r in
+                swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
+            }
+            block.down.multiply(gate.pointer, h.pointer, m: T, pool: pool)
+            add(h.pointer, into: x.pointer, T * C)
+        }
+        // Logits only for the rows that need them.
+        let wanted = zip(batch, sequences).filter(\.0.wantsLogits).map { $0.1.rows.upperBound - 1 }
+        guard !wanted.isEmpty else { return [] }
+        let selected = FloatBuffer(count: wanted.count * C)
+        for (i, row) in wanted.enumerated() { (selected.pointer + i * C).update(from: x.pointer + row * C, count: C) }
+        normalize(selected.pointer, weights.finalNorm, into: h.pointer, rows: wanted.count, pool: pool)
+        let V = c.vocabularySize
+        let logits = [Float](unsafeUninitializedCapacity: wanted.count * V) { buffer, initialized in
+            weights.output.multiply(h.pointer, buffer.baseAddress!, m: wanted.count, pool: pool)
+            initialized = wanted.count * V
+        }
+        return (0..<wanted.count).map { Array(logits[$0 * V..<($0 + 1) * V]) }
+    }
+}

@@ -1,0 +1,142 @@
+import EmberInference
+import EmberTokenizers
+import Foundation
+
+/// Builds OpenAI response bodies and stream chunks from engine events.
+struct ResponseBuilder: Sendable {
+    let id: String
+    let chat: Bool
+    let model: String
+    let tokenizer: any Tokenizer
+    let n: Int
+    let logprobs: Bool
+    let promptTokens: Int
+    let created = Int(Date().timeIntervalSince1970)
+
+    private var texts: [String]
+    private var tokenLogprobs: [[TokenLogprob]]
+    private var reasons: [FinishReason?]
+    private var completionTokens: [Int]
+    private var cachedTokens = 0
+
+    init(id: String, chat: Bool, model: String, tokenizer: any Tokenizer, n: Int, logprobs: Bool, promptTokens: Int) {
+        self.id = id
+        self.chat = chat
+        self.model = model
+        self.tokenizer = tokenizer
+        self.n = n
+        self.logprobs = logprobs
+        self.promptTokens = promptTokens
+        texts = Array(repeating: "", count: n)
+        tokenLogprobs = Array(repeating: [], count: n)
+        reasons = Array(repeating: nil, count: n)
+        completionTokens = Array(repeating: 0, count: n)
+    }
+
+    var allFinished: Bool { reasons.allSatisfy { $0 != nil } }
+
+    mutating func collect(_ event: GenerationEvent) {
+        switch event {
+        case .started(_, let cached): cachedTokens = cached
+        case .delta(let choice, let text, _, let lp):
+            texts[choice] += text
+            tokenLogprobs[choice] += lp
+        case .finished(let choice, let reason, let tokens):
+            reasons[choice] = reason
+            completionTokens[choice] = tokens
+        }
+    }
+
+    var usage: JinjaValue {
+        let completion = completionTokens.reduce(0, +)
+        return .object([("prompt_tokens", .int(promptTokens)), ("completion_tokens", .int(completion)),
+                        ("total_tokens", .int(promptTokens + completion)),
+                        ("prompt_tokens_details", .object([("cached_tokens", .int(cachedTokens))]))])
+    }
+
+    private func header(object: String) -> [(String, JinjaValue)] {
+        [("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(model))]
+    }
+
+    private func tokenText(_ id: Int) -> (String, [UInt8]) {
+        let bytes = tokenizer.bytes(of: id)
+        return (String(decoding: bytes, as: UTF8.self), bytes)
+    }
+
+    /// Chat: {"content": [{token, logprob, bytes, top_logprobs}]}; completions: the legacy lists.
+    private func logprobsValue(_ items: [TokenLogprob], textOffset: Int) -> JinjaValue {
+        guard logprobs else { return .none }
+        if chat {
+            return .object([("content", .list(items.map { lp in
+                let (text, bytes) = tokenText(lp.token)
+                let top = lp.top.map { t -> JinjaValue in
+                    let (tt, tb) = tokenText(t.token)
+                    return .object([("token", .string(tt)), ("logprob", .double(Double(t.logprob))), ("bytes", .list(tb.map { .int(Int($0)) }))])
+                }
+                return .object([("token", .string(text)), ("logprob", .double(Double(lp.logprob))),
+                                ("bytes", .list(bytes.map { .int(Int($0)) })), ("top_logprobs", .list(top))])
+            }))])
+        }
+        var offsets: [JinjaValue] = []
+        var offset = textOffset
+        for lp in items {
+            offsets.append(.int(offset))
+            offset += tokenText(lp.token).0.count
+        }
+        return .object([
+            ("tokens", .list(items.map { .string(tokenText($0.token).0) })),
+            ("token_logprobs", .list(items.map { .double(Double($0.logprob)) })),
+            ("top_logprobs", .list(items.map { lp in .dict(JinjaDict(lp.top.map { (tokenText($0.token).0, .double(Double($0.logprob))) })) })),
+            ("text_offset", .list(offsets)),
+        ])
+    }
+
+    func completeResponse() -> JinjaValue {
+        let choices: [JinjaValue] = (0..<n).map { i in
+            let reason = JinjaValue.str(reasons[i].map { $0 == .cancelled ? "abort" : $0.rawValue })
+            if chat {
+                return .object([("index", .int(i)), ("message", .object([("role", "assistant"), ("content", .string(texts[i]))])),
+                                ("logprobs", logprobsValue(tokenLogprobs[i], textOffset: 0)), ("finish_reason", reason)])
+            }
+            return .object([("index", .int(i)), ("text", .string(texts[i])), ("logprobs", logprobsValue(tokenLogprobs[i], textOffset: 0)),
+                            ("finish_reason", reason)])
+        }
+        return .object(header(object: chat ? "chat.completion" : "text_completion") + [("choices", .list(choices)), ("usage", usage)])
+    }
+
+    private func chunk(_ choices: [JinjaValue], usage: JinjaValue? = nil) -> String {
+        var pairs = header(object: chat ? "chat.completion.chunk" : "text_completion") + [("choices", .list(choices))]
+        if let usage { pairs.append(("usage", usage)) }
+        return "data: " + (JinjaValue.object(pairs).jsonText() ?? "{}") + "\n\n"
+    }
+
+    /// Chat streams open each choice with the assistant role.
+    func streamStart() -> [String] {
+        guard chat else { return [] }
+        return (0..<n).map { i in
+            chunk([.object([("index", .int(i)), ("delta", .object([("role", "assistant"), ("content", "")])), ("logprobs", .none), ("finish_reason", .none)])])
+        }
+    }
+
+    mutating func stream(_ event: GenerationEvent) -> [String] {
+        let before = texts.map(\.count)
+        collect(event)
+        switch event {
+        case .started: return []
+        case .delta(let choice, let text, _, let lp):
+            let lps = logprobsValue(lp, textOffset: before[choice])
+            if chat {
+                return [chunk([.object([("index", .int(choice)), ("delta", .object([("content", .string(text))])), ("logprobs", lps), ("finish_reason", .none)])])]
+            }
+            return [chunk([.object([("index", .int(choice)), ("text", .string(text)), ("logprobs", lps), ("finish_reason", .none)])])]
+        case .finished(let choice, let reason, _):
+            let r = JinjaValue.string(reason == .cancelled ? "abort" : reason.rawValue)
+            if chat {
+                return [chunk([.object([("index", .int(choice)), ("delta", .object([])), ("logprobs", .none), ("finish_reason", r)])])]
+            }
+            return [chunk([.object([("index", .int(choice)), ("text", ""), ("logprobs", .none), ("finish_reason", r)])])]
+        }
+    }
+
+    func usageChunk() -> String { chunk([], usage: usage) }
+}

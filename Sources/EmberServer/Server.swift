@@ -1,0 +1,259 @@
+import EmberInference
+import EmberModels
+import EmberTokenizers
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// An OpenAI-compatible HTTP front end for an `Engine`: `/v1/chat/completions`, `/v1/completions`,
+/// `/v1/models`, `/tokenize`, `/detokenize`, `/health` and `/metrics`, with server-sent-event
+/// streaming and OpenAI's error shape.
+public struct OpenAIServer: Sendable {
+    public struct Limits: Sendable {
+        public var maxBodyBytes = 4 << 20
+        public init() {}
+    }
+
+    public let engine: Engine
+    public let modelName: String
+    public let chatFormat: ChatFormat
+    public let addBOS: Bool
+    public let apiKey: String?
+    public let limits: Limits
+
+    public init(engine: Engine, modelName: String, chatFormat: ChatFormat, addBOS: Bool, apiKey: String?, limits: Limits = Limits()) {
+        self.engine = engine
+        self.modelName = modelName
+        self.chatFormat = chatFormat
+        self.addBOS = addBOS
+        self.apiKey = apiKey
+        self.limits = limits
+    }
+
+    var tokenizer: any Tokenizer { engine.tokenizer }
+
+    /// The router with every endpoint.
+    public func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.middlewares.add(ErrorShapeMiddleware(apiKey: apiKey))
+        router.get("health") { _, _ in Response(status: .ok) }
+        router.get("metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                     body: .init(byteBuffer: ByteBuffer(string: engine.metrics.prometheus(model: modelName))))
+        }
+        router.get("v1/models") { _, _ in
+            let model = JinjaValue.object([("id", .string(modelName)), ("object", "model"), ("created", .int(Self.started)),
+                                          ("owned_by", "ember"), ("max_model_len", .int(engine.configuration.maxModelLength))])
+            return Self.json(.object([("object", "list"), ("data", .list([model]))]))
+        }
+        router.post("tokenize") { request, _ in try await handle { try tokenize(try await body(request)) } }
+        router.post("detokenize") { request, _ in try await handle { try detokenize(try await body(request)) } }
+        router.post("v1/chat/completions") { request, _ in try await handle { try await completion(try await body(request), chat: true) } }
+        router.post("v1/completions") { request, _ in try await handle { try await completion(try await body(request), chat: false) } }
+        return router
+    }
+
+    static let started = Int(Date().timeIntervalSince1970)
+
+    private func body(_ request: Request) async throws -> Fields {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: limits.maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            throw APIError(status: 413, message: "the request body is larger than \(limits.maxBodyBytes) bytes")
+        }
+        return try Fields(body: Array(buffer.readableBytesView))
+    }
+
+    private func handle(_ work: () async throws -> Response) async throws -> Response {
+        do {
+            return try await work()
+        } catch let error as APIError {
+            return Self.error(error)
+        }
+    }
+
+    static func error(_ e: APIError) -> Response {
+        Response(status: HTTPResponse.Status(code: e.status), headers: [.contentType: "application/json"],
+                 body: .init(byteBuffer: ByteBuffer(string: e.body)))
+    }
+
+    static func json(_ value: JinjaValue, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: value.jsonText() ?? "{}")))
+    }
+
+    // MARK: Tokenize
+
+    private func tokenize(_ f: Fields) throws -> Response {
+        let ids: [Int]
+        if f["messages"] != nil {
+            ids = try promptTokens(chat: f)
+        } else {
+            guard let prompt = try f.string("prompt") else { throw APIError.badRequest("give 'prompt' (a string) or 'messages'", param: "prompt") }
+            let special = try f.bool("add_special_tokens") ?? true
+            ids = (special && addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(prompt, parseSpecial: true)
+        }
+        return Self.json(.object([("count", .int(ids.count)), ("max_model_len", .int(engine.configuration.maxModelLength)),
+                                  ("tokens", .list(ids.map { .int($0) }))]))
+    }
+
+    private func detokenize(_ f: Fields) throws -> Response {
+        guard f["tokens"] != nil else { throw APIError.badRequest("'tokens' (a list of token ids) is required", param: "tokens") }
+        let ids = try f.intList("tokens")
+        guard ids.allSatisfy({ (0..<tokenizer.vocabularySize).contains($0) }) else {
+            throw APIError.badRequest("token ids must be between 0 and \(tokenizer.vocabularySize - 1)", param: "tokens")
+        }
+        return Self.json(.object([("prompt", .string(tokenizer.decode(ids, skipSpecial: false)))]))
+    }
+
+    // MARK: Completions
+
+    /// The chat prompt's tokens: messages (and tools) through the model's chat template.
+    private func promptTokens(chat f: Fields) throws -> [Int] {
+        guard case .list(let messages)? = f["messages"], !messages.isEmpty else {
+            throw APIError.badRequest("'messages' must be a non-empty list of message objects", param: "messages")
+        }
+        var normalized: [JinjaValue] = []
+        for (i, m) in messages.enumerated() {
+            guard case .dict(var d) = m, case .string? = d["role"] else {
+                throw APIError.badRequest("messages[\(i)] must be an object with a string 'role'", param: "messages")
+            }
+            switch d["content"] {
+            case .string?, .none?, nil: break
+            case .list(let parts)?:
+                // Text parts join into one string; templates expect text.
+                var text = ""
+                for part in parts {
+                    guard case .dict(let p) = part, p["type"]?.text == "text", case .string(let t)? = p["text"] else {
+                        throw APIError.badRequest("messages[\(i)].content parts must be {\"type\": \"text\", \"text\": ...}", param: "messages")
+                    }
+                    text += t
+                }
+                d["content"] = .string(text)
+            default: throw APIError.badRequest("messages[\(i)].content must be a string or a list of text parts", param: "messages")
+            }
+            normalized.append(.dict(d))
+        }
+        var tools: JinjaValue?
+        if let t = f["tools"] {
+            guard case .list = t else { throw APIError.badRequest("'tools' must be a list", param: "tools") }
+            tools = t
+        }
+        let text: String
+        do {
+            text = try chatFormat.prompt(messages: .list(normalized), tools: tools, addGenerationPrompt: try f.bool("add_generation_prompt") ?? true)
+        } catch let error as JinjaError {
+            throw APIError.badRequest(error.raisedByTemplate ? error.message : "the chat template failed: \(error.message)", param: "messages")
+        }
+        var ids = tokenizer.encode(text, parseSpecial: true)
+        if addBOS, let bos = tokenizer.bosTokenID, ids.first != bos { ids.insert(bos, at: 0) }
+        return ids
+    }
+
+    private func completion(_ f: Fields, chat: Bool) async throws -> Response {
+        if let model = try f.string("model"), model != modelName {
+            throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
+        }
+        var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
+        let prompt: [Int]
+        if chat {
+            prompt = try promptTokens(chat: f)
+            parameters.logprobs = try f.bool("logprobs") ?? false
+            parameters.topLogprobs = try f.int("top_logprobs", in: 0...20) ?? 0
+            if parameters.topLogprobs > 0 && !parameters.logprobs {
+                throw APIError.badRequest("'top_logprobs' needs 'logprobs' set to true", param: "top_logprobs")
+            }
+        } else {
+            switch f["prompt"] {
+            case .string(let s)?:
+                prompt = (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(s, parseSpecial: true)
+            case .list(let l)? where !l.isEmpty && l.allSatisfy({ if case .int = $0 { true } else { false } }):
+                prompt = l.map { if case .int(let i) = $0 { i } else { 0 } }
+            case .list(let l)? where l.count == 1:
+                guard case .string(let s) = l[0] else { fallthrough }
+                prompt = (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(s, parseSpecial: true)
+            default:
+                throw APIError.badRequest("'prompt' must be a string or a list of token ids (one prompt per request)", param: "prompt")
+            }
+            if let n = try f.int("logprobs", in: 0...20) {
+                parameters.logprobs = true
+                parameters.topLogprobs = n
+            }
+        }
+        let context = engine.configuration.maxModelLength
+        guard prompt.count < context else {
+            throw APIError.badRequest("the prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: chat ? "messages" : "prompt")
+        }
+        let requested = try f.int("max_completion_tokens") ?? f.int("max_tokens")
+        if let requested, requested < 1 { throw APIError.badRequest("'max_tokens' must be at least 1", param: "max_tokens") }
+        parameters.maxTokens = requested ?? min(context - prompt.count, engine.configuration.maxTokensLimit)
+        let stream = try f.bool("stream") ?? false
+        var includeUsage = false
+        if case .dict(let options)? = f["stream_options"] {
+            if case .bool(let b)? = options["include_usage"] { includeUsage = b }
+        } else if f["stream_options"] != nil {
+            throw APIError.badRequest("'stream_options' must be an object", param: "stream_options")
+        }
+
+        let submitted: (id: Int, events: AsyncStream<GenerationEvent>)
+        do {
+            submitted = try engine.submit(prompt: prompt, parameters: parameters)
+        } catch let error as RequestError {
+            throw APIError.badRequest(error.message)
+        }
+        let response = ResponseBuilder(id: (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased(),
+                                       chat: chat, model: modelName, tokenizer: tokenizer, n: parameters.n,
+                                       logprobs: parameters.logprobs, promptTokens: prompt.count)
+        if stream {
+            let engine = engine, includeUsage = includeUsage
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                            body: ResponseBody { writer in
+                                var finished = false
+                                defer { if !finished { engine.cancel(submitted.id) } }
+                                var builder = response
+                                for chunk in builder.streamStart() { try await writer.write(ByteBuffer(string: chunk)) }
+                                for await event in submitted.events {
+                                    for chunk in builder.stream(event) { try await writer.write(ByteBuffer(string: chunk)) }
+                                }
+                                finished = builder.allFinished
+                                if includeUsage { try await writer.write(ByteBuffer(string: builder.usageChunk())) }
+                                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                                try await writer.finish(nil)
+                            })
+        }
+        var builder = response
+        try await withTaskCancellationHandler {
+            for await event in submitted.events { builder.collect(event) }
+        } onCancel: { [engine] in
+            engine.cancel(submitted.id)
+        }
+        return Self.json(builder.completeResponse())
+    }
+}
+
+/// Accepts only requests with the API key (when one is set) and gives every error OpenAI's shape.
+struct ErrorShapeMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let apiKey: String?
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let apiKey, request.uri.path != "/health" {
+            guard request.headers[.authorization] == "Bearer \(apiKey)" else {
+                return OpenAIServer.error(APIError(status: 401, message: "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                                                   code: "invalid_api_key"))
+            }
+        }
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            return OpenAIServer.error(error)
+        } catch let error as any HTTPResponseError {
+            let message = error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : "\(error.status)"
+            return OpenAIServer.error(APIError(status: error.status.code, message: message,
+                                               type: error.status.code >= 500 ? "server_error" : "invalid_request_error"))
+        } catch {
+            return OpenAIServer.error(APIError(status: 500, message: "internal error: \(error)", type: "server_error"))
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import ArgumentParser
+import EmberInference
+import EmberModels
+import EmberServer
+import Foundation
+import Hummingbird
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a model over an OpenAI-compatible HTTP API.",
+        discussion: """
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
+        POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus).
+        Many requests run at once: each engine step batches the sequences that are decoding with
+        chunks of new prompts (up to --max-batched-tokens tokens, --max-num-seqs sequences), over a
+        paged KV cache of --kv-cache-memory bytes that also keeps recent prompt prefixes for reuse.
+        SIGINT or SIGTERM stops accepting connections, lets running requests finish, and exits.
+
+        Examples:
+          ember serve --model model.gguf --port 8000
+          curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+            -d '{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi!"}]}'
+        """)
+
+    @OptionGroup var options: ModelOptions
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on.")
+    var port = 8000
+
+    @Option(help: "Most sequences in one step.")
+    var maxNumSeqs = 16
+
+    @Option(help: "Most tokens in one step (decodes plus prompt chunks).")
+    var maxBatchedTokens = 512
+
+    @Option(help: ArgumentHelp("KV cache size: bytes, or with a unit (512MiB, 2GiB).", valueName: "size"))
+    var kvCacheMemory = "1GiB"
+
+    @Option(help: "Longest sequence, prompt plus output (default: the model's context, at most 8192).")
+    var maxModelLen: Int?
+
+    @Option(help: "Largest max_tokens a request may ask for.")
+    var maxTokensLimit = 4096
+
+    @Option(help: "Require 'Authorization: Bearer KEY' on every request except /health.")
+    var apiKey: String?
+
+    @Option(help: "The model name clients use (default: the file or directory name).")
+    var servedModelName: String?
+
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
+        guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
+        guard maxBatchedTokens >= 1 else { throw ValidationError("--max-batched-tokens must be at least 1") }
+        guard Self.bytes(kvCacheMemory) != nil else { throw ValidationError("--kv-cache-memory: give bytes or a size such as 512MiB or 2GiB") }
+        if let maxModelLen { guard maxModelLen >= 2 else { throw ValidationError("--max-model-len must be at least 2") } }
+    }
+
+    static func bytes(_ text: String) -> Int? {
+        let units: [(String, Int)] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1000), ("B", 1)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            return Double(text.dropLast(suffix.count)).flatMap { $0 > 0 ? Int($0 * Double(scale)) : nil }
+        }
+        return Int(text).flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    func run() async throws {
+        let loaded = try options.load()
+        let tokenizer = try loaded.requireTokenizer()
+        let model = loaded.model
+        let context = min(maxModelLen ?? min(model.configuration.maxPositionEmbeddings, 8192), model.configuration.maxPositionEmbeddings)
+        var configuration = Engine.Configuration(
+            blockCount: Engine.blocks(forMemory: Self.bytes(kvCacheMemory)!, configuration: model.configuration), maxModelLength: context)
+        guard configuration.blockCount >= 1 else { throw CommandError("--kv-cache-memory \(kvCacheMemory) holds not even one block") }
+        configuration.maxSequences = maxNumSeqs
+        configuration.maxBatchedTokens = maxBatchedTokens
+        configuration.maxTokensLimit = maxTokensLimit
+        let engine = Engine(model: model, tokenizer: tokenizer, configuration: configuration)
+        engine.start()
+        let kvTokens = configuration.blockCount * configuration.blockSize, threads = options.threads
+        let name = servedModelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
+        let server = OpenAIServer(engine: engine, modelName: name, chatFormat: try loaded.chatFormat(), addBOS: loaded.addBOS, apiKey: apiKey)
+        let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
+                              onServerRunning: { _ in
+                                  printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")
+                              })
+        try await app.runService()
+        engine.stop()
+        printError("Stopped.")
+    }
+}
