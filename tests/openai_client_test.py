@@ -1,0 +1,179 @@
+"""The OpenAI-compatible server, driven by the official `openai` Python package.
+
+Run by scripts/test-openai.sh against a live `ember serve` on loopback (base URL and API key
+from EMBER_BASE_URL and EMBER_API_KEY; the server runs with --max-model-len 512,
+--max-tokens-limit 256 and the default n limit of 8).
+"""
+import concurrent.futures
+import json
+import os
+import time
+import unittest
+
+import httpx
+import openai
+
+BASE = os.environ["EMBER_BASE_URL"]
+KEY = os.environ["EMBER_API_KEY"]
+client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
+MODEL = client.models.list().data[0].id
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+
+
+def chat(content, **kw):
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kw)
+
+
+def metric(name):
+    text = httpx.get(BASE + "/metrics", headers=HEADERS).text
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
+class Endpoints(unittest.TestCase):
+    def test_models_health_metrics(self):
+        self.assertEqual(client.models.list().data[0].object, "model")
+        self.assertEqual(httpx.get(BASE + "/health").status_code, 200)
+        text = httpx.get(BASE + "/metrics", headers=HEADERS).text
+        for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                     "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:prompt_tokens_total",
+                     "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
+                     "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_count"]:
+            self.assertIn(name, text)
+
+    def test_tokenize_detokenize(self):
+        ids = httpx.post(BASE + "/tokenize", headers=HEADERS, json={"prompt": "Hello world"}).json()
+        self.assertEqual(ids["count"], len(ids["tokens"]))
+        text = httpx.post(BASE + "/detokenize", headers=HEADERS, json={"tokens": ids["tokens"]}).json()["prompt"]
+        self.assertEqual(text, "Hello world")
+
+
+class Chat(unittest.TestCase):
+    def test_non_streaming_and_usage(self):
+        r = chat("What is the capital of France?", max_tokens=20, temperature=0)
+        choice = r.choices[0]
+        self.assertEqual(choice.message.role, "assistant")
+        self.assertTrue(choice.message.content)
+        self.assertIn(choice.finish_reason, ["stop", "length"])
+        prompt = httpx.post(BASE + "/tokenize", headers=HEADERS,
+                            json={"messages": [{"role": "user", "content": "What is the capital of France?"}]}).json()
+        self.assertEqual(r.usage.prompt_tokens, prompt["count"])
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
+        self.assertLessEqual(r.usage.completion_tokens, 20)
+
+    def test_streaming_equals_non_streaming(self):
+        whole = chat("Name three fruits.", max_tokens=24, temperature=0).choices[0].message.content
+        chunks = list(chat("Name three fruits.", max_tokens=24, temperature=0, stream=True,
+                           stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, whole)
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        self.assertIsNotNone([c for c in chunks if c.choices][-1].choices[0].finish_reason)
+        self.assertEqual(chunks[-1].choices, [])
+        self.assertGreater(chunks[-1].usage.completion_tokens, 0)
+
+    def test_n_seed_and_stop(self):
+        r = chat("Write a sentence about cats.", n=3, max_tokens=16, temperature=1.0, seed=11)
+        self.assertEqual(sorted(c.index for c in r.choices), [0, 1, 2])
+        again = chat("Write a sentence about cats.", n=3, max_tokens=16, temperature=1.0, seed=11)
+        self.assertEqual([c.message.content for c in r.choices], [c.message.content for c in again.choices])
+        other = chat("Write a sentence about cats.", n=3, max_tokens=16, temperature=1.0, seed=12)
+        self.assertNotEqual([c.message.content for c in r.choices], [c.message.content for c in other.choices])
+        self.assertLessEqual(r.usage.completion_tokens, 3 * 16)
+        # A stop string cuts the text before it.
+        free = chat("Count: one, two, three, four, five", max_tokens=30, temperature=0).choices[0].message.content
+        self.assertGreater(len(free), 6)
+        stop = free[4:7]
+        stopped = chat("Count: one, two, three, four, five", max_tokens=30, temperature=0, stop=[stop]).choices[0]
+        self.assertEqual(stopped.message.content, free[:free.index(stop)])
+        self.assertEqual(stopped.finish_reason, "stop")
+
+    def test_logprobs(self):
+        r = chat("Say hello.", max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        for item in content:
+            self.assertLessEqual(item.logprob, 0)
+            self.assertEqual(len(item.top_logprobs), 3)
+            # Greedy: the chosen token is the most likely one.
+            self.assertAlmostEqual(item.logprob, item.top_logprobs[0].logprob, places=5)
+
+    def test_prefix_cache_reports_cached_tokens(self):
+        long = "Here is a long system-style instruction that repeats. " * 8
+        chat(long + "First question?", max_tokens=2, temperature=0)
+        r = chat(long + "Second question?", max_tokens=2, temperature=0)
+        self.assertGreater(r.usage.prompt_tokens_details.cached_tokens, 0)
+
+    def test_concurrent_greedy_equals_sequential(self):
+        prompts = [f"Tell me fact number {i} about the ocean." for i in range(16)]
+        alone = [chat(p, max_tokens=16, temperature=0).choices[0].message.content for p in prompts]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda p: chat(p, max_tokens=16, temperature=0).choices[0].message.content, prompts))
+        self.assertEqual(alone, together)
+
+
+class Completions(unittest.TestCase):
+    def test_completion_streaming_and_logprobs(self):
+        r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2)
+        self.assertTrue(r.choices[0].text)
+        self.assertEqual(len(r.choices[0].logprobs.tokens), len(r.choices[0].logprobs.token_logprobs))
+        self.assertTrue(all(len(t) == 2 for t in r.choices[0].logprobs.top_logprobs))
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if c.choices)
+        self.assertEqual(streamed, r.choices[0].text)
+        if r.choices[0].finish_reason == "length":
+            self.assertEqual(r.usage.completion_tokens, 8)
+        else:
+            self.assertLess(r.usage.completion_tokens, 8)
+
+
+class Errors(unittest.TestCase):
+    def assertError(self, status, call):
+        with self.assertRaises(openai.APIStatusError) as caught:
+            call()
+        self.assertEqual(caught.exception.status_code, status)
+        body = caught.exception.response.json()
+        self.assertIn("message", body["error"])
+        self.assertIn("type", body["error"])
+
+    def test_bad_requests(self):
+        self.assertError(400, lambda: chat("hi", temperature="hot"))
+        self.assertError(400, lambda: chat("hi", max_tokens=-1))
+        self.assertError(400, lambda: chat("hi", max_tokens=1000))  # over --max-tokens-limit
+        self.assertError(400, lambda: chat("hi", n=50))
+        self.assertError(400, lambda: chat("hi " * 600, max_tokens=4))  # longer than the context
+        self.assertError(400, lambda: chat("hi", max_tokens=250, stop=5))
+        self.assertError(400, lambda: client.chat.completions.create(model=MODEL, messages=[]))
+        self.assertError(404, lambda: client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}]))
+        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt=[[1, 2], [3]], max_tokens=2))
+
+    def test_raw_bad_input(self):
+        r = httpx.post(BASE + "/v1/chat/completions", headers={**HEADERS, "Content-Type": "application/json"}, content=b"{not json")
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("not valid JSON", r.json()["error"]["message"])
+        r = httpx.post(BASE + "/v1/chat/completions", headers=HEADERS, content=b"x" * (5 << 20))
+        self.assertEqual(r.status_code, 413)
+        r = httpx.post(BASE + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        self.assertEqual(r.status_code, 401)
+        r = httpx.get(BASE + "/v1/nothing", headers=HEADERS)
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+
+    def test_disconnect_frees_blocks(self):
+        with httpx.stream("POST", BASE + "/v1/chat/completions", headers=HEADERS, timeout=60,
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
+                                "max_tokens": 250, "stream": True, "ignore_eos": True}) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+        deadline = time.time() + 20
+        while time.time() < deadline and (metric("vllm:num_requests_running") > 0 or metric("vllm:kv_cache_usage_perc") > 0):
+            time.sleep(0.1)
+        self.assertEqual(metric("vllm:num_requests_running"), 0)
+        self.assertEqual(metric("vllm:kv_cache_usage_perc"), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
