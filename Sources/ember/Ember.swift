@@ -21,7 +21,7 @@ struct Ember: AsyncParsableCommand {
           ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
 }
 
 /// Options every model-running command shares.
