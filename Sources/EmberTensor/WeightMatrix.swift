@@ -102,9 +102,17 @@ public struct WeightMatrix: @unchecked Sendable {
                         defer { decoded.deallocate() }
                         for r in range {
                             decoded.decode(type, row(r))
-                            for i in 0..<m {
+                            var i = 0
+                            while i + 4 <= m {
+                                let four = decoded.dot4(lanes.baseAddress! + i * columns, stride: columns, scales: d.baseAddress! + i * blocks,
+                                                        sums: s.baseAddress! + i * blocks, blockStride: blocks, withMinimums: withMinimums)
+                                for k in 0..<4 { y[(i + k) * rows + r] = four[k] }
+                                i += 4
+                            }
+                            while i < m {
                                 y[i * rows + r] = decoded.dot(lanes.baseAddress! + i * columns, scales: d.baseAddress! + i * blocks,
                                                               sums: s.baseAddress! + i * blocks, withMinimums: withMinimums)
+                                i += 1
                             }
                         }
                     }
