@@ -64,7 +64,8 @@ public final class Engine: @unchecked Sendable {
     private var owners: [Int: (request: RequestState, choice: Int)] = [:]
     private var nextRequestID = 1
     private var nextSequenceID = 1
-    private var idle = true
+    /// Requests submitted and not yet ended (guarded by `lock`; `requests` belongs to the loop thread).
+    private var inFlight = 0
 
     /// KV blocks that fit in `bytes` for this model.
     public static func blocks(forMemory bytes: Int, configuration: LlamaConfiguration, blockSize: Int = 16) -> Int {
@@ -112,6 +113,7 @@ public final class Engine: @unchecked Sendable {
         let seed = parameters.seed ?? UInt64.random(in: 0...UInt64.max)
         let state = RequestState(id: id, prompt: prompt, parameters: parameters, seed: seed, continuation: continuation)
         inbox.append(state)
+        inFlight += 1
         lock.signal()
         lock.unlock()
         continuation.onTermination = { [weak self] termination in
@@ -160,7 +162,16 @@ public final class Engine: @unchecked Sendable {
     public var activeRequests: Int {
         lock.lock()
         defer { lock.unlock() }
-        return requests.count + inbox.count
+        return inFlight
+    }
+
+    /// A request ended: its stream is finished and it no longer counts as in flight.
+    private func retire(_ r: RequestState) {
+        requests[r.id] = nil
+        r.continuation.finish()
+        lock.lock()
+        inFlight -= 1
+        lock.unlock()
     }
 
     /// Free blocks, counted by the engine thread after its last step.
@@ -169,11 +180,7 @@ public final class Engine: @unchecked Sendable {
     private func loop() {
         while true {
             lock.lock()
-            while inbox.isEmpty && cancelled.isEmpty && requests.isEmpty && !stopping {
-                idle = true
-                lock.wait()
-            }
-            idle = false
+            while inbox.isEmpty && cancelled.isEmpty && requests.isEmpty && !stopping { lock.wait() }
             let arrivals = inbox, cancels = cancelled
             inbox.removeAll()
             cancelled.removeAll()
@@ -234,7 +241,7 @@ public final class Engine: @unchecked Sendable {
                 r.started = true
                 let cached = scheduler.cachedTokens(of: chunk.sequence) ?? 0
                 r.continuation.yield(.started(promptTokens: r.prompt.count, cachedTokens: cached))
-                metrics.promptProcessed(tokens: r.prompt.count, cached: cached)
+                metrics.promptProcessed(tokens: r.prompt.count)
                 // n > 1: the other choices share the prompt's blocks from here on.
                 for choice in 1..<r.parameters.n {
                     let sequence = nextSequenceID
@@ -302,26 +309,18 @@ public final class Engine: @unchecked Sendable {
         scheduler.finish(c.sequence)
         owners[c.sequence] = nil
         r.continuation.yield(.finished(choice: index, reason: reason, completionTokens: c.outputTokens.count))
-        metrics.choiceFinished(tokens: c.outputTokens.count)
-        if r.choices.count == r.parameters.n || reason == .cancelled, r.choices.allSatisfy(\.finished) {
-            requests[r.id] = nil
-            r.continuation.finish()
+        if r.choices.count == r.parameters.n || reason == .cancelled, r.choices.allSatisfy(\.finished), requests[r.id] != nil {
+            retire(r)
             metrics.requestFinished(since: r.arrival, reason: reason)
         }
     }
 
     /// Ends every choice of a request (cancelled or stopping).
     private func end(_ r: RequestState, reason: FinishReason) {
-        if r.choices.isEmpty {
-            requests[r.id] = nil
-            r.continuation.finish()
-            return
-        }
         // Choices not forked yet will never be: count them as done.
         for i in r.choices.indices { finish(r, choice: i, reason: reason) }
         if requests[r.id] != nil {
-            requests[r.id] = nil
-            r.continuation.finish()
+            retire(r)
             metrics.requestFinished(since: r.arrival, reason: reason)
         }
     }

@@ -32,11 +32,10 @@ public final class EngineMetrics: @unchecked Sendable {
 
     func setCapacity(blocks: Int) { lock.withLock { s.totalBlocks = blocks; s.freeBlocks = blocks } }
     func requestArrived() { lock.withLock { s.requestsArrived += 1 } }
-    func promptProcessed(tokens: Int, cached: Int) { lock.withLock { s.promptTokens += tokens } }
+    func promptProcessed(tokens: Int) { lock.withLock { s.promptTokens += tokens } }
     func generated(tokens: Int) { lock.withLock { s.generationTokens += tokens } }
     func firstToken(_ seconds: Double) { lock.withLock { s.timeToFirstToken.observe(seconds) } }
     func interToken(_ seconds: Double) { lock.withLock { s.interTokenLatency.observe(seconds) } }
-    func choiceFinished(tokens: Int) {}
     func stepRan(tokens: Int) { lock.withLock { s.steps += 1; s.stepTokens += tokens } }
     func requestFinished(since arrival: Date, reason: FinishReason) {
         lock.withLock {
@@ -87,6 +86,6 @@ public final class EngineMetrics: @unchecked Sendable {
     }
 
     static func number(_ v: Double) -> String {
-        v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) + (v == 0 ? "" : "") : "\(v)"
+        v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : "\(v)"
     }
 }

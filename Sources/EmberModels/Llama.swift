@@ -54,16 +54,41 @@ public final class Llama: @unchecked Sendable {
         guard start + T <= cache.capacity else { throw ForwardError.contextFull(needed: start + T, capacity: cache.capacity) }
         for id in tokens where id < 0 || id >= c.vocabularySize { throw ForwardError.tokenOutOfRange(id, vocabulary: c.vocabularySize) }
 
+        let positions = (0..<T).map { Int32(start + $0) }
+        let x = transformer(tokens: tokens, positions: positions, pool: pool) { layer, q, k, v, attention in
+            cache.store(layer: layer, keys: k, values: v, at: start, count: T)
+            cachedAttentionForward(q: q, k: cache.keys[layer], v: cache.values[layer], out: attention,
+                                   tokens: T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
+                                   headDim: c.headDim, pool: pool)
+        }
+        cache.count = start + T
+
+        let first = outputs == .last ? T - 1 : 0
+        let rows = T - first
+        let h = FloatBuffer(count: rows * C)
+        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
+        return [Float](unsafeUninitializedCapacity: rows * c.vocabularySize) { buffer, initialized in
+            weights.output.multiply(h.pointer, buffer.baseAddress!, m: rows, pool: pool)
+            initialized = rows * c.vocabularySize
+        }
+    }
+
+    /// Embeds `tokens` and runs every block over them at `positions`; `attend(layer, q, k, v, out)`
+    /// stores the new keys and values wherever the caller keeps them and writes the attention
+    /// output [T, H·D]. Returns the final hidden states [T, C].
+    func transformer(tokens: [Int], positions: [Int32], pool: ThreadPool,
+                     attend: (_ layer: Int, _ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                              _ out: UnsafeMutablePointer<Float>) -> Void) -> FloatBuffer {
+        let c = configuration
+        let T = tokens.count, C = c.hiddenSize
         let x = FloatBuffer(count: T * C), h = FloatBuffer(count: T * C)
         let q = FloatBuffer(count: T * c.queryDim), k = FloatBuffer(count: T * c.kvDim), v = FloatBuffer(count: T * c.kvDim)
         let attention = FloatBuffer(count: T * c.queryDim)
         let gate = FloatBuffer(count: T * c.intermediateSize), up = FloatBuffer(count: T * c.intermediateSize)
-        let positions = (0..<T).map { Int32(start + $0) }
 
         pool.parallelRanges(T) { rows in
             for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
         }
-
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
             WeightMatrix.multiply(h.pointer, m: T, by: [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)], pool: pool)
@@ -75,10 +100,7 @@ public final class Llama: @unchecked Sendable {
                                 tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
                 }
             }
-            cache.store(layer: layer, keys: k.pointer, values: v.pointer, at: start, count: T)
-            cachedAttentionForward(q: q.pointer, k: cache.keys[layer], v: cache.values[layer], out: attention.pointer,
-                                   tokens: T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
-                                   headDim: c.headDim, pool: pool)
+            attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
             block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
             add(h.pointer, into: x.pointer, T * C)
 
@@ -91,15 +113,7 @@ public final class Llama: @unchecked Sendable {
             block.down.multiply(gate.pointer, h.pointer, m: T, pool: pool)
             add(h.pointer, into: x.pointer, T * C)
         }
-        cache.count = start + T
-
-        let first = outputs == .last ? T - 1 : 0
-        let rows = T - first
-        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
-        return [Float](unsafeUninitializedCapacity: rows * c.vocabularySize) { buffer, initialized in
-            weights.output.multiply(h.pointer, buffer.baseAddress!, m: rows, pool: pool)
-            initialized = rows * c.vocabularySize
-        }
+        return x
     }
 
     func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {

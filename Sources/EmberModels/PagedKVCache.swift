@@ -90,43 +90,16 @@ extension Llama {
             }
         }
 
-        let x = FloatBuffer(count: T * C), h = FloatBuffer(count: T * C)
-        let q = FloatBuffer(count: T * c.queryDim), k = FloatBuffer(count: T * c.kvDim), v = FloatBuffer(count: T * c.kvDim)
-        let attention = FloatBuffer(count: T * c.queryDim)
-        let gate = FloatBuffer(count: T * c.intermediateSize), up = FloatBuffer(count: T * c.intermediateSize)
-        pool.parallelRanges(T) { rows in
-            for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
-        }
-        for (layer, block) in weights.blocks.enumerated() {
-            normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
-            WeightMatrix.multiply(h.pointer, m: T, by: [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)], pool: pool)
-            positions.withUnsafeBufferPointer { p in
-                pool.parallelRanges(T) { rows in
-                    ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
-                                tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
-                    ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
-                                tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
-                }
-            }
-            for t in 0..<T { cache.store(layer: layer, row: k.pointer + t * c.kvDim, value: v.pointer + t * c.kvDim, slot: slots[t]) }
-            pagedAttentionForward(q: q.pointer, keys: cache.keys[layer], values: cache.values[layer], out: attention.pointer,
+        let x = transformer(tokens: tokens, positions: positions, pool: pool) { layer, q, k, v, attention in
+            for t in 0..<T { cache.store(layer: layer, row: k + t * c.kvDim, value: v + t * c.kvDim, slot: slots[t]) }
+            pagedAttentionForward(q: q, keys: cache.keys[layer], values: cache.values[layer], out: attention,
                                   sequences: sequences, blockSize: cache.blockSize, heads: c.headCount, kvHeads: c.kvHeadCount,
                                   headDim: c.headDim, splitKeys: splitKeys, pool: pool)
-            block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
-            add(h.pointer, into: x.pointer, T * C)
-            normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
-            WeightMatrix.multiply(h.pointer, m: T, by: [(block.gate, gate.pointer), (block.up, up.pointer)], pool: pool)
-            let I = c.intermediateSize
-            pool.parallelRanges(T * I, minimumChunk: 4096) { r in
-                swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
-            }
-            block.down.multiply(gate.pointer, h.pointer, m: T, pool: pool)
-            add(h.pointer, into: x.pointer, T * C)
         }
         // Logits only for the rows that need them.
         let wanted = zip(batch, sequences).filter(\.0.wantsLogits).map { $0.1.rows.upperBound - 1 }
         guard !wanted.isEmpty else { return [] }
-        let selected = FloatBuffer(count: wanted.count * C)
+        let selected = FloatBuffer(count: wanted.count * C), h = FloatBuffer(count: wanted.count * C)
         for (i, row) in wanted.enumerated() { (selected.pointer + i * C).update(from: x.pointer + row * C, count: C) }
         normalize(selected.pointer, weights.finalNorm, into: h.pointer, rows: wanted.count, pool: pool)
         let V = c.vocabularySize

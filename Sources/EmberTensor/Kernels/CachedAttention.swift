@@ -63,53 +63,8 @@ private func tiledAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, 
         for (r, t) in queries.enumerated() {
             let visible = offset + t + 1 - start  // keys of this tile the query may see
             if visible <= 0 { continue }
-            let qv = q + (t * H + h) * D
-            // scores[tk] = Σ_d q[d]·k[tk][d], sequential in d, 16 keys per vector
-            for lane in 0..<lanes {
-                var acc = SIMD16<Float>()
-                for d in 0..<D {
-                    acc.addProduct(SIMD16(repeating: qv[d]), UnsafeRawPointer(keysT + d * B + 16 * lane).loadUnaligned(as: SIMD16<Float>.self))
-                }
-                UnsafeMutableRawPointer(scores + 16 * lane).storeBytes(of: acc * scale, as: SIMD16<Float>.self)
-            }
-            var tileMax = -Float.infinity
-            for tk in 0..<B {
-                if tk >= min(visible, count) { scores[tk] = -.infinity }
-                tileMax = max(tileMax, scores[tk])
-            }
-            let acc = accumulators + r * D
-            let newMax = max(maxima[r], tileMax)
-            if newMax > maxima[r] {
-                let ms = expf(maxima[r] - newMax)
-                for d in 0..<D { acc[d] *= ms }
-                sums[r] *= ms
-            }
-            maxima[r] = newMax
-            var total = 0.0
-            for lane in 0..<lanes {
-                var e = SIMD16<Float>()
-                for i in 0..<16 { e[i] = vectorExp(scores[16 * lane + i] - newMax) }
-                UnsafeMutableRawPointer(scores + 16 * lane).storeBytes(of: e, as: SIMD16<Float>.self)
-                total += Double(horizontalSum(e))
-            }
-            sums[r] = Float(Double(sums[r]) + total)
-            // acc[d] += Σ_tk p[tk]·v[tk][d], sequential in tk
-            var d = 0
-            while d < D {
-                let width = min(16, D - d)
-                if width == 16 {
-                    var a = UnsafeRawPointer(acc + d).loadUnaligned(as: SIMD16<Float>.self)
-                    for tk in 0..<count {
-                        a.addProduct(SIMD16(repeating: scores[tk]), UnsafeRawPointer(values + tk * D + d).loadUnaligned(as: SIMD16<Float>.self))
-                    }
-                    UnsafeMutableRawPointer(acc + d).storeBytes(of: a, as: SIMD16<Float>.self)
-                } else {
-                    for j in d..<d + width {
-                        for tk in 0..<count { acc[j] = acc[j].addingProduct(scores[tk], values[tk * D + j]) }
-                    }
-                }
-                d += width
-            }
+            attentionTileStep(query: q + (t * H + h) * D, keysT: keysT, values: values, scores: scores, count: min(visible, count),
+                              accumulator: accumulators + r * D, maximum: &maxima[r], sum: &sums[r], headDim: D, scale: scale)
         }
     }
     for (r, t) in queries.enumerated() {

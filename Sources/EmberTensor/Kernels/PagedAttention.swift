@@ -92,7 +92,7 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                     let row = job.rows.lowerBound + r
                     let visible = seq.start + (row - seq.rows.lowerBound) + 1 - tileStart
                     if visible <= 0 { continue }
-                    pagedTileStep(query: q + (row * H + job.head) * D, keysT: keysT, values: tileValues, scores: scores,
+                    attentionTileStep(query: q + (row * H + job.head) * D, keysT: keysT, values: tileValues, scores: scores,
                                   count: min(visible, count), accumulator: accumulators + r * D, maximum: &maxima[r], sum: &sums[r],
                                   headDim: D, scale: scale)
                 }
@@ -130,10 +130,12 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
     }
 }
 
-/// One query meets one key tile: scores, the tile maximum, the online rescale, exp and sum, and
-/// the weighted values (the arithmetic of the tiled prompt schedule).
+/// One query meets one tile of 64 keys (`keysT` [D, 64] transposed, `values` [64, D], the first
+/// `count` visible): scores as sequential FMAs over D, the tile maximum, the online rescale of the
+/// accumulator, the vectorised exp with the tile's sum in double, and the weighted values in f32.
+/// Shared by the tiled prompt schedule and the paged kernel.
 @inline(__always)
-private func pagedTileStep(query qv: UnsafePointer<Float>, keysT: UnsafePointer<Float>, values: UnsafePointer<Float>,
+func attentionTileStep(query qv: UnsafePointer<Float>, keysT: UnsafePointer<Float>, values: UnsafePointer<Float>,
                            scores: UnsafeMutablePointer<Float>, count: Int, accumulator acc: UnsafeMutablePointer<Float>,
                            maximum: inout Float, sum: inout Float, headDim D: Int, scale: Float) {
     let B = attentionTile, lanes = B / 16
