@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts `ember serve` with the default model on a free loopback port and runs
-# tests/openai_client_test.py against it with the official openai package (installed into
+# Tests/openai/client_test.py against it with the official openai package (installed into
 # .cache/venv). Stops the server afterwards, and fails if the server crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,12 +14,12 @@ log=$(mktemp)
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$port/health').status_code != 200)" 2>/dev/null && break
     kill -0 $server 2>/dev/null || { cat "$log"; echo "ember serve exited before it was ready" >&2; exit 1; }
     sleep 0.2
 done
 status=0
-EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_API_KEY="$key" "$python" tests/openai_client_test.py || status=$?
+EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_API_KEY="$key" "$python" Tests/openai/client_test.py || status=$?
 kill -0 $server 2>/dev/null || { cat "$log"; echo "ember serve crashed during the tests" >&2; exit 1; }
 kill -INT $server
 wait $server || true
