@@ -21,7 +21,8 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
-        .target(name: "EmberTensor", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "EmberTensor", dependencies: ["CBLAS", "CKernels"], swiftSettings: kernelFlags),
         .target(name: "EmberTokenizers"),
         .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),

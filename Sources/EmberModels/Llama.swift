@@ -76,7 +76,7 @@ public final class Llama: @unchecked Sendable {
     /// Embeds `tokens` and runs every block over them at `positions`; `attend(layer, q, k, v, out)`
     /// stores the new keys and values wherever the caller keeps them and writes the attention
     /// output [T, H·D]. Returns the final hidden states [T, C].
-    func transformer(tokens: [Int], positions: [Int32], pool: ThreadPool,
+    func transformer(tokens: [Int], positions: [Int32], integerProducts: Bool = false, pool: ThreadPool,
                      attend: (_ layer: Int, _ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
                               _ out: UnsafeMutablePointer<Float>) -> Void) -> FloatBuffer {
         let c = configuration
@@ -85,13 +85,20 @@ public final class Llama: @unchecked Sendable {
         let q = FloatBuffer(count: T * c.queryDim), k = FloatBuffer(count: T * c.kvDim), v = FloatBuffer(count: T * c.kvDim)
         let attention = FloatBuffer(count: T * c.queryDim)
         let gate = FloatBuffer(count: T * c.intermediateSize), up = FloatBuffer(count: T * c.intermediateSize)
+        func multiply(_ x: UnsafePointer<Float>, _ products: [(weight: WeightMatrix, output: UnsafeMutablePointer<Float>)]) {
+            if integerProducts {
+                WeightMatrix.multiplyByIntegers(x, m: T, by: products, pool: pool)
+            } else {
+                WeightMatrix.multiply(x, m: T, by: products, pool: pool)
+            }
+        }
 
         pool.parallelRanges(T) { rows in
             for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
         }
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
-            WeightMatrix.multiply(h.pointer, m: T, by: [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)], pool: pool)
+            multiply(h.pointer, [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)])
             positions.withUnsafeBufferPointer { p in
                 pool.parallelRanges(T) { rows in
                     ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
@@ -101,16 +108,16 @@ public final class Llama: @unchecked Sendable {
                 }
             }
             attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
-            block.output.multiply(attention.pointer, h.pointer, m: T, pool: pool)
+            multiply(attention.pointer, [(block.output, h.pointer)])
             add(h.pointer, into: x.pointer, T * C)
 
             normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
-            WeightMatrix.multiply(h.pointer, m: T, by: [(block.gate, gate.pointer), (block.up, up.pointer)], pool: pool)
+            multiply(h.pointer, [(block.gate, gate.pointer), (block.up, up.pointer)])
             let I = c.intermediateSize
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
                 swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
             }
-            block.down.multiply(gate.pointer, h.pointer, m: T, pool: pool)
+            multiply(gate.pointer, [(block.down, h.pointer)])
             add(h.pointer, into: x.pointer, T * C)
         }
         return x

@@ -90,7 +90,8 @@ extension Llama {
             }
         }
 
-        let x = transformer(tokens: tokens, positions: positions, pool: pool) { layer, q, k, v, attention in
+        let integers = WeightMatrix.integerProductsAvailable
+        let x = transformer(tokens: tokens, positions: positions, integerProducts: integers, pool: pool) { layer, q, k, v, attention in
             for t in 0..<T { cache.store(layer: layer, row: k + t * c.kvDim, value: v + t * c.kvDim, slot: slots[t]) }
             pagedAttentionForward(q: q, keys: cache.keys[layer], values: cache.values[layer], out: attention,
                                   sequences: sequences, blockSize: cache.blockSize, heads: c.headCount, kvHeads: c.kvHeadCount,
@@ -104,7 +105,11 @@ extension Llama {
         normalize(selected.pointer, weights.finalNorm, into: h.pointer, rows: wanted.count, pool: pool)
         let V = c.vocabularySize
         let logits = [Float](unsafeUninitializedCapacity: wanted.count * V) { buffer, initialized in
-            weights.output.multiply(h.pointer, buffer.baseAddress!, m: wanted.count, pool: pool)
+            if integers {
+                WeightMatrix.multiplyByIntegers(h.pointer, m: wanted.count, by: [(weights.output, buffer.baseAddress!)], pool: pool)
+            } else {
+                weights.output.multiply(h.pointer, buffer.baseAddress!, m: wanted.count, pool: pool)
+            }
             initialized = wanted.count * V
         }
         return (0..<wanted.count).map { Array(logits[$0 * V..<($0 + 1) * V]) }

@@ -1,0 +1,45 @@
+import EmberTensor
+import Foundation
+import Testing
+
+/// The integer (VNNI) products against the float-lane products llama.cpp's arithmetic uses: both
+/// sum each block exactly, so they may differ only in how block results are added up.
+@Suite struct IntegerProductTests {
+    /// A random row-major matrix of GGML blocks of `type` (scales f16, nibbles or int8 values).
+    static func matrix(_ type: DType, rows: Int, columns: Int, seed: UInt64) -> (WeightMatrix, [UInt8]) {
+        var random = SystemRandomNumberGenerator()
+        _ = random
+        var state = seed
+        func next() -> UInt64 { state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 33 }
+        let blocks = rows * columns / 32
+        var bytes: [UInt8] = []
+        for _ in 0..<blocks {
+            func half(_ x: Float) -> [UInt8] { withUnsafeBytes(of: Float16(x).bitPattern.littleEndian, Array.init) }
+            switch type {
+            case .q4_0: bytes += half(Float(next() % 1000) / 20000 + 0.001) + (0..<16).map { _ in UInt8(next() & 0xFF) }
+            case .q4_1: bytes += half(Float(next() % 1000) / 20000 + 0.001) + half(-Float(next() % 1000) / 5000) + (0..<16).map { _ in UInt8(next() & 0xFF) }
+            default: bytes += half(Float(next() % 1000) / 50000 + 0.001) + (0..<32).map { _ in UInt8(next() & 0xFF) }
+            }
+        }
+        let stored = UnsafeMutableRawPointer.allocate(byteCount: bytes.count, alignment: 64)
+        stored.copyMemory(from: bytes, byteCount: bytes.count)
+        return (WeightMatrix(type: type, rows: rows, columns: columns, data: stored, owner: nil), bytes)
+    }
+
+    @Test(arguments: [DType.q4_0, .q4_1, .q8_0])
+    func integerProductsMatchFloatLanes(type: DType) throws {
+        try #require(WeightMatrix.integerProductsAvailable, "this CPU has no AVX-512 VNNI")
+        let rows = 96, columns = 576
+        let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 3)
+        for m in [1, 3, 4, 9] {
+            let x = (0..<m * columns).map { i in Float(sin(Double(i) * 0.37)) * 2 }
+            var reference = [Float](repeating: 0, count: m * rows), integers = reference
+            w.multiply(x, &reference, m: m)
+            WeightMatrix.multiplyByIntegers(x, m: m, by: [(w, UnsafeMutablePointer(mutating: &integers))])
+            let scale = reference.map { abs($0) }.max()!
+            let difference = zip(reference, integers).map { abs($0 - $1) }.max()!
+            print("\(type) m=\(m): max |Δ| \(difference) (largest |y| \(scale))")
+            #expect(difference <= scale * 1e-5)
+        }
+    }
+}
