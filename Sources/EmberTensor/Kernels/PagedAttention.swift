@@ -31,46 +31,48 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                                   pool: ThreadPool = .shared) {
     let tile = attentionTile
     precondition(splitKeys.map { $0 % tile == 0 && $0 > 0 } ?? true, "splitKeys must be a positive multiple of \(tile)")
-    // Jobs: (sequence, head, up to 64 query rows, key partition).
-    struct Job { let sequence: Int, head: Int, rows: Range<Int>, partition: Int, partitions: Int }
+    let groups = H / kvHeads  // query heads per key/value head
+    // Jobs: (sequence, key/value head, up to 64 query rows, key partition). The query heads sharing
+    // a key/value head share the job, so each key tile is loaded and converted once for them.
+    struct Job { let sequence: Int, kvHead: Int, rows: Range<Int>, partition: Int, partitions: Int }
     var jobs: [Job] = []
-    var merges: [(sequence: Int, head: Int, row: Int, partitions: Int, firstJob: Int)] = []
+    var merges: [(row: Int, kvHead: Int, partitions: Int, firstJob: Int)] = []
     for (s, seq) in sequences.enumerated() {
-        for h in 0..<H {
+        for g in 0..<kvHeads {
             var first = seq.rows.lowerBound
             while first < seq.rows.upperBound {
                 let rows = first..<min(seq.rows.upperBound, first + tile)
                 let lastVisible = seq.start + (rows.upperBound - seq.rows.lowerBound)
                 let split = splitKeys.map { rows.count == 1 && lastVisible > $0 ? (lastVisible + $0 - 1) / $0 : 1 } ?? 1
-                if split > 1 { merges.append((s, h, rows.lowerBound, split, jobs.count)) }
-                for p in 0..<split { jobs.append(Job(sequence: s, head: h, rows: rows, partition: p, partitions: split)) }
+                if split > 1 { merges.append((rows.lowerBound, g, split, jobs.count)) }
+                for p in 0..<split { jobs.append(Job(sequence: s, kvHead: g, rows: rows, partition: p, partitions: split)) }
                 first = rows.upperBound
             }
         }
     }
-    // Partial results of split jobs: (max, sum, acc[D]) per job.
-    let partialStride = D + 2
+    // Partial results of split jobs: (max, sum, acc[D]) per query head of the group.
+    let partialStride = groups * (D + 2)
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: max(1, jobs.count * partialStride))
     defer { partials.deallocate() }
-    let kvStride = kvHeads * D, groups = H / kvHeads
+    let kvStride = kvHeads * D
     let scale = 1 / Float(D).squareRoot()
 
     pool.parallelFor(jobs.count) { j in
         let job = jobs[j], seq = sequences[job.sequence]
-        let kvOffset = (job.head / groups) * D
+        let kvOffset = job.kvHead * D
         let visibleEnd = seq.start + (job.rows.upperBound - seq.rows.lowerBound)
         var keyRange = 0..<visibleEnd
         if job.partitions > 1, let size = splitKeys {
             keyRange = (job.partition * size)..<min(visibleEnd, (job.partition + 1) * size)
         }
-        let n = job.rows.count
-        let keysT = UnsafeMutablePointer<Float>.allocate(capacity: D * tile)
-        let tileValues = UnsafeMutablePointer<Float>.allocate(capacity: tile * D)
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: tile)
-        let accumulators = UnsafeMutablePointer<Float>.allocate(capacity: n * D)
-        defer { keysT.deallocate(); tileValues.deallocate(); scores.deallocate(); accumulators.deallocate() }
-        accumulators.initialize(repeating: 0, count: n * D)
-        var maxima = [Float](repeating: -.infinity, count: n), sums = [Float](repeating: 0, count: n)
+        let n = job.rows.count, queries = n * groups  // query q = r * groups + head in group
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * D * tile + tile + queries * (D + 2))
+        defer { scratch.deallocate() }
+        let keysT = scratch, tileValues = scratch + D * tile, scores = tileValues + tile * D
+        let accumulators = scores + tile, maxima = accumulators + queries * D, sums = maxima + queries
+        accumulators.initialize(repeating: 0, count: queries * D)
+        maxima.initialize(repeating: -.infinity, count: queries)
+        sums.initialize(repeating: 0, count: queries)
         seq.blocks.withUnsafeBufferPointer { blocks in
             var tileStart = keyRange.lowerBound
             while tileStart < keyRange.upperBound {
@@ -80,10 +82,14 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                         let p = tileStart + tk
                         let slot = Int(blocks[p / blockSize]) * blockSize + p % blockSize
                         let kp = keys + slot * kvStride + kvOffset, vp = values + slot * kvStride + kvOffset
-                        for d in 0..<D {
-                            keysT[d * tile + tk] = Float(kp[d])
-                            tileValues[tk * D + d] = Float(vp[d])
+                        for d in 0..<D { keysT[d * tile + tk] = Float(kp[d]) }
+                        var d = 0
+                        while d + 16 <= D {
+                            UnsafeMutableRawPointer(tileValues + tk * D + d).storeBytes(
+                                of: SIMD16<Float>(UnsafeRawPointer(vp + d).loadUnaligned(as: SIMD16<Float16>.self)), as: SIMD16<Float>.self)
+                            d += 16
                         }
+                        while d < D { tileValues[tk * D + d] = Float(vp[d]); d += 1 }
                     } else {
                         for d in 0..<D { keysT[d * tile + tk] = 0; tileValues[tk * D + d] = 0 }
                     }
@@ -92,41 +98,52 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                     let row = job.rows.lowerBound + r
                     let visible = seq.start + (row - seq.rows.lowerBound) + 1 - tileStart
                     if visible <= 0 { continue }
-                    attentionTileStep(query: q + (row * H + job.head) * D, keysT: keysT, values: tileValues, scores: scores,
-                                  count: min(visible, count), accumulator: accumulators + r * D, maximum: &maxima[r], sum: &sums[r],
-                                  headDim: D, scale: scale)
+                    for g in 0..<groups {
+                        let qi = r * groups + g, head = job.kvHead * groups + g
+                        attentionTileStep(query: q + (row * H + head) * D, keysT: keysT, values: tileValues, scores: scores,
+                                          count: min(visible, count), accumulator: accumulators + qi * D, maximum: &maxima[qi], sum: &sums[qi],
+                                          headDim: D, scale: scale)
+                    }
                 }
                 tileStart += count
             }
         }
         if job.partitions > 1 {
-            let partial = partials + j * partialStride
-            partial[0] = maxima[0]
-            partial[1] = sums[0]
-            for d in 0..<D { partial[2 + d] = accumulators[d] }
+            for g in 0..<groups {
+                let partial = partials + j * partialStride + g * (D + 2)
+                partial[0] = maxima[g]
+                partial[1] = sums[g]
+                for d in 0..<D { partial[2 + d] = accumulators[g * D + d] }
+            }
         } else {
             for r in 0..<n {
-                let inverse = sums[r] == 0 ? 0 : 1 / sums[r]
-                let o = out + ((job.rows.lowerBound + r) * H + job.head) * D
-                for d in 0..<D { o[d] = accumulators[r * D + d] * inverse }
+                for g in 0..<groups {
+                    let qi = r * groups + g
+                    let inverse = sums[qi] == 0 ? 0 : 1 / sums[qi]
+                    let o = out + ((job.rows.lowerBound + r) * H + job.kvHead * groups + g) * D
+                    for d in 0..<D { o[d] = accumulators[qi * D + d] * inverse }
+                }
             }
         }
     }
     for m in merges {
-        var total = -Float.infinity
-        for p in 0..<m.partitions { total = max(total, partials[(m.firstJob + p) * partialStride]) }
-        let o = out + (m.row * H + m.head) * D
-        for d in 0..<D { o[d] = 0 }
-        var sum: Float = 0
-        for p in 0..<m.partitions {
-            let partial = partials + (m.firstJob + p) * partialStride
-            guard partial[1] > 0 else { continue }
-            let w = expf(partial[0] - total)
-            sum += partial[1] * w
-            for d in 0..<D { o[d] += partial[2 + d] * w }
+        for g in 0..<groups {
+            func partial(_ p: Int) -> UnsafeMutablePointer<Float> { partials + (m.firstJob + p) * partialStride + g * (D + 2) }
+            var total = -Float.infinity
+            for p in 0..<m.partitions { total = max(total, partial(p)[0]) }
+            let o = out + (m.row * H + m.kvHead * groups + g) * D
+            for d in 0..<D { o[d] = 0 }
+            var sum: Float = 0
+            for p in 0..<m.partitions {
+                let part = partial(p)
+                guard part[1] > 0 else { continue }
+                let w = expf(part[0] - total)
+                sum += part[1] * w
+                for d in 0..<D { o[d] += part[2 + d] * w }
+            }
+            let inverse = sum == 0 ? 0 : 1 / sum
+            for d in 0..<D { o[d] *= inverse }
         }
-        let inverse = sum == 0 ? 0 : 1 / sum
-        for d in 0..<D { o[d] *= inverse }
     }
 }
 
