@@ -1,7 +1,8 @@
 import CKernels
 
 /// Activations quantized to 8-bit blocks of 32 in natural order, for the integer products: the
-/// values, each block's scale (rounded through f16, as llama.cpp stores it) and scale × value sum.
+/// values, each block's scale (rounded through f16, as llama.cpp stores it) repeated for the eight
+/// lanes of a block's sums, and scale × value sum.
 public struct Int8Activations {
     public let rows: Int
     public let columns: Int
@@ -15,7 +16,7 @@ public struct Int8Activations {
         self.columns = columns
         let blocks = rows * columns / 32
         var values = [Int8](repeating: 0, count: rows * columns)
-        var scales = [Float](repeating: 0, count: blocks), sums = [Float](repeating: 0, count: blocks)
+        var scales = [Float](repeating: 0, count: 8 * blocks), sums = [Float](repeating: 0, count: blocks)
         for b in 0..<blocks {
             let xb = x + 32 * b
             var maximum: Float = 0
@@ -28,7 +29,7 @@ public struct Int8Activations {
                 total += v
             }
             let d = maximum / 127
-            scales[b] = Float(Float16(d))
+            for l in 0..<8 { scales[8 * b + l] = Float(Float16(d)) }
             sums[b] = Float(Float16(d * Float(total)))
         }
         self.values = values
