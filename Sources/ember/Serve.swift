@@ -9,17 +9,13 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a model over an OpenAI-compatible HTTP API.",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
-        POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus).
-        Many requests run at once: each engine step batches the sequences that are decoding with
-        chunks of new prompts (up to --max-batched-tokens tokens, --max-num-seqs sequences), over a
-        paged KV cache of --kv-cache-memory bytes that also keeps recent prompt prefixes for reuse.
-        SIGINT or SIGTERM stops accepting connections, lets running requests finish, and exits.
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus).
+
+        Many requests run at once: each engine step batches the sequences that are decoding with chunks of new prompts (up to --max-batched-tokens tokens and --max-num-seqs sequences), over a paged KV cache of --kv-cache-memory bytes that also keeps recent prompt prefixes for reuse. SIGINT or SIGTERM stops accepting connections, lets running requests finish, and exits.
 
         Examples:
           ember serve --model model.gguf --port 8000
-          curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-            -d '{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi!"}]}'
+          curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
         """)
 
     @OptionGroup var options: ModelOptions
