@@ -1,7 +1,8 @@
 import EmberTensor
 
 /// The KV cache of a serving engine: for each layer, keys and values for `blockCount` blocks of
-/// `blockSize` positions ([slots, Hkv·D], f16). Which blocks belong to which sequence is the block
+/// `blockSize` positions, f16. Values are [slots, Hkv·D]; keys are transposed within each block,
+/// [blocks, Hkv, D, blockSize], the layout `pagedAttentionForward` reads. Which blocks belong to which sequence is the block
 /// manager's business; this only holds the data.
 public final class PagedKVCache: @unchecked Sendable {
     public let blockCount: Int
@@ -41,9 +42,10 @@ public final class PagedKVCache: @unchecked Sendable {
     }
 
     func store(layer: Int, row: UnsafePointer<Float>, value: UnsafePointer<Float>, slot: Int) {
-        let k = keys[layer] + slot * kvDim, v = values[layer] + slot * kvDim
+        let block = slot / blockSize, offset = slot % blockSize
+        let k = keys[layer] + block * blockSize * kvDim + offset, v = values[layer] + slot * kvDim
         for i in 0..<kvDim {
-            k[i] = Float16(row[i])
+            k[i * blockSize] = Float16(row[i])  // i = head · D + d
             v[i] = Float16(value[i])
         }
     }

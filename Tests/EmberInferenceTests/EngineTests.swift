@@ -191,9 +191,10 @@ func waitForIdle(_ engine: Engine) async {
             let g = h / (H / kvHeads)
             var scores = [Double](repeating: 0, count: keys)
             for p in 0..<keys {
-                let slot = Int(table[p / blockSize]) * blockSize + p % blockSize
+                // Keys are transposed within their block: [blocks, Hkv, D, blockSize].
+                let keyBase = (Int(table[p / blockSize]) * kvHeads + g) * D * blockSize + p % blockSize
                 var s = 0.0
-                for d in 0..<D { s += Double(q[h * D + d]) * Double(kv[(slot * kvHeads + g) * D + d]) }
+                for d in 0..<D { s += Double(q[h * D + d]) * Double(kv[keyBase + d * blockSize]) }
                 scores[p] = s / Double(D).squareRoot()
             }
             let m = scores.max()!

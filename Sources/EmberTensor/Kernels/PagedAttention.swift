@@ -14,7 +14,9 @@ public struct PagedSequence: Sendable {
     }
 }
 
-/// Causal attention for a ragged batch over a paged f16 KV pool (keys and values [slots, Hkv·D]).
+/// Causal attention for a ragged batch over a paged f16 KV pool. Values are [slots, Hkv·D]; keys
+/// are stored transposed within each block, [blocks, Hkv, D, blockSize], so that a tile's keys load
+/// as vectors of `blockSize` positions per dimension.
 ///
 /// Every query is computed the same way whatever batch or chunk it arrives in, so a sequence gives
 /// the same numbers alone or among others: keys are visited in tiles of 64 positions on a fixed
@@ -31,6 +33,7 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                                   pool: ThreadPool = .shared) {
     let tile = attentionTile
     precondition(splitKeys.map { $0 % tile == 0 && $0 > 0 } ?? true, "splitKeys must be a positive multiple of \(tile)")
+    precondition(tile % blockSize == 0, "blockSize must divide \(tile)")
     let groups = H / kvHeads  // query heads per key/value head
     // Jobs: (sequence, key/value head, up to 64 query rows, key partition). The query heads sharing
     // a key/value head share the job, so each key tile is loaded and converted once for them.
@@ -77,12 +80,31 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
             var tileStart = keyRange.lowerBound
             while tileStart < keyRange.upperBound {
                 let count = min(tile, keyRange.upperBound - tileStart)
+                // Keys: for each dimension, blockSize positions at a time from the transposed blocks.
+                let blockCount = (count + blockSize - 1) / blockSize
+                for j in 0..<tile / blockSize {
+                    if j < blockCount {
+                        let block = Int(blocks[(tileStart + j * blockSize) / blockSize])
+                        let base = keys + (block * kvHeads + job.kvHead) * D * blockSize
+                        for d in 0..<D {
+                            let source = base + d * blockSize, target = keysT + d * tile + j * blockSize
+                            var t = 0
+                            while t + 16 <= blockSize {
+                                UnsafeMutableRawPointer(target + t).storeBytes(
+                                    of: SIMD16<Float>(UnsafeRawPointer(source + t).loadUnaligned(as: SIMD16<Float16>.self)), as: SIMD16<Float>.self)
+                                t += 16
+                            }
+                            while t < blockSize { target[t] = Float(source[t]); t += 1 }
+                        }
+                    } else {
+                        for d in 0..<D { (keysT + d * tile + j * blockSize).update(repeating: 0, count: blockSize) }
+                    }
+                }
                 for tk in 0..<tile {
                     if tk < count {
                         let p = tileStart + tk
                         let slot = Int(blocks[p / blockSize]) * blockSize + p % blockSize
-                        let kp = keys + slot * kvStride + kvOffset, vp = values + slot * kvStride + kvOffset
-                        for d in 0..<D { keysT[d * tile + tk] = Float(kp[d]) }
+                        let vp = values + slot * kvStride + kvOffset
                         var d = 0
                         while d + 16 <= D {
                             UnsafeMutableRawPointer(tileValues + tk * D + d).storeBytes(
@@ -91,7 +113,7 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                         }
                         while d < D { tileValues[tk * D + d] = Float(vp[d]); d += 1 }
                     } else {
-                        for d in 0..<D { keysT[d * tile + tk] = 0; tileValues[tk * D + d] = 0 }
+                        for d in 0..<D { tileValues[tk * D + d] = 0 }
                     }
                 }
                 for r in 0..<n {
