@@ -42,35 +42,31 @@ extension WeightMatrix {
     /// Whether this CPU runs the 8-bit integer products (AVX-512 VNNI).
     public static let integerProductsAvailable = ember_has_vnni() != 0
 
-    /// y [m, rows] = x · Wᵀ with integer dot products per block (quantized weights only): exact block
-    /// sums, combined in one fixed order for every row count, so a row's result never depends on m.
-    func multiplyByIntegers(_ x: Int8Activations, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
-        let code: Int32 = type == .q4_0 ? 0 : type == .q4_1 ? 1 : 2
-        let blocks = columns / 32
-        let base = data.assumingMemoryBound(to: UInt8.self)
-        x.values.withUnsafeBufferPointer { q in
-            x.scales.withUnsafeBufferPointer { d in
-                x.sums.withUnsafeBufferPointer { s in
-                    pool.parallelRanges(rows, minimumChunk: 16) { range in
-                        ember_quantized_products(code, base, rowBytes, Int32(range.lowerBound), Int32(range.upperBound), Int32(blocks),
-                                                 q.baseAddress!, d.baseAddress!, s.baseAddress!, Int32(m), y, rows)
+    /// Like `multiply(_:m:by:)`, with integer products for the quantized weights: x is quantized once,
+    /// and the rows of all the quantized products share one parallel pass.
+    public static func multiplyByIntegers(_ x: UnsafePointer<Float>, m: Int, by products: [(weight: WeightMatrix, output: UnsafeMutablePointer<Float>)],
+                                          pool: ThreadPool = .shared) {
+        let quantized = products.filter { $0.weight.type.isQuantized }
+        for (weight, output) in products where !weight.type.isQuantized { weight.multiply(x, output, m: m, pool: pool) }
+        guard let first = quantized.first else { return }
+        let a = Int8Activations(quantizing: x, rows: m, columns: first.weight.columns)
+        var offsets = [0]
+        for (weight, _) in quantized { offsets.append(offsets.last! + weight.rows) }
+        a.values.withUnsafeBufferPointer { q in
+            a.scales.withUnsafeBufferPointer { d in
+                a.sums.withUnsafeBufferPointer { s in
+                    pool.parallelRanges(offsets.last!, minimumChunk: 16) { range in
+                        for (k, (weight, output)) in quantized.enumerated() {
+                            let lower = max(range.lowerBound, offsets[k]), upper = min(range.upperBound, offsets[k + 1])
+                            guard lower < upper else { continue }
+                            let code: Int32 = weight.type == .q4_0 ? 0 : weight.type == .q4_1 ? 1 : 2
+                            ember_quantized_products(code, weight.data.assumingMemoryBound(to: UInt8.self), weight.rowBytes,
+                                                     Int32(lower - offsets[k]), Int32(upper - offsets[k]), Int32(weight.columns / 32),
+                                                     q.baseAddress!, d.baseAddress!, s.baseAddress!, Int32(m), output, weight.rows)
+                        }
                     }
                 }
             }
-        }
-    }
-
-    /// Like `multiply(_:m:by:)`, with integer products for the quantized weights (one quantization of x).
-    public static func multiplyByIntegers(_ x: UnsafePointer<Float>, m: Int, by products: [(weight: WeightMatrix, output: UnsafeMutablePointer<Float>)],
-                                          pool: ThreadPool = .shared) {
-        var quantized: Int8Activations?
-        for (weight, output) in products {
-            guard weight.type.isQuantized else {
-                weight.multiply(x, output, m: m, pool: pool)
-                continue
-            }
-            if quantized == nil { quantized = Int8Activations(quantizing: x, rows: m, columns: weight.columns) }
-            weight.multiplyByIntegers(quantized!, output, m: m, pool: pool)
         }
     }
 }
