@@ -142,12 +142,6 @@ public struct BlockManager: Sendable {
         for b in table.reversed() { release(b) }
     }
 
-    /// Drops every cached block that no sequence uses (the prefix cache starts empty again).
-    public mutating func resetPrefixCache() {
-        for (_, b) in cached where referenceCounts[b] == 0 { hashes[b] = nil }
-        cached = cached.filter { referenceCounts[$0.value] > 0 }
-    }
-
     // MARK: Blocks
 
     private mutating func retain(_ block: Int) {

@@ -210,7 +210,6 @@ public final class Engine: @unchecked Sendable {
         requests[r.id] = r
         owners[sequence] = (r, 0)
         scheduler.add(sequence, tokens: r.prompt)
-        metrics.requestArrived()
     }
 
     private func step() {
@@ -230,7 +229,6 @@ public final class Engine: @unchecked Sendable {
             return
         }
         scheduler.completed(plan)
-        metrics.stepRan(tokens: plan.chunks.reduce(0) { $0 + $1.count })
         var next = 0
         for chunk in plan.chunks where chunk.samples {
             let row = logits[next]

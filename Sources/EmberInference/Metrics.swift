@@ -6,7 +6,6 @@ public final class EngineMetrics: @unchecked Sendable {
     public struct Snapshot: Sendable {
         public var running = 0, waiting = 0, freeBlocks = 0, totalBlocks = 0
         public var promptTokens = 0, generationTokens = 0, prefixQueries = 0, prefixHits = 0, preemptions = 0
-        public var requestsArrived = 0, steps = 0, stepTokens = 0
         public var finished: [String: Int] = [:]
         public var timeToFirstToken = Histogram(), interTokenLatency = Histogram(), endToEndLatency = Histogram()
         public var kvUsage: Double { totalBlocks == 0 ? 0 : Double(totalBlocks - freeBlocks) / Double(totalBlocks) }
@@ -31,12 +30,10 @@ public final class EngineMetrics: @unchecked Sendable {
     public func snapshot() -> Snapshot { lock.withLock { s } }
 
     func setCapacity(blocks: Int) { lock.withLock { s.totalBlocks = blocks; s.freeBlocks = blocks } }
-    func requestArrived() { lock.withLock { s.requestsArrived += 1 } }
     func promptProcessed(tokens: Int) { lock.withLock { s.promptTokens += tokens } }
     func generated(tokens: Int) { lock.withLock { s.generationTokens += tokens } }
     func firstToken(_ seconds: Double) { lock.withLock { s.timeToFirstToken.observe(seconds) } }
     func interToken(_ seconds: Double) { lock.withLock { s.interTokenLatency.observe(seconds) } }
-    func stepRan(tokens: Int) { lock.withLock { s.steps += 1; s.stepTokens += tokens } }
     func requestFinished(since arrival: Date, reason: FinishReason) {
         lock.withLock {
             s.endToEndLatency.observe(Date().timeIntervalSince(arrival))

@@ -85,7 +85,6 @@ public struct Scheduler: Sendable {
     }
 
     public func tokens(of id: SequenceID) -> [Int]? { entries[id]?.tokens }
-    public func computedCount(of id: SequenceID) -> Int? { entries[id]?.computed }
     /// Prompt tokens the prefix cache supplied when the sequence was first admitted.
     public func cachedTokens(of id: SequenceID) -> Int? { entries[id]?.cachedTokens }
     public func blockTable(of id: SequenceID) -> [Int]? { blocks.tables[id] }

@@ -9,8 +9,6 @@ struct BPEMerges: Sendable {
     /// (left id << 32 | right id) → (rank, merged id)
     private let table: [UInt64: (rank: Int32, merged: Int32)]
 
-    var isEmpty: Bool { table.isEmpty }
-
     /// From a ranked merge list (`"Ġ t"`, highest priority first), as in `tokenizer.json` and GGUF `gpt2` vocabularies.
     init(list: [String], vocabulary: [String: Int]) throws {
         var table: [UInt64: (rank: Int32, merged: Int32)] = [:]
