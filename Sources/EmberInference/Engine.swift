@@ -263,8 +263,8 @@ public final class Engine: @unchecked Sendable {
         guard !c.finished else { return }
         let p = r.parameters
         let banned: Set<Int> = p.ignoreEOS ? tokenizer.endOfGenerationIDs : []
-        let seen = p.repetitionPenalty != 1 ? Set(r.prompt).union(c.outputTokens) : []
-        let (token, logprob) = c.sampler.sample(logits, seen: seen, counts: c.counts, banned: banned)
+        if p.repetitionPenalty != 1 && c.seen == nil { c.seen = Set(r.prompt) }
+        let (token, logprob) = c.sampler.sample(logits, seen: c.seen ?? [], counts: c.counts, banned: banned)
         let now = Date()
         if index == 0 {
             if let last = c.lastTokenTime { metrics.interToken(now.timeIntervalSince(last)) } else { metrics.firstToken(now.timeIntervalSince(r.arrival)) }
@@ -279,6 +279,7 @@ public final class Engine: @unchecked Sendable {
         metrics.generated(tokens: 1)
         c.outputTokens.append(token)
         c.counts[token, default: 0] += 1
+        c.seen?.insert(token)
         scheduler.append(c.sequence, token: token)
         let piece = c.decoder.append(tokenizer.bytes(of: token))
         let (release, stopped) = c.stops.append(piece)
@@ -357,6 +358,8 @@ struct ChoiceState {
     var decoder = StreamingDecoder()
     var outputTokens: [Int] = []
     var counts: [Int: Int] = [:]
+    /// Prompt and output tokens, kept only when a repetition penalty needs them.
+    var seen: Set<Int>?
     var finished = false
     var lastTokenTime: Date?
 

@@ -117,66 +117,61 @@ struct ChoiceSampler {
         let logZ = Float(Double(maximum) + log(sum))
         var best: [(token: Int, logprob: Float)] = []
         if top > 0 {
-            var heap = Array(logits.enumerated().map { ($0.offset, $0.element) })
-            heap.sort { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
-            best = heap.prefix(top).map { ($0.0, $0.1 - logZ) }
+            // The `top` largest, kept sorted (best first, lower id on ties) in one pass.
+            var kept: [(token: Int, logit: Float)] = []
+            for (i, l) in logits.enumerated() where kept.count < top || l > kept[kept.count - 1].logit {
+                let at = kept.firstIndex { l > $0.logit } ?? kept.count
+                kept.insert((i, l), at: at)
+                if kept.count > top { kept.removeLast() }
+            }
+            best = kept.map { ($0.token, $0.logit - logZ) }
         }
         return TokenLogprob(token: chosen, logprob: logits[chosen] - logZ, top: best)
     }
 }
 
 /// Finds stop strings in generated text, including ones that span tokens, and holds back text that
-/// might still turn into one.
+/// might still turn into one. Only the held-back bytes are kept: released text can never be part of
+/// a later match, because everything that could start one is held.
 struct StopMatcher {
-    let stops: [String]
-    private(set) var text = ""
-    private var emitted = 0  // UTF-8 bytes of `text` already released
+    private let stops: [[UInt8]]
+    private var pending: [UInt8] = []
 
-    init(stops: [String]) { self.stops = stops.filter { !$0.isEmpty } }
+    init(stops: [String]) { self.stops = stops.filter { !$0.isEmpty }.map { Array($0.utf8) } }
 
     /// Adds decoded text; returns the text now safe to release and whether a stop string ended it.
     mutating func append(_ piece: String) -> (release: String, stopped: Bool) {
-        let searchFrom = max(0, text.utf8.count - (stops.map(\.utf8.count).max() ?? 0))
-        text += piece
-        let bytes = Array(text.utf8)
+        pending += piece.utf8
+        if stops.isEmpty { return (flush(), false) }
         var earliest: Int?
-        for stop in stops {
-            let s = Array(stop.utf8)
-            var i = searchFrom
-            while i + s.count <= bytes.count {
-                if bytes[i] == s[0], Array(bytes[i..<i + s.count]) == s {
-                    earliest = min(earliest ?? i, i)
-                    break
-                }
-                i += 1
+        for s in stops where s.count <= pending.count {
+            for i in 0...(pending.count - s.count) where pending[i] == s[0] && pending[i..<i + s.count].elementsEqual(s) {
+                earliest = min(earliest ?? i, i)
+                break
             }
         }
         if let earliest {
-            let release = String(decoding: bytes[emitted..<max(emitted, earliest)], as: UTF8.self)
-            text = String(decoding: bytes[..<earliest], as: UTF8.self)
-            emitted = earliest
-            return (release, true)
+            defer { pending = [] }
+            return (String(decoding: pending[..<earliest], as: UTF8.self), true)
         }
-        // Hold back the longest suffix that is a prefix of a stop string.
+        // Hold back the longest suffix that is a prefix of a stop string, in whole characters.
         var hold = 0
-        for stop in stops {
-            let s = Array(stop.utf8)
-            for k in stride(from: min(s.count - 1, bytes.count), to: hold, by: -1) where Array(bytes[(bytes.count - k)...]) == Array(s[..<k]) {
+        for s in stops {
+            for k in stride(from: min(s.count - 1, pending.count), to: hold, by: -1)
+            where pending[(pending.count - k)...].elementsEqual(s[..<k]) {
                 hold = k
                 break
             }
         }
-        var end = max(emitted, bytes.count - hold)
-        while end > emitted, end < bytes.count, bytes[end] & 0xC0 == 0x80 { end -= 1 }  // whole characters only
-        let release = String(decoding: bytes[emitted..<end], as: UTF8.self)
-        emitted = end
-        return (release, false)
+        var end = pending.count - hold
+        while end > 0, end < pending.count, pending[end] & 0xC0 == 0x80 { end -= 1 }
+        defer { pending.removeFirst(end) }
+        return (String(decoding: pending[..<end], as: UTF8.self), false)
     }
 
     /// Releases whatever was held back (generation ended for another reason).
     mutating func flush() -> String {
-        let bytes = Array(text.utf8)
-        defer { emitted = bytes.count }
-        return String(decoding: bytes[emitted...], as: UTF8.self)
+        defer { pending = [] }
+        return String(decoding: pending, as: UTF8.self)
     }
 }

@@ -92,7 +92,7 @@ public struct OpenAIServer: Sendable {
         } else {
             guard let prompt = try f.string("prompt") else { throw APIError.badRequest("give 'prompt' (a string) or 'messages'", param: "prompt") }
             let special = try f.bool("add_special_tokens") ?? true
-            ids = (special && addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(prompt, parseSpecial: true)
+            ids = special ? textTokens(prompt) : tokenizer.encode(prompt, parseSpecial: true)
         }
         return Self.json(.object([("count", .int(ids.count)), ("max_model_len", .int(engine.configuration.maxModelLength)),
                                   ("tokens", .list(ids.map { .int($0) }))]))
@@ -105,6 +105,11 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("token ids must be between 0 and \(tokenizer.vocabularySize - 1)", param: "tokens")
         }
         return Self.json(.object([("prompt", .string(tokenizer.decode(ids, skipSpecial: false)))]))
+    }
+
+    /// A raw text prompt's tokens, after the BOS token when the model wants one.
+    private func textTokens(_ text: String) -> [Int] {
+        (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(text, parseSpecial: true)
     }
 
     // MARK: Completions
@@ -167,12 +172,12 @@ public struct OpenAIServer: Sendable {
         } else {
             switch f["prompt"] {
             case .string(let s)?:
-                prompt = (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(s, parseSpecial: true)
+                prompt = textTokens(s)
             case .list(let l)? where !l.isEmpty && l.allSatisfy({ if case .int = $0 { true } else { false } }):
                 prompt = l.map { if case .int(let i) = $0 { i } else { 0 } }
             case .list(let l)? where l.count == 1:
                 guard case .string(let s) = l[0] else { fallthrough }
-                prompt = (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(s, parseSpecial: true)
+                prompt = textTokens(s)
             default:
                 throw APIError.badRequest("'prompt' must be a string or a list of token ids (one prompt per request)", param: "prompt")
             }

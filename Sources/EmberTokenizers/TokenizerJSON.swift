@@ -62,6 +62,15 @@ public enum TokenizerJSON {
         return tokens
     }
 
+    /// A BPE model's merges, written either "a b" or ["a", "b"].
+    static func mergeList(_ model: [String: Any]) throws -> [String] {
+        try (model["merges"] as? [Any] ?? []).enumerated().map { i, m in
+            if let s = m as? String { return s }
+            if let pair = m as? [String], pair.count == 2 { return pair[0] + " " + pair[1] }
+            throw TokenizerError("merge \(i) is neither \"a b\" nor [\"a\", \"b\"]")
+        }
+    }
+
     static func typeName(_ value: Any?) -> String? { (value as? [String: Any])?["type"] as? String }
 
     /// Post-processors only add special tokens around an encoding (not done by `encode`), so any of these is accepted.
@@ -92,11 +101,7 @@ public enum TokenizerJSON {
         }
         let decoders = try (root["decoder"] as? [String: Any]).map(TokenDecoder.fromJSON) ?? []
         let tokens = try vocabularyArray(model["vocab"], added: added)
-        let merges: [String] = try (model["merges"] as? [Any] ?? []).enumerated().map { i, m in
-            if let s = m as? String { return s }
-            if let pair = m as? [String], pair.count == 2 { return pair[0] + " " + pair[1] }
-            throw TokenizerError("merge \(i) is neither \"a b\" nor [\"a\", \"b\"]")
-        }
+        let merges = try mergeList(model)
         var unknown: Int?
         if let name = model["unk_token"] as? String {
             guard let id = tokens.firstIndex(of: name) else { throw TokenizerError("the unknown token \(name) is not in the vocabulary") }
@@ -124,11 +129,7 @@ public enum TokenizerJSON {
             throw TokenizerError("decoder \(decoder) is not supported for byte-level BPE (ByteLevel is)")
         }
         let tokens = try vocabularyArray(model["vocab"], added: added)
-        let merges: [String] = try (model["merges"] as? [Any] ?? []).enumerated().map { i, m in
-            if let s = m as? String { return s }
-            if let pair = m as? [String], pair.count == 2 { return pair[0] + " " + pair[1] }
-            throw TokenizerError("merge \(i) is neither \"a b\" nor [\"a\", \"b\"]")
-        }
+        let merges = try mergeList(model)
         let eos = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"].lazy.compactMap { t in added.first { $0.content == t }?.id }.first
         return try ByteLevelBPETokenizer(
             tokens: tokens, merges: merges, preTokenizer: preTokenizer,

@@ -23,19 +23,7 @@ public struct Q8Activations {
         var sums = [Float](repeating: 0, count: blocks)
         lanes.withUnsafeMutableBufferPointer { q in
             for b in 0..<blocks {
-                let xb = x + 32 * b
-                var maximum: Float = 0
-                for j in 0..<32 { maximum = max(maximum, abs(xb[j])) }
-                let d = maximum / 127
-                let inverse: Float = maximum != 0 ? 127 / maximum : 0
-                var total: Int32 = 0
-                for j in 0..<32 {
-                    let v = Int32((xb[j] * inverse).rounded(.toNearestOrEven))
-                    q[32 * b + 8 * (j % 4) + j / 4] = Float(v)
-                    total += v
-                }
-                scales[b] = Float(Float16(d))
-                sums[b] = Float(Float16(d * Float(total)))
+                (scales[b], sums[b]) = quantizeBlock(x + 32 * b) { j, v in q[32 * b + 8 * (j % 4) + j / 4] = Float(v) }
             }
         }
         self.lanes = lanes
@@ -51,4 +39,22 @@ public func roundActivations(_ x: UnsafeMutablePointer<Float>, count: Int, to ty
     case .bf16: for i in 0..<count { x[i] = bfloat16ToFloat(floatToBFloat16(x[i])) }
     default: break
     }
+}
+
+/// llama.cpp's 8-bit quantization of one block of 32 activations: each value rounded to a multiple of
+/// max|x|/127 and passed to `store(index, value)`; returns the block's scale and scale × value sum,
+/// both rounded through f16 as llama.cpp stores them.
+@inline(__always)
+func quantizeBlock(_ xb: UnsafePointer<Float>, _ store: (Int, Int32) -> Void) -> (scale: Float, sum: Float) {
+    var maximum: Float = 0
+    for j in 0..<32 { maximum = max(maximum, abs(xb[j])) }
+    let d = maximum / 127
+    let inverse: Float = maximum != 0 ? 127 / maximum : 0
+    var total: Int32 = 0
+    for j in 0..<32 {
+        let v = Int32((xb[j] * inverse).rounded(.toNearestOrEven))
+        store(j, v)
+        total += v
+    }
+    return (Float(Float16(d)), Float(Float16(d * Float(total))))
 }

@@ -18,19 +18,9 @@ public struct Int8Activations {
         var values = [Int8](repeating: 0, count: rows * columns)
         var scales = [Float](repeating: 0, count: 8 * blocks), sums = [Float](repeating: 0, count: blocks)
         for b in 0..<blocks {
-            let xb = x + 32 * b
-            var maximum: Float = 0
-            for j in 0..<32 { maximum = max(maximum, abs(xb[j])) }
-            let inverse: Float = maximum != 0 ? 127 / maximum : 0
-            var total: Int32 = 0
-            for j in 0..<32 {
-                let v = Int32((xb[j] * inverse).rounded(.toNearestOrEven))
-                values[32 * b + j] = Int8(v)
-                total += v
-            }
-            let d = maximum / 127
-            for l in 0..<8 { scales[8 * b + l] = Float(Float16(d)) }
-            sums[b] = Float(Float16(d * Float(total)))
+            let (scale, sum) = quantizeBlock(x + 32 * b) { j, v in values[32 * b + j] = Int8(v) }
+            for l in 0..<8 { scales[8 * b + l] = scale }
+            sums[b] = sum
         }
         self.values = values
         self.scales = scales
