@@ -81,6 +81,7 @@ public final class Engine: @unchecked Sendable {
                               blocks: BlockManager(blockCount: configuration.blockCount, blockSize: configuration.blockSize,
                                                    prefixCaching: configuration.prefixCaching))
         metrics.setCapacity(blocks: configuration.blockCount)
+        model.prepareBatches()
     }
 
     // MARK: Requests

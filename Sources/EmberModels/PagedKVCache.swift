@@ -52,6 +52,15 @@ public final class PagedKVCache: @unchecked Sendable {
 }
 
 extension Llama {
+    /// Repacks the quantized weights for the integer products of `forward(batch:)` now (when this CPU
+    /// runs them), so that the first request does not wait for it.
+    public func prepareBatches() {
+        guard WeightMatrix.integerProductsAvailable else { return }
+        let w = weights
+        let matrices = w.blocks.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [w.output]
+        ThreadPool.shared.parallelFor(matrices.count) { matrices[$0].preparePackedRows() }
+    }
+
     /// One sequence's share of a batched step: `tokens` at positions `start ..< start + tokens.count`,
     /// its block table, and whether the last token's logits are wanted.
     public struct BatchEntry: Sendable {

@@ -13,6 +13,8 @@ public struct WeightMatrix: @unchecked Sendable {
     public let data: UnsafeRawPointer
     /// Keeps the memory behind `data` alive (a mapped file or an owned buffer).
     public let owner: AnyObject?
+    /// The rows repacked for the integer products, once they are first needed.
+    let packedRows = PackedRows.Slot()
 
     public init(type: DType, rows: Int, columns: Int, data: UnsafeRawPointer, owner: AnyObject?) {
         precondition(columns % type.blockSize == 0, "row length \(columns) is not a whole number of \(type) blocks")

@@ -5,13 +5,24 @@
 /// Whether this CPU has AVX-512 VNNI (with BW and VL), which the integer products need.
 int ember_has_vnni(void);
 
-/// Integer dot products of quantized weight rows with 8-bit activation rows.
-/// weights: rows `r0 ..< r1` of a matrix stored as GGML blocks (`type` 0 = q4_0, 1 = q4_1, 2 = q8_0),
-///   `row_bytes` apart; `blocks` blocks of 32 per row.
-/// activations: `m` rows of `blocks` * 32 int8 values (`xq`), per block their scale repeated 8
-///   times (`xe`, `blocks` * 8 floats per row) and scale times value sum (`xs`).
-/// y[i * y_stride + r] = Σ_b (wd_b · xd_b · Σ_j wq_j·xq_j) + wm_b · xs_b   (q4_0 values are offset by −8).
+/// Type codes: 0 = q4_0, 1 = q4_1, 2 = q8_0.
+///
+/// Packed layout: weight rows in groups of 16 (the last group padded with zero rows); within a group,
+/// block by block: the 16 rows' scales (f16), for q4_1 their minimums (f16), then the values with
+/// the 16 rows interleaved four bytes at a time, one 64-byte vector per four byte columns:
+/// q4 blocks keep their nibble bytes (byte j holds values j and j + 16), q8_0 values are stored
+/// offset by 128 as unsigned bytes.
+long ember_packed_block_bytes(int type);
+
+/// Repacks `rows` rows of GGML blocks (`row_bytes` apart, `blocks` blocks each) into `packed`, which
+/// holds ceil(rows / 16) * blocks * ember_packed_block_bytes(type) bytes.
+void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows, int blocks, uint8_t *packed);
+
+/// Integer products of packed row groups `g0 ..< g1` (of a matrix of `rows` rows) with `m` rows of
+/// 8-bit activations: `xq` [m, blocks * 32] values, per block the scale `xd`, the integer value sum
+/// `xsum` and scale × value sum `xs` ([m, blocks] each):
+/// y[i * y_stride + r] = Σ_b wd_b · xd_b · Σ_j (wq_j − offset) · xq_j  (+ wm_b · xs_b for q4_1).
 /// Every output is formed in the same order whatever m is.
-void ember_quantized_products(int type, const uint8_t *weights, long row_bytes, int r0, int r1, int blocks,
-                              const int8_t *xq, const float *xe, const float *xs, int m, float *y, long y_stride);
+void ember_packed_products(int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
+                           const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride);
 #endif
