@@ -38,5 +38,6 @@ let package = Package(
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
         .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
+        .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats"], path: "Tests/EmberTrainingTests"),
     ]
 )

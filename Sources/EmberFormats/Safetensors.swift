@@ -104,3 +104,43 @@ public struct SafetensorsCollection: Sendable {
 
     public var names: [String] { owner.keys.sorted() }
 }
+
+/// Writes f32 tensors as a safetensors file: an 8-byte little-endian header length, a JSON header
+/// (name → dtype, shape, byte offsets; plus `__metadata__`), padded with spaces to 8 bytes, then the
+/// data in header order. Write errors (a full disk) are thrown, never ignored.
+public enum SafetensorsWriter {
+    public struct Tensor {
+        public let name: String
+        public let shape: [Int]
+        public let data: UnsafeBufferPointer<Float>
+        public init(name: String, shape: [Int], data: UnsafeBufferPointer<Float>) {
+            precondition(shape.reduce(1, *) == data.count, "\(name): shape \(shape) does not hold \(data.count) values")
+            self.name = name
+            self.shape = shape
+            self.data = data
+        }
+    }
+
+    public static func write(_ tensors: [Tensor], metadata: [String: String] = ["format": "pt"], to path: String) throws {
+        var header: [String: Any] = ["__metadata__": metadata]
+        var offset = 0
+        for t in tensors {
+            header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.data.count]] as [String: Any]
+            offset += 4 * t.data.count
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(0x20) }
+        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+            throw FormatError("\(path): cannot create the file")
+        }
+        defer { try? handle.close() }
+        do {
+            try handle.write(contentsOf: withUnsafeBytes(of: UInt64(json.count).littleEndian) { Data($0) })
+            try handle.write(contentsOf: json)
+            for t in tensors { try handle.write(contentsOf: Data(buffer: t.data)) }
+            try handle.synchronize()
+        } catch {
+            throw FormatError("\(path): writing failed: \(error.localizedDescription)")
+        }
+    }
+}

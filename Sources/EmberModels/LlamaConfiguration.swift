@@ -31,6 +31,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         case rmsNormEpsilon = "rms_norm_eps"
         case ropeTheta = "rope_theta"
         case ropeScaling = "rope_scaling"
+        case ropeParameters = "rope_parameters"
         case tieWordEmbeddings = "tie_word_embeddings"
         case architectures
         case modelType = "model_type"
@@ -74,11 +75,13 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         vocabularySize = try c.decode(Int.self, forKey: .vocabularySize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         rmsNormEpsilon = try c.decodeIfPresent(Float.self, forKey: .rmsNormEpsilon) ?? 1e-6
-        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
+        // transformers 5 writes rope_theta (and the scaling) inside rope_parameters.
+        let parameters = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeParameters)
+        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? parameters?.theta ?? 10000
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         self.architectures = architectures
         ropeLinearScale = 1
-        if let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) {
+        if let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) ?? parameters {
             switch scaling.type {
             case "linear": ropeLinearScale = scaling.factor ?? 1
             case "default", nil: break
@@ -109,11 +112,13 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     private struct RopeScaling: Codable {
         var type: String?
         var factor: Float?
-        enum CodingKeys: String, CodingKey { case type = "rope_type", factor }
+        var theta: Float?
+        enum CodingKeys: String, CodingKey { case type = "rope_type", factor, theta = "rope_theta" }
         init(type: String?, factor: Float?) { self.type = type; self.factor = factor }
         init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             factor = try c.decodeIfPresent(Float.self, forKey: .factor)
+            theta = try c.decodeIfPresent(Float.self, forKey: .theta)
             let legacy = try decoder.container(keyedBy: LegacyKey.self)
             type = try c.decodeIfPresent(String.self, forKey: .type) ?? legacy.decodeIfPresent(String.self, forKey: .type)
         }

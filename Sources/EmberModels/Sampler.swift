@@ -51,7 +51,8 @@ public struct Sampler: Sendable {
 
 /// A small, fast, seedable generator (Steele, Lea & Flood's SplitMix64).
 public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
+    /// The whole state: a generator made with `init(seed: state)` continues the same sequence.
+    public private(set) var state: UInt64
     public init(seed: UInt64) { state = seed }
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
@@ -62,4 +63,9 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     }
     /// Uniform in [0, 1).
     public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+    /// Standard normal (Box–Muller).
+    public mutating func nextNormal() -> Double {
+        let u = 1 - nextUnit(), v = nextUnit()
+        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
+    }
 }

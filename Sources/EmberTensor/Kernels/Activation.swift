@@ -26,6 +26,17 @@ public func swigluForward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, 
     for i in 0..<n { out[i] = silu(gate[i]) * up[i] }
 }
 
+/// The gradients of `swigluForward`, added into dgate and dup [n]:
+///   dgate += dout · up · σ(g) · (1 + g · (1 − σ(g))),   dup += dout · silu(g)
+public func swigluBackward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dout: UnsafePointer<Float>,
+                           dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, count n: Int) {
+    for i in 0..<n {
+        let g = gate[i], sigma = 1 / (1 + vectorExp(0 - g))
+        dgate[i] += dout[i] * up[i] * sigma * (1 + g * (1 - sigma))
+        dup[i] += dout[i] * g * sigma
+    }
+}
+
 /// Numerically stable softmax over `n` values in place: the maximum is subtracted before `exp`,
 /// so large logits never overflow. Masked entries hold `-infinity` and come out as exactly 0.
 public func softmaxForward(_ x: UnsafeMutablePointer<Float>, count n: Int) {

@@ -32,3 +32,24 @@ enum BLAS {
         }
     }
 }
+
+/// The gradients of `matmul` (y = x · wᵀ), added into dx [M, K] and dw [N, K] (either may be nil):
+///   dx += dy · w      (rows of x split across the pool)
+///   dw += dyᵀ · x     (rows of w split across the pool)
+public func matmulBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
+                           dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?, m M: Int, n N: Int, k K: Int,
+                           pool: ThreadPool = .shared) {
+    BLAS.ensureSingleThreaded()
+    if let dx {
+        pool.parallelRanges(M, minimumChunk: 16) { rows in
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(N), 1,
+                        dy + rows.lowerBound * N, Int32(N), w, Int32(K), 1, dx + rows.lowerBound * K, Int32(K))
+        }
+    }
+    if let dw {
+        pool.parallelRanges(N, minimumChunk: 16) { rows in
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(M), 1,
+                        dy + rows.lowerBound, Int32(N), x, Int32(K), 1, dw + rows.lowerBound * K, Int32(K))
+        }
+    }
+}

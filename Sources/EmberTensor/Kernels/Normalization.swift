@@ -1,15 +1,37 @@
-/// RMSNorm. Shapes: x, out [rows, dim]; weight [dim].
+/// RMSNorm. Shapes: x, out [rows, dim]; weight [dim]; rstd [rows] (optional, kept for the backward).
 ///   out = x · rstd · weight,   rstd = 1 / sqrt(mean(x²) + eps)
 /// The squares are summed in double and rounded as llama.cpp rounds them, so both produce the same
-/// f32 result. The backward pass will sit here as `rmsNormBackward`, reusing the per-row `rstd`.
+/// f32 result.
 public func rmsNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-                           rows: Int, dim: Int, epsilon: Float) {
+                           rows: Int, dim: Int, epsilon: Float, rstd: UnsafeMutablePointer<Float>? = nil) {
     for r in 0..<rows {
         let xr = x + r * dim, yr = out + r * dim
         var sum = 0.0
         for i in 0..<dim { sum += Double(xr[i] * xr[i]) }
         let mean = Float(sum / Double(dim))
-        let rstd = 1 / (mean + epsilon).squareRoot()
-        for i in 0..<dim { yr[i] = xr[i] * rstd * weight[i] }
+        let s = 1 / (mean + epsilon).squareRoot()
+        rstd?[r] = s
+        for i in 0..<dim { yr[i] = xr[i] * s * weight[i] }
+    }
+}
+
+/// The gradients of `rmsNormForward` from the forward's `rstd`, added into dx [rows, dim] and
+/// dweight [dim] (either may be nil when not wanted):
+///   dweight += Σ_rows dout · x · rstd
+///   dx      += rstd · (dout · w) − rstd³ / dim · x · Σ_i (dout_i · w_i · x_i)
+public func rmsNormBackward(dout: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
+                            dx: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, rows: Int, dim: Int) {
+    for r in 0..<rows {
+        let xr = x + r * dim, gr = dout + r * dim, s = rstd[r]
+        if let dweight {
+            for i in 0..<dim { dweight[i] += gr[i] * xr[i] * s }
+        }
+        if let dx {
+            var projection: Float = 0
+            for i in 0..<dim { projection += gr[i] * weight[i] * xr[i] }
+            let k = s * s * s / Float(dim) * projection
+            let dr = dx + r * dim
+            for i in 0..<dim { dr[i] += s * gr[i] * weight[i] - k * xr[i] }
+        }
     }
 }

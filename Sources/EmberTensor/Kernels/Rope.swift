@@ -32,6 +32,18 @@ public struct RopeParameters: Sendable, Equatable {
 /// Shapes: x [tokens, heads, headDim] rotated in place; positions [tokens].
 public func ropeForward(_ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, tokens: Int, heads: Int, headDim: Int,
                         parameters: RopeParameters) {
+    rotate(x, positions: positions, tokens: tokens, heads: heads, headDim: headDim, parameters: parameters, direction: 1)
+}
+
+/// The gradient of `ropeForward`: a rotation is orthogonal, so the gradient rotates back by the
+/// same angles. Shapes: dx [tokens, heads, headDim], rotated in place.
+public func ropeBackward(_ dx: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, tokens: Int, heads: Int, headDim: Int,
+                         parameters: RopeParameters) {
+    rotate(dx, positions: positions, tokens: tokens, heads: heads, headDim: headDim, parameters: parameters, direction: -1)
+}
+
+private func rotate(_ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<Int32>, tokens: Int, heads: Int, headDim: Int,
+                    parameters: RopeParameters, direction: Float) {
     let half = parameters.dimensions / 2
     let thetaScale = powf(parameters.base, -2 / Float(parameters.dimensions))
     let frequencyScale = 1 / parameters.linearScale
@@ -42,7 +54,7 @@ public func ropeForward(_ x: UnsafeMutablePointer<Float>, positions: UnsafePoint
             for i in 0..<half {
                 let angle = frequencyScale * theta
                 cosines[i] = cosf(angle)
-                sines[i] = sinf(angle)
+                sines[i] = direction * sinf(angle)
                 theta *= thetaScale
             }
             for h in 0..<heads {

@@ -1,0 +1,71 @@
+import CBLAS
+
+/// Causal self-attention over a batch of equally long sequences, for training, with grouped-query
+/// heads. Shapes (token-major, as the projections produce them):
+///   q, out [B·T, H·D];  k, v [B·T, Hkv·D];  probabilities [B, H, T, T] (kept for the backward)
+///   S = q_h · k_gᵀ / √D  (g = h / (H / Hkv)),  P = softmax(S + causal mask),  out_h = P · v_g
+/// Each (sequence, key/value head) is one job; its query heads run one after another, so the
+/// backward can add into the shared dk and dv without races. Products are single-threaded SGEMM.
+public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                   out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
+                                   batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int, pool: ThreadPool = .shared) {
+    BLAS.ensureSingleThreaded()
+    let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
+    let scale = 1 / Float(D).squareRoot()
+    pool.parallelFor(B * kvHeads) { job in
+        let b = job / kvHeads, g = job % kvHeads
+        let kg = k + b * T * kvStride + g * D, vg = v + b * T * kvStride + g * D
+        for h in g * groups..<(g + 1) * groups {
+            let qh = q + b * T * qStride + h * D, p = probabilities + (b * H + h) * T * T
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D), scale, qh, Int32(qStride),
+                        kg, Int32(kvStride), 0, p, Int32(T))
+            for i in 0..<T {
+                let row = p + i * T
+                softmaxForward(row, count: i + 1)
+                for j in (i + 1)..<max(i + 1, T) { row[j] = 0 }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), 1, p, Int32(T),
+                        vg, Int32(kvStride), 0, out + b * T * qStride + h * D, Int32(qStride))
+        }
+    }
+}
+
+/// The gradients of `causalAttentionForward`, added into dq, dk and dv (same shapes as q, k, v):
+///   dP = dout_h · v_gᵀ,  dS = P ⊙ (dP − rowsum(P ⊙ dP)),
+///   dq_h += dS · k_g / √D,  dk_g += dSᵀ · q_h / √D,  dv_g += Pᵀ · dout_h
+public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                    probabilities: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                    dv: UnsafeMutablePointer<Float>, batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int,
+                                    pool: ThreadPool = .shared) {
+    BLAS.ensureSingleThreaded()
+    let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
+    let scale = 1 / Float(D).squareRoot()
+    pool.parallelFor(B * kvHeads) { job in
+        let b = job / kvHeads, g = job % kvHeads
+        let kg = k + b * T * kvStride + g * D, vg = v + b * T * kvStride + g * D
+        let dkg = dk + b * T * kvStride + g * D, dvg = dv + b * T * kvStride + g * D
+        let dS = UnsafeMutablePointer<Float>.allocate(capacity: T * T)
+        defer { dS.deallocate() }
+        for h in g * groups..<(g + 1) * groups {
+            let offset = b * T * qStride + h * D
+            let p = probabilities + (b * H + h) * T * T
+            // dv_g += Pᵀ · dout_h
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), 1, p, Int32(T),
+                        dout + offset, Int32(qStride), 1, dvg, Int32(kvStride))
+            // dP = dout_h · v_gᵀ, then dS in place
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D), 1, dout + offset, Int32(qStride),
+                        vg, Int32(kvStride), 0, dS, Int32(T))
+            for i in 0..<T {
+                let pr = p + i * T, dr = dS + i * T
+                var total: Float = 0
+                for j in 0...i { total += pr[j] * dr[j] }
+                for j in 0...i { dr[j] = pr[j] * (dr[j] - total) }
+                for j in (i + 1)..<max(i + 1, T) { dr[j] = 0 }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), scale, dS, Int32(T),
+                        kg, Int32(kvStride), 1, dq + offset, Int32(qStride))
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), scale, dS, Int32(T),
+                        q + offset, Int32(qStride), 1, dkg, Int32(kvStride))
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import EmberNN
+import EmberTensor
+import Foundation
+import Testing
+
+/// Each op's backward against central differences of its forward: for L = Σ r ⊙ op(inputs) with a
+/// fixed random r, dL/dinput from the tape must match (L(x + ε) − L(x − ε)) / 2ε at sampled
+/// coordinates of every input.
+@Suite struct FiniteDifferenceTests {
+    struct Random {
+        var state: UInt64
+        mutating func next() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Double(state >> 40) / Double(1 << 24)) * 2 - 1
+        }
+        mutating func values(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in next() * scale } }
+    }
+
+    /// Returns the largest error relative to the largest analytic gradient of each input.
+    @discardableResult
+    static func check(_ name: String, _ inputs: [Variable], epsilon: Float = 1e-2, tolerance: Float = 1e-2,
+                      _ build: (Tape, [Variable]) -> Variable) -> Float {
+        var random = Random(state: 99)
+        let probe = build(Tape(), inputs)
+        let r = random.values(probe.count)
+        func objective() -> Double {
+            let y = build(Tape(), inputs)
+            return zip(y.values, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        }
+        let tape = Tape()
+        let y = build(tape, inputs)
+        y.gradient.pointer.update(from: r, count: r.count)
+        tape.backward()
+        var worst: Float = 0
+        for (k, input) in inputs.enumerated() where input.requiresGradient {
+            let analytic = input.gradient.values
+            let scale = max(analytic.map(abs).max()!, 1e-3)
+            for _ in 0..<24 {
+                let j = Int((random.next() * 0.5 + 0.5) * Float(input.count)) % input.count
+                let saved = input.pointer[j]
+                input.pointer[j] = saved + epsilon
+                let plus = objective()
+                input.pointer[j] = saved - epsilon
+                let minus = objective()
+                input.pointer[j] = saved
+                let numeric = Float((plus - minus) / Double(2 * epsilon))
+                let error = abs(numeric - analytic[j]) / scale
+                worst = max(worst, error)
+                #expect(error <= tolerance, "\(name) input \(k) [\(j)]: numeric \(numeric), analytic \(analytic[j])")
+            }
+        }
+        print("\(name): worst finite-difference error \(worst) of the largest gradient")
+        return worst
+    }
+
+    static func variable(_ shape: [Int], seed: UInt64, scale: Float = 1, offset: Float = 0) -> Variable {
+        var random = Random(state: seed)
+        return Variable(shape: shape, values: random.values(shape.reduce(1, *), scale: scale).map { $0 + offset })
+    }
+
+    @Test func linear() {
+        Self.check("linear", [Self.variable([5, 7], seed: 1), Self.variable([6, 7], seed: 2)]) { $0.linear($1[0], $1[1]) }
+    }
+
+    @Test func rmsNorm() {
+        Self.check("rmsNorm", [Self.variable([4, 8], seed: 3), Self.variable([8], seed: 4, scale: 0.3, offset: 1)]) {
+            $0.rmsNorm($1[0], $1[1], epsilon: 1e-5)
+        }
+    }
+
+    @Test(arguments: [RopeMode.neox, .interleaved])
+    func rope(mode: RopeMode) {
+        let parameters = RopeParameters(dimensions: 8, base: 10000, mode: mode)
+        Self.check("rope \(mode)", [Self.variable([3, 16], seed: 5)]) {
+            $0.rope($1[0], positions: [0, 3, 7], heads: 2, headDim: 8, parameters: parameters)
+        }
+    }
+
+    @Test func attention() {
+        // 2 sequences of 5 tokens, 4 query heads sharing 2 key/value heads of 6 dimensions.
+        Self.check("attention", [Self.variable([10, 24], seed: 6), Self.variable([10, 12], seed: 7), Self.variable([10, 12], seed: 8)]) {
+            $0.attention(q: $1[0], k: $1[1], v: $1[2], batch: 2, tokens: 5, heads: 4, kvHeads: 2, headDim: 6)
+        }
+    }
+
+    @Test func swiglu() {
+        Self.check("swiglu", [Self.variable([20], seed: 9, scale: 3), Self.variable([20], seed: 10)]) { $0.swiglu($1[0], $1[1]) }
+    }
+
+    @Test func add() {
+        Self.check("add", [Self.variable([9], seed: 11), Self.variable([9], seed: 12)]) { $0.add($1[0], $1[1]) }
+    }
+
+    @Test func embedding() {
+        Self.check("embedding", [Self.variable([6, 4], seed: 13)]) { $0.embedding([2, 5, 2, 0], $1[0]) }
+    }
+
+    @Test func crossEntropy() {
+        Self.check("crossEntropy", [Self.variable([4, 11], seed: 14, scale: 3)]) { $0.crossEntropy($1[0], targets: [3, -100, 10, 0]) }
+    }
+
+    @Test func tokenLogProbabilities() {
+        Self.check("tokenLogProbabilities", [Self.variable([4, 11], seed: 15, scale: 3)]) {
+            $0.tokenLogProbabilities($1[0], targets: [3, 7, -100, 0])
+        }
+    }
+
+    @Test func checkpointedBlock() {
+        // A small residual block run under recomputation: its inputs' and parameter's gradients.
+        let weight = Self.variable([6, 6], seed: 17)
+        Self.check("checkpoint", [Self.variable([3, 6], seed: 16), weight]) { tape, inputs in
+            tape.checkpoint(inputs[0]) { tape, x in tape.add(x, tape.swiglu(tape.linear(x, inputs[1]), x)) }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+import EmberFormats
+import EmberModels
+import EmberNN
+import EmberTensor
+import Foundation
+import Testing
+
+/// Reads the tensors `scripts/fixtures/training-reference.py` wrote with PyTorch.
+struct Reference {
+    let file: SafetensorsFile
+    init(_ relative: String) throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        file = try SafetensorsFile(path: root.appendingPathComponent("Tests/Fixtures/training/" + relative).path)
+    }
+    static func directory(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Tests/Fixtures/training/" + name).path
+    }
+    func floats(_ name: String) throws -> [Float] {
+        let entry = try #require(file.entries[name], "the fixture has no \(name)")
+        return dequantize(entry.dtype, from: file.data(of: entry), count: entry.shape.reduce(1, *))
+    }
+    func ints(_ name: String) throws -> [Int32] { try floats(name).map { Int32($0) } }
+}
+
+func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
+    precondition(a.count == b.count, "\(a.count) vs \(b.count) values")
+    return zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// Ember's loss, logits and every parameter gradient against transformers' LlamaForCausalLM with
+/// PyTorch autograd (the test_gpt2.c pattern), with and without recomputation.
+@Suite struct GradientParityTests {
+    @Test(arguments: ["untied", "tied"], TrainableLlama.Recompute.allCases)
+    func gradientsMatchPyTorch(name: String, recompute: TrainableLlama.Recompute) throws {
+        let reference = try Reference(name + "/reference.safetensors")
+        let model = try TrainableLlama(directory: Reference.directory(name))
+        let inputs = try reference.ints("inputs"), targets = try reference.ints("targets")
+        let tape = Tape()
+        let logits = model.logits(tape, inputs: inputs, batch: 2, recompute: recompute)
+        let loss = tape.crossEntropy(logits, targets: targets)
+        tape.backward(loss)
+
+        let expectedLoss = try reference.floats("loss")[0]
+        let logitsDifference = maxDifference(logits.values, try reference.floats("logits"))
+        print("\(name), recompute \(recompute): loss \(loss.values[0]) vs \(expectedLoss), logits max |Δ| \(logitsDifference)")
+        #expect(abs(loss.values[0] - expectedLoss) < 1e-5)
+        #expect(logitsDifference < 1e-5)
+        var worst: (name: String, difference: Float, relative: Float) = ("", 0, 0)
+        for p in model.parameters {
+            let expected = try reference.floats("grad." + p.name)
+            let difference = maxDifference(p.gradient.values, expected)
+            let scale = expected.map(abs).max()!
+            if difference / scale > worst.relative { worst = (p.name, difference, difference / scale) }
+            #expect(difference <= 1e-5 + 1e-4 * scale, "\(p.name): max |Δ| \(difference), largest |grad| \(scale)")
+        }
+        print("\(name), recompute \(recompute): \(model.parameters.count) gradients, worst \(worst.name) max |Δ| \(worst.difference) (relative \(worst.relative))")
+    }
+}
+
+extension FloatBuffer {
+    var values: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+}
