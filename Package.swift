@@ -27,10 +27,11 @@ let package = Package(
         .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
         .target(name: "EmberModels", dependencies: ["EmberNN", "EmberFormats", "EmberTokenizers"], swiftSettings: kernelFlags),
+        .target(name: "EmberTraining", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
         .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [
-            "EmberModels", "EmberServer", .product(name: "Hummingbird", package: "hummingbird"),
+            "EmberModels", "EmberServer", "EmberTraining", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor"], path: "Tests/EmberTensorTests"),
@@ -38,6 +39,6 @@ let package = Package(
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
         .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
-        .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats"], path: "Tests/EmberTrainingTests"),
+        .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats", "EmberTraining"], path: "Tests/EmberTrainingTests"),
     ]
 )

@@ -26,7 +26,7 @@ public final class TrainableLlama: @unchecked Sendable {
     }
 
     /// How a block's activations are kept for the backward.
-    public enum Recompute: String, Sendable, CaseIterable { case none, block }
+    public enum Recompute: String, Sendable, CaseIterable, Codable { case none, block }
 
     var rope: RopeParameters {
         RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: .neox)
@@ -146,7 +146,7 @@ public func writeFile(_ data: Data, to path: String) throws {
     let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     do {
         try data.write(to: temporary)
-        _ = try FileManager.default.replaceItemAt(url, withItemAt: temporary)
+        guard rename(temporary.path, path) == 0 else { throw FormatError(String(cString: strerror(errno))) }
     } catch {
         try? FileManager.default.removeItem(at: temporary)
         throw FormatError("\(path): writing failed: \(error.localizedDescription)")

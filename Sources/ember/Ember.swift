@@ -20,8 +20,9 @@ struct Ember: AsyncParsableCommand {
           ember bench --model model.gguf --threads 2
           ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
+          ember pretrain --preset tiny --output runs/tiny
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

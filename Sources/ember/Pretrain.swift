@@ -1,0 +1,207 @@
+import ArgumentParser
+import EmberModels
+import EmberTensor
+import EmberTokenizers
+import EmberTraining
+import Foundation
+
+struct Pretrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pretrain",
+        abstract: "Train a LLaMA model from scratch (or from --init weights) on a data folder.",
+        discussion: """
+        The model comes from --preset (tiny, small, medium), a Hugging Face --config config.json,
+        or --init DIR (config and weights of an existing model). Without --data, the default
+        corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer
+        trained on them, prepared into OUTPUT/data.
+
+        OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and
+        trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final
+        model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON
+        line per step) and loss.svg. --resume OUTPUT continues a run exactly where its last
+        checkpoint stopped.
+
+        Examples:
+          ember pretrain --preset tiny --output runs/tiny
+          ember pretrain --config config.json --data data --steps 2000 --batch-size 16 --seq-len 256 --output runs/a
+          ember pretrain --resume runs/a
+        """)
+
+    @Option(help: ArgumentHelp("Model size: tiny (~1M parameters), small (~10M) or medium (~40M).", valueName: "name"))
+    var preset: String?
+
+    @Option(help: ArgumentHelp("A Hugging Face LlamaForCausalLM config.json.", valueName: "path"))
+    var config: String?
+
+    @Option(name: .customLong("init"), help: ArgumentHelp("Start from this model directory's config and weights.", valueName: "dir"))
+    var initial: String?
+
+    @Option(help: ArgumentHelp("A folder from `ember prepare-data` (default: the Python standard library corpus).", valueName: "dir"))
+    var data: String?
+
+    @Option(help: ArgumentHelp("Where checkpoints, logs and the final model go.", valueName: "dir"))
+    var output: String?
+
+    @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
+    var resume: String?
+
+    @Option(help: "Optimizer steps in the whole run.") var steps: Int?
+    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch.") var batchSize: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence.") var seqLen: Int?
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum: Int?
+    @Option(help: "Peak learning rate.") var lr: Float?
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay.") var minLr: Float?
+    @Option(help: "Linear warmup steps.") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (projection matrices only).") var weightDecay: Float?
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float?
+    @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute?
+    @Option(help: "Seed for the initial weights and the data order.") var seed: UInt64?
+    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (0: only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int?
+    @Option(help: "Checkpoints kept.") var keep: Int?
+    @Option(help: "Worker threads (default: all cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    func validate() throws {
+        if resume == nil {
+            guard output != nil else { throw ValidationError("give --output DIR (or --resume a run)") }
+            let sources = [preset, config, initial].compactMap { $0 }
+            guard sources.count == 1 else { throw ValidationError("give exactly one of --preset, --config and --init") }
+            if let preset, Preset(rawValue: preset) == nil {
+                throw ValidationError("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        } else if preset != nil || config != nil || initial != nil || data != nil {
+            throw ValidationError("--resume continues a run with its own model and data; leave out --preset, --config, --init and --data")
+        }
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+    }
+
+    enum Preset: String, CaseIterable {
+        case tiny, small, medium
+        func configuration(vocabularySize: Int) -> LlamaConfiguration {
+            switch self {
+            case .tiny: LlamaConfiguration(hiddenSize: 128, intermediateSize: 384, layerCount: 4, headCount: 4, kvHeadCount: 2,
+                                           vocabularySize: vocabularySize, maxPositionEmbeddings: 256, tieWordEmbeddings: true)
+            case .small: LlamaConfiguration(hiddenSize: 256, intermediateSize: 1024, layerCount: 8, headCount: 8, kvHeadCount: 4,
+                                            vocabularySize: vocabularySize, maxPositionEmbeddings: 512, tieWordEmbeddings: true)
+            case .medium: LlamaConfiguration(hiddenSize: 512, intermediateSize: 1536, layerCount: 12, headCount: 8, kvHeadCount: 4,
+                                             vocabularySize: vocabularySize, maxPositionEmbeddings: 1024, tieWordEmbeddings: true)
+            }
+        }
+    }
+
+    func run() throws {
+        ThreadPool.configureShared(threadCount: threads)
+        let trainer: Trainer, folder: CheckpointFolder
+        if let resume {
+            let checkpoint = try CheckpointFolder.locate(resume)
+            trainer = try Trainer.resume(from: checkpoint, steps: steps)
+            let runFolder = FileManager.default.fileExists(atPath: resume + "/latest") ? resume
+                : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
+            folder = CheckpointFolder(output: output ?? runFolder)
+            printError("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
+        } else {
+            let output = self.output!
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+            let dataFolder = try data ?? defaultCorpus(into: output + "/data")
+            let dataset = try TokenDataset(directory: dataFolder)
+            let seed = self.seed ?? 1
+            let model: TrainableLlama
+            if let preset = preset.flatMap(Preset.init) {
+                model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize), seed: seed)
+            } else if let config {
+                model = try TrainableLlama(configuration: LlamaConfiguration.load(configPath: config), seed: seed)
+            } else {
+                model = try TrainableLlama(directory: initial!)
+            }
+            let settings = TrainingSettings(
+                data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? 600, batchSize: batchSize ?? 16,
+                sequenceLength: seqLen ?? min(128, model.configuration.maxPositionEmbeddings), gradientAccumulation: gradAccum ?? 1,
+                learningRate: lr ?? 3e-3, minimumLearningRate: minLr ?? 3e-4, warmup: warmup ?? 30, weightDecay: weightDecay ?? 0.1,
+                gradientClip: gradClip ?? 1, recompute: recompute ?? .none, seed: seed, evalEvery: evalEvery ?? 50, evalWindows: 32,
+                saveEvery: saveEvery ?? 100, keepCheckpoints: keep ?? 2)
+            trainer = try Trainer(model: model, dataset: dataset, settings: settings)
+            folder = CheckpointFolder(output: output)
+            let c = model.configuration
+            printError(String(format: "model: %.2fM parameters (hidden %d, %d layers, %d/%d heads, vocabulary %d); %d tokens per step; data %@",
+                              Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
+                              trainer.tokensPerStep, dataFolder))
+        }
+        try train(trainer, folder: folder)
+    }
+
+    func train(_ trainer: Trainer, folder: CheckpointFolder) throws {
+        let s = trainer.settings, output = folder.output
+        let logPath = output + "/log.jsonl"
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        // The log holds exactly the steps the trainer has done (a resumed run drops what it redoes).
+        var log = Data()
+        for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
+        try writeFile(log, to: logPath)
+        guard let handle = FileHandle(forWritingAtPath: logPath) else { throw CommandError("cannot open \(logPath)") }
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        let interactive = isatty(2) != 0
+        let start = Date(), firstStep = trainer.step
+        var lastCheckpoint: String?
+        while trainer.step < s.steps {
+            let began = Date()
+            let record = trainer.trainStep()
+            let speed = Double(trainer.tokensPerStep) / Date().timeIntervalSince(began)
+            trainer.recordSpeed(speed)
+            var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", record.step, s.steps, record.loss, record.learningRate, speed)
+            if (s.evalEvery > 0 && record.step % s.evalEvery == 0) || record.step == s.steps {
+                let validation = trainer.evaluate()
+                trainer.recordValidation(validation)
+                line += String(format: " val %.4f", validation)
+                if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
+            }
+            try handle.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))
+            if interactive {
+                let elapsed = Date().timeIntervalSince(start), done = trainer.step - firstStep
+                let eta = elapsed / Double(done) * Double(s.steps - trainer.step)
+                printError(progressBar(Double(trainer.step) / Double(s.steps), line + " ETA " + duration(eta)), terminator: "")
+            }
+            if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps {
+                lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
+            }
+        }
+        if interactive { printError("") }
+        let checkpoint = try lastCheckpoint ?? CheckpointFolder.locate(output)
+        let model = try folder.publishModel(from: checkpoint)
+        try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
+        let last = trainer.history.last
+        printError(String(format: "done: step %d, loss %.4f%@; model in %@, loss curve %@/loss.svg, log %@",
+                          trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
+                          model, output, logPath))
+    }
+
+    /// The default corpus, prepared once into `folder`: the Python standard library's sources and a
+    /// 4,096-token byte-level BPE tokenizer learned from them.
+    func defaultCorpus(into folder: String) throws -> String {
+        if FileManager.default.fileExists(atPath: folder + "/dataset.json") { return folder }
+        let files = try pythonStandardLibrarySources(limit: 8_000_000)
+        printError("default corpus: \(files.count) Python standard library files from \((files[0] as NSString).deletingLastPathComponent)")
+        var texts: [String] = []
+        for path in files.prefix(while: { _ in texts.reduce(0) { $0 + $1.utf8.count } < 2_000_000 }) {
+            if let data = FileManager.default.contents(atPath: path), let text = String(validating: data, as: UTF8.self) { texts.append(text) }
+        }
+        let trainer = ByteLevelBPETrainer(vocabularySize: 4096, preTokenizer: .gpt2, specialTokens: ["<|endoftext|>"])
+        let result = trainer.train(texts) { done, wanted in
+            printError(progressBar(Double(done) / Double(max(wanted, 1)), "tokenizer: \(done)/\(wanted) merges"), terminator: "")
+        }
+        printError("")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let tokenizerPath = folder + "/tokenizer.json"
+        try writeFile(result.tokenizerJSON(preTokenizer: .gpt2), to: tokenizerPath)
+        let description = try prepareData(tokenizer: TokenizerJSON.load(path: tokenizerPath), tokenizerPath: tokenizerPath, inputs: files,
+                                          output: folder, validationFraction: 0.05) { done, total, tokens in
+            printError(progressBar(Double(done) / Double(total), "data: \(done)/\(total) files, \(tokens) tokens"), terminator: "")
+        }
+        printError("")
+        printError("default corpus: \(description.tokens["train"] ?? 0) training and \(description.tokens["val"] ?? 0) validation tokens in \(folder)")
+        return folder
+    }
+}
+
+extension TrainableLlama.Recompute: ExpressibleByArgument {}
