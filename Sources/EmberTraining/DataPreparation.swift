@@ -3,9 +3,9 @@ import EmberTokenizers
 import Foundation
 
 /// Tokenizes text files into a data folder (`train.bin`, `val.bin`, `dataset.json`, a copy of the
-/// tokenizer). Each file is one document, ended by the tokenizer's end-of-text token. The last
-/// `validationFraction` of the documents (at least one when there are two or more; for a single
-/// document, the last part of its tokens) form the validation split.
+/// tokenizer). Each file is one document, ended by the tokenizer's end-of-text token. A
+/// `validationFraction` of the documents, spread evenly over the inputs (at least one when there
+/// are two or more; for a single document, the last part of its tokens), form the validation split.
 public func prepareData(tokenizer: any Tokenizer, tokenizerPath: String, inputs: [String], output: String, validationFraction: Double,
                         progress: (_ done: Int, _ total: Int, _ tokens: Int) -> Void = { _, _, _ in }) throws -> TokenDataset.Description {
     guard !inputs.isEmpty else { throw TrainingError("no input files") }
@@ -29,8 +29,10 @@ public func prepareData(tokenizer: any Tokenizer, tokenizerPath: String, inputs:
         train = Array(all[..<cut])
         validation = Array(all[cut...])
     } else {
-        train = documents.dropLast(held).flatMap { $0 }
-        validation = documents.suffix(held).flatMap { $0 }
+        // Held-out documents spread evenly over the inputs, so that both splits see the same mix.
+        let heldOut = Set((0..<held).map { Int((Double($0) + 0.5) * Double(documents.count) / Double(held)) })
+        train = documents.indices.filter { !heldOut.contains($0) }.flatMap { documents[$0] }
+        validation = documents.indices.filter(heldOut.contains).flatMap { documents[$0] }
     }
     try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
     try TokenFile.write(train, vocabularySize: tokenizer.vocabularySize, to: output + "/train.bin")

@@ -1,0 +1,203 @@
+import EmberFormats
+import EmberModels
+import EmberNN
+import EmberTensor
+import EmberTraining
+import Foundation
+import Testing
+
+/// A temporary folder, removed when the value goes away.
+final class TemporaryFolder {
+    let path: String
+    init() throws {
+        path = NSTemporaryDirectory() + "ember-training-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+enum Synthetic {
+    static let configuration = LlamaConfiguration(hiddenSize: 32, intermediateSize: 48, layerCount: 2, headCount: 4, kvHeadCount: 2,
+                                                  vocabularySize: 61, maxPositionEmbeddings: 64)
+
+    /// A data folder of `tokens` pseudo-random ids with some repeated structure, and a placeholder tokenizer file.
+    static func dataset(in folder: String, tokens: Int = 4000, validation: Int = 600) throws -> String {
+        let data = folder + "/data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        var state: UInt64 = 5
+        func next() -> Int32 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int32((state >> 33) % 61)
+        }
+        let ids = (0..<tokens).map { i in i % 7 == 0 ? 3 : next() }
+        try TokenFile.write(Array(ids[..<(tokens - validation)]), vocabularySize: 61, to: data + "/train.bin")
+        try TokenFile.write(Array(ids[(tokens - validation)...]), vocabularySize: 61, to: data + "/val.bin")
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: data + "/tokenizer.json"))
+        let description = TokenDataset.Description(tokenizer: "tokenizer.json", vocabularySize: 61, endOfTextTokenID: nil,
+                                                   documents: ["train": 1, "val": 1], tokens: ["train": tokens - validation, "val": validation],
+                                                   sources: [])
+        try JSONEncoder().encode(description).write(to: URL(fileURLWithPath: data + "/dataset.json"))
+        return data
+    }
+
+    static func settings(data: String, steps: Int) -> TrainingSettings {
+        TrainingSettings(data: data, steps: steps, batchSize: 3, sequenceLength: 16, gradientAccumulation: 2, learningRate: 5e-3,
+                         minimumLearningRate: 5e-4, warmup: 2, weightDecay: 0.1, gradientClip: 1, seed: 11, evalEvery: 0, evalWindows: 4)
+    }
+}
+
+@Suite struct TrainerTests {
+    @Test func resumingContinuesBitForBit() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let dataset = try TokenDataset(directory: data)
+
+        let straight = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: dataset,
+                                   settings: Synthetic.settings(data: data, steps: 6))
+        for _ in 0..<6 { _ = straight.trainStep() }
+
+        let first = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: dataset,
+                                settings: Synthetic.settings(data: data, steps: 6))
+        for _ in 0..<3 { _ = first.trainStep() }
+        let run = CheckpointFolder(output: folder.path + "/run")
+        try run.save(first, keep: 2)
+        let resumed = try Trainer.resume(from: CheckpointFolder.locate(folder.path + "/run"))
+        #expect(resumed.step == 3)
+        for _ in 0..<3 { _ = resumed.trainStep() }
+
+        #expect(resumed.history.map(\.loss) == straight.history.map(\.loss))
+        for (a, b) in zip(straight.model.parameters, resumed.model.parameters) {
+            #expect(a.values == b.values, "\(a.name) differs after resuming")
+        }
+        for (a, b) in zip(straight.optimizer.squares, resumed.optimizer.squares) {
+            #expect(Array(UnsafeBufferPointer(start: a.pointer, count: a.count)) == Array(UnsafeBufferPointer(start: b.pointer, count: b.count)))
+        }
+        print("resume: losses \(resumed.history.map(\.loss)) equal the straight run's, weights bit-identical")
+    }
+
+    @Test func lossFallsOnRepeatedStructure() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                  settings: Synthetic.settings(data: data, steps: 40))
+        let before = trainer.evaluate()
+        for _ in 0..<40 { _ = trainer.trainStep() }
+        let after = trainer.evaluate()
+        print("validation loss \(before) → \(after) in 40 steps")
+        #expect(after < before - 0.2)
+    }
+
+    @Test func recomputationGivesTheSameLosses() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        var runs: [[Float]] = []
+        for recompute in TrainableLlama.Recompute.allCases {
+            var settings = Synthetic.settings(data: data, steps: 4)
+            settings.recompute = recompute
+            let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                      settings: settings)
+            for _ in 0..<4 { _ = trainer.trainStep() }
+            runs.append(trainer.history.map(\.loss))
+        }
+        #expect(runs[0] == runs[1])
+    }
+}
+
+/// Bad input gets a clear error, and a failed save leaves the previous checkpoint intact.
+@Suite struct TrainingBadInputTests {
+    func message(_ body: () throws -> Void) -> String {
+        do { try body() } catch { return "\(error)" }
+        return "no error"
+    }
+
+    @Test func dataShorterThanOneSequence() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path, tokens: 30, validation: 10)
+        let text = message {
+            _ = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 1), dataset: TokenDataset(directory: data),
+                            settings: Synthetic.settings(data: data, steps: 1))
+        }
+        print(text)
+        #expect(text.contains("fewer than one sequence"))
+    }
+
+    @Test func truncatedTokenFile() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let path = data + "/train.bin"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        try bytes.prefix(bytes.count - 7).write(to: URL(fileURLWithPath: path))
+        let text = message { _ = try TokenDataset(directory: data) }
+        print(text)
+        #expect(text.contains("truncated"))
+    }
+
+    @Test func inconsistentHeadCounts() throws {
+        let folder = try TemporaryFolder()
+        let config = """
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 6, "num_key_value_heads": 4, "vocab_size": 100}
+        """
+        try Data(config.utf8).write(to: URL(fileURLWithPath: folder.path + "/config.json"))
+        let text = message { _ = try LlamaConfiguration.load(configPath: folder.path + "/config.json") }
+        print(text)
+        #expect(text.contains("not a multiple of the key/value head count"))
+    }
+
+    /// Saves a checkpoint, then damages it in several ways; each resume fails with a message naming the file.
+    @Test func corruptCheckpoints() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                  settings: Synthetic.settings(data: data, steps: 2))
+        _ = trainer.trainStep()
+        let checkpoint = try CheckpointFolder(output: folder.path + "/run").save(trainer, keep: 2)
+        for (file, cut) in [("model.safetensors", 100), ("model.safetensors", 5), ("optimizer.safetensors", 64), ("trainer_state.json", 10)] {
+            let path = checkpoint + "/" + file
+            let original = try Data(contentsOf: URL(fileURLWithPath: path))
+            try original.prefix(original.count - cut).write(to: URL(fileURLWithPath: path))
+            let text = message { _ = try Trainer.resume(from: checkpoint) }
+            print("\(file) cut by \(cut) bytes: \(text)")
+            #expect(text.contains(file) || text.contains("truncated"), "\(file): \(text)")
+            try original.write(to: URL(fileURLWithPath: path))
+        }
+        #expect(message { _ = try Trainer.resume(from: checkpoint) } == "no error")
+    }
+
+    /// A full disk while saving: a small tmpfs holds one checkpoint but not two. Needs root (mount).
+    @Test(.enabled(if: getuid() == 0 && (FileManager.default.isExecutableFile(atPath: "/usr/bin/mount") || FileManager.default.isExecutableFile(atPath: "/bin/mount"))))
+    func fullDiskKeepsThePreviousCheckpoint() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let disk = folder.path + "/disk"
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                  settings: Synthetic.settings(data: data, steps: 3))
+        let bytes = trainer.model.parameterCount * 4 * 3  // weights and two moments
+        func shell(_ arguments: [String]) -> Int32 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = arguments
+            try? p.run()
+            p.waitUntilExit()
+            return p.terminationStatus
+        }
+        guard shell(["mount", "-t", "tmpfs", "-o", "size=\(bytes * 3 / 2)", "tmpfs", disk]) == 0 else {
+            print("tmpfs could not be mounted; the full-disk check did not run")
+            return
+        }
+        defer { _ = shell(["umount", disk]) }
+        let run = CheckpointFolder(output: disk + "/run")
+        _ = trainer.trainStep()
+        let first = try run.save(trainer, keep: 5)
+        _ = trainer.trainStep()
+        let text = message { try run.save(trainer, keep: 5) }
+        print("full disk: \(text)")
+        #expect(text.contains("previous checkpoint is intact"))
+        #expect(try CheckpointFolder.locate(disk + "/run") == first)
+        let resumed = try Trainer.resume(from: first)
+        #expect(resumed.step == 1)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: disk + "/run/checkpoints").filter { $0.hasSuffix(".partial") }
+        #expect(leftovers.isEmpty)
+    }
+}
