@@ -21,6 +21,7 @@ until [ -f "$work/killed/latest" ]; do
     kill -0 "$pid" 2>/dev/null || { echo "the run ended before its first checkpoint" >&2; exit 1; }
     sleep 0.05
 done
+sleep 1  # a few steps past the checkpoint, which the resumed run redoes
 kill -9 "$pid"
 wait "$pid" 2>/dev/null || true
 done_steps=$(wc -l <"$work/killed/log.jsonl")

@@ -8,6 +8,8 @@
 ///     bpe.encode("ab")   // [2]
 public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
     public let tokens: [String]
+    /// The merges, "left right", highest priority first.
+    public let mergeList: [String]
     public let preTokenizer: PreTokenizer
     public let bosTokenID: Int?
     public let eosTokenID: Int?
@@ -32,6 +34,7 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
                 bosTokenID: Int? = nil, eosTokenID: Int? = nil, endOfGenerationIDs: Set<Int> = [],
                 ignoreMerges: Bool = false) throws {
         self.tokens = tokens
+        self.mergeList = mergeList
         self.ignoreMerges = ignoreMerges
         self.preTokenizer = preTokenizer
         self.bosTokenID = bosTokenID

@@ -22,7 +22,7 @@ struct Ember: AsyncParsableCommand {
           ember inspect --model model.gguf
           ember pretrain --preset tiny --output runs/tiny
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, Export.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

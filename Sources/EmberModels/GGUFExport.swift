@@ -1,0 +1,130 @@
+import EmberFormats
+import EmberTensor
+import EmberTokenizers
+import Foundation
+
+/// Writes a Hugging Face LLaMA directory (config.json, safetensors, a byte-level BPE tokenizer.json)
+/// as a GGUF file that llama.cpp runs, laid out as llama.cpp's own converter lays it out:
+/// `llama.*` hyper-parameters, the `gpt2` tokenizer (tokens, token types, merges, pre-tokenizer),
+/// tensors renamed (`blk.N.attn_q.weight`, …), and the query and key rows of each head permuted
+/// from Hugging Face's rotate-half pairs back to the interleaved pairs GGUF expects.
+/// Norms stay f32; matrices are f32, f16 or q8_0.
+public enum GGUFExport {
+    public enum MatrixType: String, CaseIterable, Sendable { case f32, f16, q8_0 }
+
+    public static func write(directory: String, to path: String, type: MatrixType) throws {
+        let model = try TrainableLlama(directory: directory)
+        let c = model.configuration
+        let tokenizerPath = directory + "/tokenizer.json"
+        guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(directory): no tokenizer.json to export") }
+        guard let tokenizer = try TokenizerJSON.load(path: tokenizerPath) as? ByteLevelBPETokenizer else {
+            throw FormatError("\(tokenizerPath): only byte-level BPE tokenizers export to GGUF here")
+        }
+        guard tokenizer.vocabularySize <= c.vocabularySize else {
+            throw FormatError("\(directory): the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(c.vocabularySize)")
+        }
+        let pre: String = switch tokenizer.preTokenizer {
+        case .gpt2: "gpt-2"
+        case .smollm: "smollm"
+        case .llama3: "llama-bpe"
+        case .qwen2: "qwen2"
+        }
+        var writer = GGUFWriter()
+        func meta(_ key: String, _ value: GGUFValue) { writer.metadata.append((key, value)) }
+        meta("general.architecture", .string("llama"))
+        meta("general.name", .string((directory as NSString).lastPathComponent))
+        meta("general.file_type", .uint32(type == .f32 ? 0 : type == .f16 ? 1 : 7))
+        meta("llama.block_count", .uint32(UInt32(c.layerCount)))
+        meta("llama.context_length", .uint32(UInt32(c.maxPositionEmbeddings)))
+        meta("llama.embedding_length", .uint32(UInt32(c.hiddenSize)))
+        meta("llama.feed_forward_length", .uint32(UInt32(c.intermediateSize)))
+        meta("llama.attention.head_count", .uint32(UInt32(c.headCount)))
+        meta("llama.attention.head_count_kv", .uint32(UInt32(c.kvHeadCount)))
+        meta("llama.attention.key_length", .uint32(UInt32(c.headDim)))
+        meta("llama.attention.value_length", .uint32(UInt32(c.headDim)))
+        meta("llama.rope.freq_base", .float32(c.ropeTheta))
+        meta("llama.rope.dimension_count", .uint32(UInt32(c.headDim)))
+        meta("llama.attention.layer_norm_rms_epsilon", .float32(c.rmsNormEpsilon))
+        meta("llama.vocab_size", .uint32(UInt32(c.vocabularySize)))
+        meta("general.quantization_version", .uint32(2))
+        // The vocabulary, padded with unused tokens when the model's is larger.
+        var tokens = tokenizer.tokens, types = tokens.indices.map { tokenizer.isSpecial($0) ? Int32(3) : 1 }
+        for i in tokens.count..<c.vocabularySize {
+            tokens.append("[PAD\(i)]")
+            types.append(5)  // unused
+        }
+        meta("tokenizer.ggml.model", .string("gpt2"))
+        meta("tokenizer.ggml.pre", .string(pre))
+        meta("tokenizer.ggml.tokens", .array(tokens.map { .string($0) }))
+        meta("tokenizer.ggml.token_type", .array(types.map { .int32($0) }))
+        meta("tokenizer.ggml.merges", .array(tokenizer.mergeList.map { .string($0) }))
+        if let eos = tokenizer.eosTokenID ?? tokenizer.id(of: "<|endoftext|>") {
+            meta("tokenizer.ggml.eos_token_id", .uint32(UInt32(eos)))
+            meta("tokenizer.ggml.bos_token_id", .uint32(UInt32(tokenizer.bosTokenID ?? eos)))
+        }
+        meta("tokenizer.ggml.add_bos_token", .bool(false))
+
+        let byName = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, $0) })
+        func add(_ name: String, _ source: String, permuteHeads: Int? = nil) {
+            let p = byName[source]!
+            var values = p.values
+            if let heads = permuteHeads { values = interleavePairs(values, heads: heads, columns: p.shape[1]) }
+            let isMatrix = p.shape.count == 2
+            let tensorType: MatrixType = isMatrix ? type : .f32
+            let extents = isMatrix ? [p.shape[1], p.shape[0]] : [p.count]
+            switch tensorType {
+            case .f32: writer.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
+            case .f16: writer.addTensor(name: name, type: .f16, extents: extents, data: values.map { Float16($0) }.withUnsafeBytes { Array($0) })
+            case .q8_0: writer.addTensor(name: name, type: .q8_0, extents: extents, data: quantizeQ8_0(values))
+            }
+        }
+        add("token_embd.weight", "model.embed_tokens.weight")
+        for i in 0..<c.layerCount {
+            let hf = "model.layers.\(i).", gg = "blk.\(i)."
+            add(gg + "attn_norm.weight", hf + "input_layernorm.weight")
+            add(gg + "attn_q.weight", hf + "self_attn.q_proj.weight", permuteHeads: c.headCount)
+            add(gg + "attn_k.weight", hf + "self_attn.k_proj.weight", permuteHeads: c.kvHeadCount)
+            add(gg + "attn_v.weight", hf + "self_attn.v_proj.weight")
+            add(gg + "attn_output.weight", hf + "self_attn.o_proj.weight")
+            add(gg + "ffn_norm.weight", hf + "post_attention_layernorm.weight")
+            add(gg + "ffn_gate.weight", hf + "mlp.gate_proj.weight")
+            add(gg + "ffn_up.weight", hf + "mlp.up_proj.weight")
+            add(gg + "ffn_down.weight", hf + "mlp.down_proj.weight")
+        }
+        add("output_norm.weight", "model.norm.weight")
+        if !c.tieWordEmbeddings { add("output.weight", "lm_head.weight") }
+        try writer.write(to: path)
+    }
+
+    /// Rows of each head reordered from (first half, second half) pairs to adjacent pairs:
+    /// new row 2i + j of a head is old row j · D/2 + i.
+    static func interleavePairs(_ values: [Float], heads: Int, columns: Int) -> [Float] {
+        let rows = values.count / columns, D = rows / heads, half = D / 2
+        var out = values
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    let target = (h * D + 2 * i + j) * columns, source = (h * D + j * half + i) * columns
+                    out[target..<target + columns] = values[source..<source + columns]
+                }
+            }
+        }
+        return out
+    }
+
+    /// q8_0 blocks of 32 as llama.cpp's reference quantizer makes them: d = max|x| / 127 (stored f16),
+    /// q = round(x / d), half away from zero.
+    static func quantizeQ8_0(_ values: [Float]) -> [UInt8] {
+        precondition(values.count % 32 == 0)
+        var out: [UInt8] = []
+        out.reserveCapacity(values.count / 32 * 34)
+        for b in stride(from: 0, to: values.count, by: 32) {
+            let block = values[b..<b + 32]
+            let amax = block.map(abs).max()!
+            let d = amax / 127, inverse: Float = d != 0 ? 1 / d : 0
+            withUnsafeBytes(of: Float16(d).bitPattern.littleEndian) { out += $0 }
+            for x in block { out.append(UInt8(bitPattern: Int8((x * inverse).rounded(.toNearestOrAwayFromZero)))) }
+        }
+        return out
+    }
+}
