@@ -1,6 +1,13 @@
 #include "ckernels.h"
 #include <immintrin.h>
 #include <string.h>
+#include <malloc.h>
+#include <math.h>
+
+void ember_keep_freed_memory(void) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  /* glibc's largest */
+    mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
+}
 
 int ember_has_vnni(void) {
     __builtin_cpu_init();
@@ -112,5 +119,67 @@ TARGET void ember_packed_products(int type, const uint8_t *packed, int g0, int g
     case 0: groups_of_type(0, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
     case 1: groups_of_type(1, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
     default: groups_of_type(2, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
+    }
+}
+
+/* exp(x) with the polynomial of llama.cpp's vectorised kernels (see vectorExp in Activation.swift),
+   one value: the same operations in the same order, scaled by 2^n exactly. */
+static inline float exp_scalar(float x) {
+    const float shift = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, shift), n = z - shift;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    if (fabsf(n) > 192) return n <= 0 ? 0 : INFINITY;
+    const float u = b * b;
+    const float p = fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), q = fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f);
+    const float j = fmaf(fmaf(p, u, q), u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    return ldexpf(j, (int)n);
+}
+
+/* Eight at once; valid (bit-identical to exp_scalar) where every result is a normal float. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shift), n = _mm256_sub_ps(z, shift);
+    __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x);
+    b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), b);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f));
+    const __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f));
+    const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(p, u, q), u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(z), _mm256_castps_si256(shift)), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(j), e));
+}
+
+/* Whether all eight inputs give normal results in exp8 (n between -124 and 126). */
+__attribute__((target("avx2,fma"))) static inline int exp8_safe(__m256 x) {
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-85.0f), _CMP_GE_OQ), _mm256_cmp_ps(x, _mm256_set1_ps(87.0f), _CMP_LE_OQ));
+    return _mm256_movemask_ps(inside) == 0xFF;
+}
+
+__attribute__((target("avx2,fma"))) void ember_swiglu_forward(const float *gate, const float *up, float *out, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), minus = _mm256_sub_ps(_mm256_setzero_ps(), g);
+        if (!exp8_safe(minus)) break;
+        const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(minus)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + exp_scalar(0.0f - gate[i])) * up[i];
+}
+
+__attribute__((target("avx2,fma"))) void ember_swiglu_backward(const float *gate, const float *up, const float *dout, float *dgate, float *dup, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), minus = _mm256_sub_ps(_mm256_setzero_ps(), g);
+        if (!exp8_safe(minus)) break;
+        const __m256 one = _mm256_set1_ps(1.0f), sigma = _mm256_div_ps(one, _mm256_add_ps(one, exp8(minus)));
+        const __m256 d = _mm256_loadu_ps(dout + i), u = _mm256_loadu_ps(up + i);
+        const __m256 slope = _mm256_mul_ps(sigma, _mm256_fmadd_ps(g, _mm256_sub_ps(one, sigma), one));
+        _mm256_storeu_ps(dgate + i, _mm256_fmadd_ps(_mm256_mul_ps(d, u), slope, _mm256_loadu_ps(dgate + i)));
+        _mm256_storeu_ps(dup + i, _mm256_fmadd_ps(d, _mm256_mul_ps(g, sigma), _mm256_loadu_ps(dup + i)));
+    }
+    for (; i < n; i++) {
+        const float g = gate[i], sigma = 1.0f / (1.0f + exp_scalar(0.0f - g));
+        dgate[i] += dout[i] * up[i] * sigma * (1.0f + g * (1.0f - sigma));
+        dup[i] += dout[i] * g * sigma;
     }
 }

@@ -7,8 +7,8 @@ extension Tape {
     public func linear(_ x: Variable, _ w: Variable) -> Variable {
         let N = w.shape[0], K = w.shape[1], M = x.count / K
         precondition(x.count == M * K, "linear: input \(x.shape) is not rows of \(K)")
-        let y = Variable(shape: [M, N])
-        matmul(x.pointer, w.pointer, y.pointer, m: M, n: N, k: K, pool: pool)
+        let y = Variable(output: [M, N])
+        matmulLarge(x.pointer, w.pointer, y.pointer, m: M, n: N, k: K, pool: pool)
         record { [pool] in
             matmulBackward(dy: y.gradient.pointer, x: x.pointer, w: w.pointer, dx: x.gradientIfWanted, dw: w.gradientIfWanted,
                            m: M, n: N, k: K, pool: pool)
@@ -19,7 +19,7 @@ extension Tape {
     /// RMSNorm over rows of x [M, C] with weight [C].
     public func rmsNorm(_ x: Variable, _ weight: Variable, epsilon: Float) -> Variable {
         let C = weight.count, M = x.count / C
-        let y = Variable(shape: x.shape), rstd = FloatBuffer(count: M)
+        let y = Variable(output: x.shape), rstd = FloatBuffer(uninitializedCount: M)
         pool.parallelRanges(M) { r in
             rmsNormForward(x.pointer + r.lowerBound * C, weight: weight.pointer, out: y.pointer + r.lowerBound * C,
                            rows: r.count, dim: C, epsilon: epsilon, rstd: rstd.pointer + r.lowerBound)
@@ -42,7 +42,7 @@ extension Tape {
     public func rope(_ x: Variable, positions: [Int32], heads: Int, headDim: Int, parameters: RopeParameters) -> Variable {
         let tokens = positions.count, width = heads * headDim
         precondition(x.count == tokens * width, "rope: input \(x.shape) is not \(tokens) × \(width)")
-        let y = Variable(shape: x.shape)
+        let y = Variable(output: x.shape)
         y.pointer.update(from: x.pointer, count: x.count)
         positions.withUnsafeBufferPointer { p in
             pool.parallelRanges(tokens) { r in
@@ -69,8 +69,8 @@ extension Tape {
 
     /// Causal grouped-query attention over `batch` sequences of `tokens`: q [B·T, H·D], k, v [B·T, Hkv·D].
     public func attention(q: Variable, k: Variable, v: Variable, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int) -> Variable {
-        let out = Variable(shape: [batch * tokens, heads * headDim])
-        let probabilities = FloatBuffer(count: batch * heads * tokens * tokens)
+        let out = Variable(output: [batch * tokens, heads * headDim])
+        let probabilities = FloatBuffer(uninitializedCount: batch * heads * tokens * tokens)
         causalAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, probabilities: probabilities.pointer,
                                batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, pool: pool)
         record { [pool] in
@@ -84,7 +84,7 @@ extension Tape {
     /// silu(gate) ⊙ up.
     public func swiglu(_ gate: Variable, _ up: Variable) -> Variable {
         precondition(gate.count == up.count)
-        let y = Variable(shape: gate.shape), n = gate.count
+        let y = Variable(output: gate.shape), n = gate.count
         pool.parallelRanges(n, minimumChunk: 4096) { r in
             swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: y.pointer + r.lowerBound, count: r.count)
         }
@@ -101,7 +101,7 @@ extension Tape {
     /// a + b (a residual connection).
     public func add(_ a: Variable, _ b: Variable) -> Variable {
         precondition(a.count == b.count)
-        let y = Variable(shape: a.shape), n = a.count
+        let y = Variable(output: a.shape), n = a.count
         y.pointer.update(from: a.pointer, count: n)
         EmberTensor.add(b.pointer, into: y.pointer, n)
         record {
@@ -115,7 +115,7 @@ extension Tape {
     /// Rows of `table` [V, C] picked by `ids`: [ids.count, C].
     public func embedding(_ ids: [Int32], _ table: Variable) -> Variable {
         let C = table.shape[1], N = ids.count
-        let y = Variable(shape: [N, C])
+        let y = Variable(output: [N, C])
         ids.withUnsafeBufferPointer { embeddingForward(table: table.pointer, ids: $0.baseAddress!, out: y.pointer, count: N, dim: C, pool: pool) }
         record { [pool] in
             guard let dt = table.gradientIfWanted else { return }
@@ -129,7 +129,7 @@ extension Tape {
     public func crossEntropy(_ logits: Variable, targets: [Int32]) -> Variable {
         let V = logits.shape.last!, N = targets.count
         precondition(logits.count == N * V)
-        let lse = FloatBuffer(count: N)
+        let lse = FloatBuffer(uninitializedCount: N)
         let (sum, count) = targets.withUnsafeBufferPointer {
             crossEntropyForward(logits: logits.pointer, targets: $0.baseAddress!, logSumExps: lse.pointer, rows: N, vocabulary: V, pool: pool)
         }
@@ -149,7 +149,7 @@ extension Tape {
     public func tokenLogProbabilities(_ logits: Variable, targets: [Int32]) -> Variable {
         let V = logits.shape.last!, N = targets.count
         precondition(logits.count == N * V)
-        let lse = FloatBuffer(count: N), y = Variable(shape: [N])
+        let lse = FloatBuffer(uninitializedCount: N), y = Variable(output: [N])
         targets.withUnsafeBufferPointer {
             tokenLogProbabilitiesForward(logits: logits.pointer, targets: $0.baseAddress!, out: y.pointer, logSumExps: lse.pointer,
                                          rows: N, vocabulary: V, pool: pool)

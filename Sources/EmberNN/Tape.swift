@@ -20,6 +20,14 @@ public final class Variable: @unchecked Sendable {
         self.requiresGradient = requiresGradient
     }
 
+    /// An op's output, which its forward kernel overwrites whole.
+    init(output shape: [Int]) {
+        self.shape = shape
+        value = FloatBuffer(uninitializedCount: shape.reduce(1, *))
+        name = ""
+        requiresGradient = true
+    }
+
     public convenience init(shape: [Int], values: [Float], name: String = "", requiresGradient: Bool = true) {
         self.init(shape: shape, value: FloatBuffer(values), name: name, requiresGradient: requiresGradient)
     }

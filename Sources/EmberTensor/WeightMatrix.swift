@@ -150,6 +150,12 @@ public final class FloatBuffer: @unchecked Sendable {
         pointer.initialize(repeating: 0, count: count)
     }
 
+    /// A buffer whose contents are undefined until written (for outputs a kernel overwrites whole).
+    public init(uninitializedCount count: Int) {
+        self.count = count
+        pointer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+    }
+
     public convenience init(_ values: [Float]) {
         self.init(count: values.count)
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }

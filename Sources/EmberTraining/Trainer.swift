@@ -118,6 +118,7 @@ public final class Trainer {
         self.dataset = dataset
         self.settings = settings
         self.pool = pool
+        keepFreedMemory()
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay))
         sampler = WindowSampler(seed: settings.seed, length: settings.sequenceLength)

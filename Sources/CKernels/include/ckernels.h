@@ -25,4 +25,13 @@ void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows,
 /// Every output is formed in the same order whatever m is.
 void ember_packed_products(int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
                            const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride);
+/// Keeps freed memory in the heap instead of returning it to the kernel (glibc: no mmap for large
+/// blocks, no trimming), so that buffers freed and allocated again each training step do not fault
+/// in and zero their pages every time.
+void ember_keep_freed_memory(void);
+/// out = silu(gate) · up over n values, silu(x) = x / (1 + exp(−x)) with llama.cpp's vectorised exp
+/// polynomial (the same results as `swigluForward`'s scalar path, eight at a time with AVX2).
+void ember_swiglu_forward(const float *gate, const float *up, float *out, long n);
+/// dgate += dout · up · σ(g)(1 + g(1 − σ(g))),  dup += dout · silu(g)
+void ember_swiglu_backward(const float *gate, const float *up, const float *dout, float *dgate, float *dup, long n);
 #endif

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// exp(x) as llama.cpp's vectorised CPU kernels compute it (a degree-5 polynomial after range
@@ -23,18 +24,14 @@ public func silu(_ x: Float) -> Float { x / (1 + vectorExp(0 - x)) }
 
 /// SwiGLU gating. Shapes: gate, up, out [n].   out = silu(gate) · up
 public func swigluForward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
-    for i in 0..<n { out[i] = silu(gate[i]) * up[i] }
+    ember_swiglu_forward(gate, up, out, n)
 }
 
 /// The gradients of `swigluForward`, added into dgate and dup [n]:
 ///   dgate += dout · up · σ(g) · (1 + g · (1 − σ(g))),   dup += dout · silu(g)
 public func swigluBackward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dout: UnsafePointer<Float>,
                            dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>, count n: Int) {
-    for i in 0..<n {
-        let g = gate[i], sigma = 1 / (1 + vectorExp(0 - g))
-        dgate[i] += dout[i] * up[i] * sigma * (1 + g * (1 - sigma))
-        dup[i] += dout[i] * g * sigma
-    }
+    ember_swiglu_backward(gate, up, dout, dgate, dup, n)
 }
 
 /// Numerically stable softmax over `n` values in place: the maximum is subtracted before `exp`,

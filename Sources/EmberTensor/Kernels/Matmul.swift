@@ -33,7 +33,20 @@ enum BLAS {
     }
 }
 
-/// The gradients of `matmul` (y = x · wᵀ), added into dx [M, K] and dw [N, K] (either may be nil):
+/// y [M, N] = x [M, K] · w [N, K]ᵀ for large products (training): the rows of x are split into one
+/// part per thread, so each thread makes one SGEMM call and packs w once.
+public func matmulLarge(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                        m M: Int, n N: Int, k K: Int, pool: ThreadPool = .shared) {
+    BLAS.ensureSingleThreaded()
+    pool.parallelFor(min(pool.threadCount, M)) { part in
+        let rows = evenPart(part, of: M, parts: min(pool.threadCount, M))
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows.count), Int32(N), Int32(K), 1,
+                    x + rows.lowerBound * K, Int32(K), w, Int32(K), 0, y + rows.lowerBound * N, Int32(N))
+    }
+}
+
+/// The gradients of `matmulLarge` (y = x · wᵀ), added into dx [M, K] and dw [N, K] (either may be
+/// nil), one SGEMM call per thread:
 ///   dx += dy · w      (rows of x split across the pool)
 ///   dw += dyᵀ · x     (rows of w split across the pool)
 public func matmulBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
@@ -41,15 +54,25 @@ public func matmulBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w:
                            pool: ThreadPool = .shared) {
     BLAS.ensureSingleThreaded()
     if let dx {
-        pool.parallelRanges(M, minimumChunk: 16) { rows in
+        let parts = min(pool.threadCount, M)
+        pool.parallelFor(parts) { part in
+            let rows = evenPart(part, of: M, parts: parts)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(N), 1,
                         dy + rows.lowerBound * N, Int32(N), w, Int32(K), 1, dx + rows.lowerBound * K, Int32(K))
         }
     }
     if let dw {
-        pool.parallelRanges(N, minimumChunk: 16) { rows in
+        let parts = min(pool.threadCount, N)
+        pool.parallelFor(parts) { part in
+            let rows = evenPart(part, of: N, parts: parts)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(M), 1,
                         dy + rows.lowerBound, Int32(N), x, Int32(K), 1, dw + rows.lowerBound * K, Int32(K))
         }
     }
+}
+
+/// Part `part` of `0..<total` split into `parts` nearly equal contiguous ranges.
+@inline(__always)
+func evenPart(_ part: Int, of total: Int, parts: Int) -> Range<Int> {
+    (part * total / parts)..<((part + 1) * total / parts)
 }
