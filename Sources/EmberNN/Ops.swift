@@ -168,7 +168,7 @@ extension Tape {
     /// backward (only `input` and the output stay), and runs it again on a tape of its own when the
     /// backward reaches it. Parameters used inside receive their gradients from the second run.
     public func checkpoint(_ input: Variable, _ body: @escaping (Tape, Variable) -> Variable) -> Variable {
-        let output = body(Tape(pool: pool), input)  // the scratch tape and what it saved go away here
+        let output = body(Tape(pool: pool, recording: false), input)  // nothing inside is kept
         record { [pool] in
             let inner = Tape(pool: pool)
             let leaf = Variable(shape: input.shape, value: input.value, requiresGradient: input.requiresGradient)

@@ -63,11 +63,19 @@ public final class Variable: @unchecked Sendable {
 public final class Tape {
     private var steps: [() -> Void] = []
     public let pool: ThreadPool
+    /// False for a forward pass whose gradients are never wanted (evaluation): nothing is kept, so
+    /// each activation is freed as soon as the next op no longer needs it.
+    public let recording: Bool
 
-    public init(pool: ThreadPool = .shared) { self.pool = pool }
+    public init(pool: ThreadPool = .shared, recording: Bool = true) {
+        self.pool = pool
+        self.recording = recording
+    }
 
     /// Adds a backward step; it runs after every step recorded later.
-    public func record(_ step: @escaping () -> Void) { steps.append(step) }
+    public func record(_ step: @escaping () -> Void) {
+        if recording { steps.append(step) }
+    }
 
     /// Seeds d(loss) = `seed` and runs every recorded step in reverse, then forgets them.
     public func backward(_ loss: Variable, seed: Float = 1) {
@@ -76,10 +84,11 @@ public final class Tape {
         backward()
     }
 
-    /// Runs the recorded steps in reverse (gradients of the outputs already seeded), then forgets them.
+    /// Runs the recorded steps in reverse (gradients of the outputs already seeded). Each step is
+    /// dropped once it has run, so the activations and gradients only it held are freed as the
+    /// backward goes.
     public func backward() {
-        for step in steps.reversed() { step() }
-        steps = []
+        while let step = steps.popLast() { step() }
     }
 
     /// Forgets the recorded steps without running them (evaluation).

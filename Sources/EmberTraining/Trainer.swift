@@ -157,9 +157,7 @@ public final class Trainer {
         while done < windows {
             let n = min(s.batchSize, windows - done)
             let range = done * s.sequenceLength..<(done + n) * s.sequenceLength
-            let tape = Tape(pool: pool)
-            let l = model.loss(tape, inputs: Array(inputs[range]), targets: Array(targets[range]), batch: n)
-            tape.clear()
+            let l = model.loss(Tape(pool: pool, recording: false), inputs: Array(inputs[range]), targets: Array(targets[range]), batch: n)
             total += l.values[0] * Float(n)
             done += n
         }

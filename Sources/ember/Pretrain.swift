@@ -171,9 +171,11 @@ struct Pretrain: ParsableCommand {
         let model = try folder.publishModel(from: checkpoint)
         try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
         let last = trainer.history.last
-        printError(String(format: "done: step %d, loss %.4f%@; model in %@, loss curve %@/loss.svg, log %@",
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        printError(String(format: "done: step %d, loss %.4f%@; peak memory %.0f MiB; model in %@, loss curve %@/loss.svg, log %@",
                           trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
-                          model, output, logPath))
+                          Double(usage.ru_maxrss) / 1024, model, output, logPath))
     }
 
     /// The default corpus, prepared once into `folder`: the Python standard library's sources and a
