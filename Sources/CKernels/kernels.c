@@ -183,3 +183,33 @@ __attribute__((target("avx2,fma"))) void ember_swiglu_backward(const float *gate
         dup[i] += dout[i] * g * sigma;
     }
 }
+
+__attribute__((target("avx2,fma"))) double ember_exp_sum(const float *x, float shift, float *out, long n) {
+    __m256 total = _mm256_setzero_ps();
+    const __m256 s = _mm256_set1_ps(shift);
+    double sum = 0;
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), s);
+        __m256 e;
+        if (exp8_safe(v)) {
+            e = exp8(v);
+        } else {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, v);
+            for (int k = 0; k < 8; k++) lanes[k] = exp_scalar(lanes[k]);
+            e = _mm256_loadu_ps(lanes);
+        }
+        if (out) _mm256_storeu_ps(out + i, e);
+        total = _mm256_add_ps(total, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, total);
+    for (int k = 0; k < 8; k++) sum += lanes[k];
+    for (; i < n; i++) {
+        const float e = exp_scalar(x[i] - shift);
+        if (out) out[i] = e;
+        sum += e;
+    }
+    return sum;
+}

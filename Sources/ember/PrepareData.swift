@@ -36,18 +36,31 @@ struct PrepareData: ParsableCommand {
         let start = Date()
         let description = try prepareData(tokenizer: loadTokenizer(tokenizer), tokenizerPath: tokenizer, inputs: input, output: output,
                                           validationFraction: valFraction) { done, total, tokens in
-            printError(progressBar(Double(done) / Double(total), "\(done)/\(total) files, \(tokens) tokens"), terminator: "")
+            showProgress(Double(done) / Double(total), "\(done)/\(total) files, \(tokens) tokens")
         }
-        printError("")
+        endProgress()
         let train = description.tokens["train"] ?? 0, validation = description.tokens["val"] ?? 0
         printError(String(format: "%d training and %d validation tokens in %.1f s; wrote %@", train, validation, Date().timeIntervalSince(start), output))
     }
 }
 
+/// Whether standard error is a terminal (progress bars are drawn only there).
+let interactiveStandardError = isatty(2) != 0
+
 /// "\r[#####     ] text", for progress on standard error.
 func progressBar(_ fraction: Double, _ text: String, width: Int = 30) -> String {
     let filled = max(0, min(width, Int(fraction * Double(width))))
     return "\r[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled) + "] " + text + "\u{1B}[K"
+}
+
+/// Redraws a progress bar on a terminal; elsewhere (a log file) prints nothing.
+func showProgress(_ fraction: Double, _ text: String) {
+    if interactiveStandardError { printError(progressBar(fraction, text), terminator: "") }
+}
+
+/// Ends a progress bar's line on a terminal.
+func endProgress() {
+    if interactiveStandardError { printError("") }
 }
 
 /// "1h02m", "3m05s", "12s".

@@ -114,7 +114,7 @@ struct Pretrain: ParsableCommand {
                 model = try TrainableLlama(directory: initial!)
             }
             let settings = TrainingSettings(
-                data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? 600, batchSize: batchSize ?? 16,
+                data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? 1000, batchSize: batchSize ?? 16,
                 sequenceLength: seqLen ?? min(128, model.configuration.maxPositionEmbeddings), gradientAccumulation: gradAccum ?? 1,
                 learningRate: lr ?? 3e-3, minimumLearningRate: minLr ?? 3e-4, warmup: warmup ?? 30, weightDecay: weightDecay ?? 0.1,
                 gradientClip: gradClip ?? 1, recompute: recompute ?? .none, seed: seed, evalEvery: evalEvery ?? 50, evalWindows: 32,
@@ -141,7 +141,7 @@ struct Pretrain: ParsableCommand {
         guard let handle = FileHandle(forWritingAtPath: logPath) else { throw CommandError("cannot open \(logPath)") }
         defer { try? handle.close() }
         try handle.seekToEnd()
-        let interactive = isatty(2) != 0
+        let interactive = interactiveStandardError
         let start = Date(), firstStep = trainer.step
         var lastCheckpoint: String?
         while trainer.step < s.steps {
@@ -166,7 +166,7 @@ struct Pretrain: ParsableCommand {
                 lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
             }
         }
-        if interactive { printError("") }
+        endProgress()
         let checkpoint = try lastCheckpoint ?? CheckpointFolder.locate(output)
         let model = try folder.publishModel(from: checkpoint)
         try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
@@ -190,17 +190,17 @@ struct Pretrain: ParsableCommand {
         }
         let trainer = ByteLevelBPETrainer(vocabularySize: 4096, preTokenizer: .gpt2, specialTokens: ["<|endoftext|>"])
         let result = trainer.train(texts) { done, wanted in
-            printError(progressBar(Double(done) / Double(max(wanted, 1)), "tokenizer: \(done)/\(wanted) merges"), terminator: "")
+            showProgress(Double(done) / Double(max(wanted, 1)), "tokenizer: \(done)/\(wanted) merges")
         }
-        printError("")
+        endProgress()
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let tokenizerPath = folder + "/tokenizer.json"
         try writeFile(result.tokenizerJSON(preTokenizer: .gpt2), to: tokenizerPath)
         let description = try prepareData(tokenizer: TokenizerJSON.load(path: tokenizerPath), tokenizerPath: tokenizerPath, inputs: files,
                                           output: folder, validationFraction: 0.05) { done, total, tokens in
-            printError(progressBar(Double(done) / Double(total), "data: \(done)/\(total) files, \(tokens) tokens"), terminator: "")
+            showProgress(Double(done) / Double(total), "data: \(done)/\(total) files, \(tokens) tokens")
         }
-        printError("")
+        endProgress()
         printError("default corpus: \(description.tokens["train"] ?? 0) training and \(description.tokens["val"] ?? 0) validation tokens in \(folder)")
         return folder
     }

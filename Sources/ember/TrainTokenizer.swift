@@ -54,12 +54,9 @@ struct TrainTokenizer: ParsableCommand {
         let trainer = ByteLevelBPETrainer(vocabularySize: vocabSize, preTokenizer: pre, specialTokens: specialTokens, minimumFrequency: minFrequency)
         let start = Date()
         let result = trainer.train(texts) { done, wanted in
-            let fraction = wanted == 0 ? 1 : Double(done) / Double(wanted)
-            let width = 30, filled = Int(fraction * Double(width))
-            printError(String(format: "\r[%@%@] %d/%d merges", String(repeating: "#", count: filled),
-                              String(repeating: " ", count: width - filled), done, wanted), terminator: "")
+            showProgress(wanted == 0 ? 1 : Double(done) / Double(wanted), "\(done)/\(wanted) merges")
         }
-        printError("")
+        endProgress()
         let data = try result.tokenizerJSON(preTokenizer: pre)
         let temporary = output + ".partial"
         guard FileManager.default.createFile(atPath: temporary, contents: data), rename(temporary, output) == 0 else {

@@ -34,4 +34,7 @@ void ember_keep_freed_memory(void);
 void ember_swiglu_forward(const float *gate, const float *up, float *out, long n);
 /// dgate += dout · up · σ(g)(1 + g(1 − σ(g))),  dup += dout · silu(g)
 void ember_swiglu_backward(const float *gate, const float *up, const float *dout, float *dgate, float *dup, long n);
+/// Σ exp(x_i − shift) over n values with the same exp polynomial, eight at a time (partial sums
+/// in f32 lanes, added in double); the terms are also written to `out` unless it is NULL.
+double ember_exp_sum(const float *x, float shift, float *out, long n);
 #endif

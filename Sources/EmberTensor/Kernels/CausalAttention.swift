@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 
 /// Causal self-attention over a batch of equally long sequences, for training, with grouped-query
 /// heads. Shapes (token-major, as the projections produce them):
@@ -21,7 +22,10 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
                         kg, Int32(kvStride), 0, p, Int32(T))
             for i in 0..<T {
                 let row = p + i * T
-                softmaxForward(row, count: i + 1)
+                var maximum = -Float.infinity
+                for j in 0...i where row[j] > maximum { maximum = row[j] }
+                let inverse = Float(1 / ember_exp_sum(row, maximum, row, i + 1))
+                for j in 0...i { row[j] *= inverse }
                 for j in (i + 1)..<max(i + 1, T) { row[j] = 0 }
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), 1, p, Int32(T),

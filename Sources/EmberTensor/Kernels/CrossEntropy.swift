@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Cross-entropy over the vocabulary fused with its softmax. Shapes: logits [N, V]; targets [N],
@@ -10,7 +11,7 @@ public func crossEntropyForward(logits: UnsafePointer<Float>, targets: UnsafePoi
     defer { losses.deallocate() }
     pool.parallelRanges(N) { range in
         for r in range {
-            let lse = Float(logSumExp(logits + r * V, count: V))
+            let lse = logSumExpFast(logits + r * V, count: V)
             logSumExps[r] = lse
             losses[r] = targets[r] < 0 ? 0 : Double(lse - logits[r * V + Int(targets[r])])
         }
@@ -29,9 +30,12 @@ public func crossEntropyForward(logits: UnsafePointer<Float>, targets: UnsafePoi
 public func crossEntropyBackward(logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, logSumExps: UnsafePointer<Float>,
                                  dlogits: UnsafeMutablePointer<Float>, scale: Float, rows N: Int, vocabulary V: Int, pool: ThreadPool = .shared) {
     pool.parallelRanges(N) { range in
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: V)
+        defer { p.deallocate() }
         for r in range where targets[r] >= 0 {
-            let lr = logits + r * V, dr = dlogits + r * V, lse = logSumExps[r]
-            for j in 0..<V { dr[j] += scale * expf(lr[j] - lse) }
+            let dr = dlogits + r * V
+            _ = ember_exp_sum(logits + r * V, logSumExps[r], p, V)
+            for j in 0..<V { dr[j] += scale * p[j] }
             dr[Int(targets[r])] -= scale
         }
     }
@@ -43,7 +47,7 @@ public func tokenLogProbabilitiesForward(logits: UnsafePointer<Float>, targets: 
                                          logSumExps: UnsafeMutablePointer<Float>, rows N: Int, vocabulary V: Int, pool: ThreadPool = .shared) {
     pool.parallelRanges(N) { range in
         for r in range {
-            let lse = Float(logSumExp(logits + r * V, count: V))
+            let lse = logSumExpFast(logits + r * V, count: V)
             logSumExps[r] = lse
             out[r] = targets[r] < 0 ? 0 : logits[r * V + Int(targets[r])] - lse
         }
@@ -56,10 +60,21 @@ public func tokenLogProbabilitiesBackward(logits: UnsafePointer<Float>, targets:
                                           dout: UnsafePointer<Float>, dlogits: UnsafeMutablePointer<Float>, rows N: Int, vocabulary V: Int,
                                           pool: ThreadPool = .shared) {
     pool.parallelRanges(N) { range in
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: V)
+        defer { p.deallocate() }
         for r in range where targets[r] >= 0 && dout[r] != 0 {
-            let lr = logits + r * V, dr = dlogits + r * V, lse = logSumExps[r], g = dout[r]
-            for j in 0..<V { dr[j] -= g * expf(lr[j] - lse) }
+            let dr = dlogits + r * V, g = dout[r]
+            _ = ember_exp_sum(logits + r * V, logSumExps[r], p, V)
+            for j in 0..<V { dr[j] -= g * p[j] }
             dr[Int(targets[r])] += g
         }
     }
+}
+
+/// log Σ exp(x) over one row: the maximum, then the vectorised exp sum (training's losses).
+@inline(__always)
+func logSumExpFast(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+    var maximum = -Float.infinity
+    for i in 0..<n where x[i] > maximum { maximum = x[i] }
+    return maximum + Float(log(ember_exp_sum(x, maximum, nil, n)))
 }
