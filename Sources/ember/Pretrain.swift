@@ -45,20 +45,20 @@ struct Pretrain: ParsableCommand {
     @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
     var resume: String?
 
-    @Option(help: "Optimizer steps in the whole run.") var steps: Int?
-    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch.") var batchSize: Int?
-    @Option(name: .customLong("seq-len"), help: "Tokens per sequence.") var seqLen: Int?
-    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum: Int?
-    @Option(help: "Peak learning rate.") var lr: Float?
-    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay.") var minLr: Float?
-    @Option(help: "Linear warmup steps.") var warmup: Int?
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (projection matrices only).") var weightDecay: Float?
-    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float?
-    @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute?
-    @Option(help: "Seed for the initial weights and the data order.") var seed: UInt64?
-    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (0: only at the end).") var evalEvery: Int?
-    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int?
-    @Option(help: "Checkpoints kept.") var keep: Int?
+    @Option(help: "Optimizer steps in the whole run (default 1000).") var steps: Int?
+    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch (default 16).") var batchSize: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 128, at most the model's context).") var seqLen: Int?
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step (default 1).") var gradAccum: Int?
+    @Option(help: "Peak learning rate (default 3e-3).") var lr: Float?
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default 3e-4).") var minLr: Float?
+    @Option(help: "Linear warmup steps (default 30).") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay, projection matrices only (default 0.1).") var weightDecay: Float?
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default 1).") var gradClip: Float?
+    @Option(help: "Activation recomputation: none, or block (keep only each block's input; less memory, ~30% slower).") var recompute: TrainableLlama.Recompute?
+    @Option(help: "Seed for the initial weights and the data order (default 1).") var seed: UInt64?
+    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (default 50; 0: only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int?
+    @Option(help: "Checkpoints kept (default 2).") var keep: Int?
     @Option(help: "Worker threads (default: all cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     func validate() throws {
@@ -101,6 +101,9 @@ struct Pretrain: ParsableCommand {
             printError("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
         } else {
             let output = self.output!
+            guard !FileManager.default.fileExists(atPath: output + "/latest") else {
+                throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+            }
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             let dataFolder = try data ?? defaultCorpus(into: output + "/data")
             let dataset = try TokenDataset(directory: dataFolder)

@@ -58,6 +58,30 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
     }
 }
 
+/// Frozen parameters get no gradient and no update; the others are unchanged by the freezing.
+@Suite struct FrozenParameterTests {
+    @Test func frozenParametersAreLeftAlone() throws {
+        let reference = try Reference("untied/reference.safetensors")
+        let model = try TrainableLlama(directory: Reference.directory("untied"))
+        let frozen = model.parameters.filter { $0.name == "model.embed_tokens.weight" || $0.name.hasPrefix("model.layers.0.") }
+        frozen.forEach { $0.requiresGradient = false }
+        let before = frozen.map(\.values)
+        let tape = Tape()
+        tape.backward(model.loss(tape, inputs: try reference.ints("inputs"), targets: try reference.ints("targets"), batch: 2))
+        for p in model.parameters {
+            if p.requiresGradient {
+                #expect(maxDifference(p.gradient.values, try reference.floats("grad." + p.name)) < 1e-5, "\(p.name)")
+            } else {
+                #expect(!p.hasGradient, "\(p.name) is frozen but has a gradient")
+            }
+        }
+        let optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { TrainableLlama.decays($0.name) })
+        optimizer.update(learningRate: 1e-2)
+        #expect(frozen.map(\.values) == before)
+        print("frozen: \(frozen.count) of \(model.parameters.count) parameters kept their values; the rest match PyTorch's gradients")
+    }
+}
+
 extension FloatBuffer {
     var values: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
 }
