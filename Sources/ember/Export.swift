@@ -6,9 +6,7 @@ struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a trained model directory as a GGUF file for llama.cpp.",
         discussion: """
-        INPUT is a Hugging Face LLaMA directory with config.json, model.safetensors and a byte-level
-        BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are
-        always f32; --type sets the matrices.
+        INPUT is a Hugging Face LLaMA directory with config.json, model.safetensors and a byte-level BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are always f32; --type sets the matrices.
 
         Example:
           ember export --input runs/tiny/model --gguf tiny.gguf --type q8_0

@@ -7,9 +7,7 @@ struct PrepareData: ParsableCommand {
         commandName: "prepare-data",
         abstract: "Tokenize text files into a training data folder.",
         discussion: """
-        Each input file is one document, ended by the tokenizer's end-of-text token. The folder
-        gets train.bin and val.bin (token files, described in docs/formats.md), dataset.json and
-        a copy of the tokenizer; `ember pretrain --data DIR` reads it memory-mapped.
+        Each input file is one document, ended by the tokenizer's end-of-text token. The folder gets train.bin and val.bin (token files, described in docs/formats.md), dataset.json and a copy of the tokenizer; `ember pretrain --data DIR` reads it memory-mapped.
 
         Example:
           ember prepare-data --tokenizer tokenizer.json --input a.txt --input b.txt --output data

@@ -10,20 +10,13 @@ struct Pretrain: ParsableCommand {
         commandName: "pretrain",
         abstract: "Train a LLaMA model from scratch (or from --init weights) on a data folder.",
         discussion: """
-        The model comes from --preset (tiny, small, medium), a Hugging Face --config config.json,
-        or --init DIR (config and weights of an existing model). Without --data, the default
-        corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer
-        trained on them, prepared into OUTPUT/data.
+        The model comes from --preset (tiny, small, medium), a Hugging Face --config config.json, or --init DIR (config and weights of an existing model). Without --data, the default corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer trained on them, prepared into OUTPUT/data.
 
-        OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and
-        trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final
-        model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON
-        line per step) and loss.svg. --resume OUTPUT continues a run exactly where its last
-        checkpoint stopped.
+        OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON line per step) and loss.svg. --resume OUTPUT continues a run exactly where its last checkpoint stopped.
 
         Examples:
           ember pretrain --preset tiny --output runs/tiny
-          ember pretrain --config config.json --data data --steps 2000 --batch-size 16 --seq-len 256 --output runs/a
+          ember pretrain --config config.json --data data --steps 2000 --output runs/a
           ember pretrain --resume runs/a
         """)
 
