@@ -25,13 +25,13 @@ extension Tape {
                            rows: r.count, dim: C, epsilon: epsilon, rstd: rstd.pointer + r.lowerBound)
         }
         record { [pool] in
-            let dx = x.gradientIfWanted
+            let dx = x.gradientIfWanted, dy = y.gradient.pointer  // made here, not racing inside the threads
             pool.parallelRanges(M) { r in
-                rmsNormBackward(dout: y.gradient.pointer + r.lowerBound * C, x: x.pointer + r.lowerBound * C, weight: weight.pointer,
+                rmsNormBackward(dout: dy + r.lowerBound * C, x: x.pointer + r.lowerBound * C, weight: weight.pointer,
                                 rstd: rstd.pointer + r.lowerBound, dx: dx.map { $0 + r.lowerBound * C }, dweight: nil, rows: r.count, dim: C)
             }
             if let dw = weight.gradientIfWanted {  // one pass over all rows: the sum has a fixed order
-                rmsNormBackward(dout: y.gradient.pointer, x: x.pointer, weight: weight.pointer, rstd: rstd.pointer,
+                rmsNormBackward(dout: dy, x: x.pointer, weight: weight.pointer, rstd: rstd.pointer,
                                 dx: nil, dweight: dw, rows: M, dim: C)
             }
         }
