@@ -83,6 +83,13 @@ import Testing
         }
     }
 
+    @Test func attentionOverSeveralQueryChunks() {
+        // 70 tokens: two chunks of queries (64 + 6), the second meeting all 70 keys.
+        Self.check("attention, 70 tokens", [Self.variable([70, 8], seed: 18), Self.variable([70, 4], seed: 19), Self.variable([70, 4], seed: 20)]) {
+            $0.attention(q: $1[0], k: $1[1], v: $1[2], batch: 1, tokens: 70, heads: 2, kvHeads: 1, headDim: 4)
+        }
+    }
+
     @Test func swiglu() {
         Self.check("swiglu", [Self.variable([20], seed: 9, scale: 3), Self.variable([20], seed: 10)]) { $0.swiglu($1[0], $1[1]) }
     }

@@ -6,7 +6,9 @@ import CKernels
 ///   q, out [B·T, H·D];  k, v [B·T, Hkv·D];  probabilities [B, H, T, T] (kept for the backward)
 ///   S = q_h · k_gᵀ / √D  (g = h / (H / Hkv)),  P = softmax(S + causal mask),  out_h = P · v_g
 /// Each (sequence, key/value head) is one job; its query heads run one after another, so the
-/// backward can add into the shared dk and dv without races. Products are single-threaded SGEMM.
+/// backward can add into the shared dk and dv without races. Queries go in chunks of
+/// `causalChunk` rows, each meeting only the keys it can see, so the products skip most of the
+/// masked half. Products are single-threaded SGEMM; entries past the diagonal are stored as 0.
 public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
                                    batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int, pool: ThreadPool = .shared) {
@@ -17,19 +19,22 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
         let b = job / kvHeads, g = job % kvHeads
         let kg = k + b * T * kvStride + g * D, vg = v + b * T * kvStride + g * D
         for h in g * groups..<(g + 1) * groups {
-            let qh = q + b * T * qStride + h * D, p = probabilities + (b * H + h) * T * T
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D), scale, qh, Int32(qStride),
-                        kg, Int32(kvStride), 0, p, Int32(T))
-            for i in 0..<T {
-                let row = p + i * T
-                var maximum = -Float.infinity
-                for j in 0...i where row[j] > maximum { maximum = row[j] }
-                let inverse = Float(1 / ember_exp_sum(row, maximum, row, i + 1))
-                for j in 0...i { row[j] *= inverse }
-                for j in (i + 1)..<max(i + 1, T) { row[j] = 0 }
+            let qh = q + b * T * qStride + h * D, oh = out + b * T * qStride + h * D, p = probabilities + (b * H + h) * T * T
+            for rows in causalChunks(T) {
+                let m = Int32(rows.count), n = Int32(rows.upperBound)  // the keys these queries see
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), scale, qh + rows.lowerBound * qStride, Int32(qStride),
+                            kg, Int32(kvStride), 0, p + rows.lowerBound * T, Int32(T))
+                for i in rows {
+                    let row = p + i * T
+                    var maximum = -Float.infinity
+                    for j in 0...i where row[j] > maximum { maximum = row[j] }
+                    let inverse = Float(1 / ember_exp_sum(row, maximum, row, i + 1))
+                    for j in 0...i { row[j] *= inverse }
+                    (row + i + 1).update(repeating: 0, count: T - i - 1)
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Int32(D), n, 1, p + rows.lowerBound * T, Int32(T),
+                            vg, Int32(kvStride), 0, oh + rows.lowerBound * qStride, Int32(qStride))
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), 1, p, Int32(T),
-                        vg, Int32(kvStride), 0, out + b * T * qStride + h * D, Int32(qStride))
         }
     }
 }
@@ -37,6 +42,7 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
 /// The gradients of `causalAttentionForward`, added into dq, dk and dv (same shapes as q, k, v):
 ///   dP = dout_h · v_gᵀ,  dS = P ⊙ (dP − rowsum(P ⊙ dP)),
 ///   dq_h += dS · k_g / √D,  dk_g += dSᵀ · q_h / √D,  dv_g += Pᵀ · dout_h
+/// in the forward's query chunks, each against the keys it sees.
 public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                     probabilities: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                                     dv: UnsafeMutablePointer<Float>, batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int,
@@ -48,28 +54,40 @@ public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer
         let b = job / kvHeads, g = job % kvHeads
         let kg = k + b * T * kvStride + g * D, vg = v + b * T * kvStride + g * D
         let dkg = dk + b * T * kvStride + g * D, dvg = dv + b * T * kvStride + g * D
-        let dS = UnsafeMutablePointer<Float>.allocate(capacity: T * T)
+        let dS = UnsafeMutablePointer<Float>.allocate(capacity: min(T, causalChunk) * T)
         defer { dS.deallocate() }
         for h in g * groups..<(g + 1) * groups {
             let offset = b * T * qStride + h * D
             let p = probabilities + (b * H + h) * T * T
-            // dv_g += Pᵀ · dout_h
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), 1, p, Int32(T),
-                        dout + offset, Int32(qStride), 1, dvg, Int32(kvStride))
-            // dP = dout_h · v_gᵀ, then dS in place
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(T), Int32(T), Int32(D), 1, dout + offset, Int32(qStride),
-                        vg, Int32(kvStride), 0, dS, Int32(T))
-            for i in 0..<T {
-                let pr = p + i * T, dr = dS + i * T
-                var total: Float = 0
-                for j in 0...i { total += pr[j] * dr[j] }
-                for j in 0...i { dr[j] = pr[j] * (dr[j] - total) }
-                for j in (i + 1)..<max(i + 1, T) { dr[j] = 0 }
+            for rows in causalChunks(T) {
+                let m = Int32(rows.count), n = Int32(rows.upperBound)
+                let pc = p + rows.lowerBound * T, doc = dout + offset + rows.lowerBound * qStride
+                // dv_g[0..<n] += P[rows, 0..<n]ᵀ · dout_h[rows]
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Int32(D), m, 1, pc, Int32(T),
+                            doc, Int32(qStride), 1, dvg, Int32(kvStride))
+                // dP = dout_h[rows] · v_g[0..<n]ᵀ, then dS in place
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), 1, doc, Int32(qStride),
+                            vg, Int32(kvStride), 0, dS, Int32(T))
+                for i in rows {
+                    let pr = p + i * T, dr = dS + (i - rows.lowerBound) * T
+                    var total: Float = 0
+                    for j in 0...i { total += pr[j] * dr[j] }
+                    for j in 0...i { dr[j] = pr[j] * (dr[j] - total) }
+                    (dr + i + 1).update(repeating: 0, count: rows.upperBound - i - 1)
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Int32(D), n, scale, dS, Int32(T),
+                            kg, Int32(kvStride), 1, dq + offset + rows.lowerBound * qStride, Int32(qStride))
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Int32(D), m, scale, dS, Int32(T),
+                            q + offset + rows.lowerBound * qStride, Int32(qStride), 1, dkg, Int32(kvStride))
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), scale, dS, Int32(T),
-                        kg, Int32(kvStride), 1, dq + offset, Int32(qStride))
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(T), Int32(D), Int32(T), scale, dS, Int32(T),
-                        q + offset, Int32(qStride), 1, dkg, Int32(kvStride))
         }
     }
+}
+
+/// Query rows per chunk in the training attention.
+let causalChunk = 64
+
+/// 0..<T in chunks of `causalChunk` rows.
+func causalChunks(_ T: Int) -> [Range<Int>] {
+    stride(from: 0, to: T, by: causalChunk).map { $0..<min(T, $0 + causalChunk) }
 }
