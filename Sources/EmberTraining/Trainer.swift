@@ -16,6 +16,8 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public var minimumLearningRate: Float
     public var warmup: Int
     public var weightDecay: Float
+    /// Whether norms and embeddings take weight decay too (by default only the projections do).
+    public var decayEverything: Bool
     public var gradientClip: Float
     public var recompute: TrainableLlama.Recompute
     public var seed: UInt64
@@ -25,7 +27,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public var keepCheckpoints: Int
 
     public init(data: String, steps: Int = 200, batchSize: Int = 8, sequenceLength: Int = 128, gradientAccumulation: Int = 1,
-                learningRate: Float = 1e-3, minimumLearningRate: Float = 1e-4, warmup: Int = 20, weightDecay: Float = 0.1,
+                learningRate: Float = 1e-3, minimumLearningRate: Float = 1e-4, warmup: Int = 20, weightDecay: Float = 0.1, decayEverything: Bool = false,
                 gradientClip: Float = 1, recompute: TrainableLlama.Recompute = .none, seed: UInt64 = 1, evalEvery: Int = 50,
                 evalWindows: Int = 16, saveEvery: Int = 100, keepCheckpoints: Int = 2) {
         self.data = data
@@ -37,6 +39,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
         self.minimumLearningRate = minimumLearningRate
         self.warmup = warmup
         self.weightDecay = weightDecay
+        self.decayEverything = decayEverything
         self.gradientClip = gradientClip
         self.recompute = recompute
         self.seed = seed
@@ -119,7 +122,7 @@ public final class Trainer {
         self.settings = settings
         self.pool = pool
         keepFreedMemory()
-        optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { TrainableLlama.decays($0.name) },
+        optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay))
         sampler = WindowSampler(seed: settings.seed, length: settings.sequenceLength)
     }

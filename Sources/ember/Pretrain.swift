@@ -46,6 +46,8 @@ struct Pretrain: ParsableCommand {
     @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default 3e-4).") var minLr: Float?
     @Option(help: "Linear warmup steps (default 30).") var warmup: Int?
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay, projection matrices only (default 0.1).") var weightDecay: Float?
+    @Flag(name: .customLong("decay-norms-and-embeddings"), help: "Apply the weight decay to norms and embeddings too.")
+    var decayEverything = false
     @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default 1).") var gradClip: Float?
     @Option(help: "Activation recomputation: none, or block (keep only each block's input; less memory, ~30% slower).") var recompute: TrainableLlama.Recompute?
     @Option(help: "Seed for the initial weights and the data order (default 1).") var seed: UInt64?
@@ -62,8 +64,8 @@ struct Pretrain: ParsableCommand {
             if let preset, Preset(rawValue: preset) == nil {
                 throw ValidationError("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-        } else if preset != nil || config != nil || initial != nil || data != nil {
-            throw ValidationError("--resume continues a run with its own model and data; leave out --preset, --config, --init and --data")
+        } else if preset != nil || config != nil || initial != nil || data != nil || decayEverything {
+            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --config, --init, --data and --decay-norms-and-embeddings")
         }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
     }
@@ -112,7 +114,7 @@ struct Pretrain: ParsableCommand {
             let settings = TrainingSettings(
                 data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? 1000, batchSize: batchSize ?? 16,
                 sequenceLength: seqLen ?? min(128, model.configuration.maxPositionEmbeddings), gradientAccumulation: gradAccum ?? 1,
-                learningRate: lr ?? 3e-3, minimumLearningRate: minLr ?? 3e-4, warmup: warmup ?? 30, weightDecay: weightDecay ?? 0.1,
+                learningRate: lr ?? 3e-3, minimumLearningRate: minLr ?? 3e-4, warmup: warmup ?? 30, weightDecay: weightDecay ?? 0.1, decayEverything: decayEverything,
                 gradientClip: gradClip ?? 1, recompute: recompute ?? .none, seed: seed, evalEvery: evalEvery ?? 50, evalWindows: 32,
                 saveEvery: saveEvery ?? 100, keepCheckpoints: keep ?? 2)
             trainer = try Trainer(model: model, dataset: dataset, settings: settings)

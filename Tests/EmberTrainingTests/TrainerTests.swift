@@ -87,6 +87,26 @@ enum Synthetic {
         #expect(after < before - 0.2)
     }
 
+    /// Norms and embeddings take weight decay only when asked: with a zero gradient, one AdamW step
+    /// moves a weight by exactly −lr·λ·w, so the decayed ones are the ones that moved.
+    @Test func weightDecaySkipsNormsAndEmbeddingsUnlessAsked() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        for everything in [false, true] {
+            var settings = Synthetic.settings(data: data, steps: 1)
+            settings.decayEverything = everything
+            let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4),
+                                      dataset: TokenDataset(directory: data), settings: settings)
+            let before = trainer.model.parameters.map(\.values)
+            trainer.model.parameters.forEach { _ = $0.gradient }  // zero gradients: only the decay acts
+            trainer.optimizer.update(learningRate: 0.5)
+            for (p, old) in zip(trainer.model.parameters, before) {
+                let moved = p.values != old
+                #expect(moved == (everything || TrainableLlama.decays(p.name)), "\(p.name), decay everything: \(everything)")
+            }
+        }
+    }
+
     @Test func recomputationGivesTheSameLosses() throws {
         let folder = try TemporaryFolder()
         let data = try Synthetic.dataset(in: folder.path)
