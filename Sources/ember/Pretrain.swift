@@ -145,6 +145,11 @@ struct Pretrain: ParsableCommand {
         while trainer.step < s.steps {
             let began = Date()
             let record = trainer.trainStep()
+            guard record.loss.isFinite, record.gradientNorm.isFinite else {
+                let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
+                let what = record.loss.isNaN || record.gradientNorm.isNaN ? "not a number" : "infinite"
+                throw CommandError("the loss or gradient became \(what) at step \(record.step) (try a lower --lr or --grad-clip)\(saved)")
+            }
             let speed = Double(trainer.tokensPerStep) / Date().timeIntervalSince(began)
             trainer.recordSpeed(speed)
             var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", record.step, s.steps, record.loss, record.learningRate, speed)
