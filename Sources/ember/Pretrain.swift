@@ -4,6 +4,7 @@ import EmberTensor
 import EmberTokenizers
 import EmberTraining
 import Foundation
+import Synchronization
 
 struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,7 +13,7 @@ struct Pretrain: ParsableCommand {
         discussion: """
         The model comes from --preset (tiny, small, medium), a Hugging Face --config config.json, or --init DIR (config and weights of an existing model). Without --data, the default corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer trained on them, prepared into OUTPUT/data.
 
-        OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON line per step) and loss.svg. --resume OUTPUT continues a run exactly where its last checkpoint stopped.
+        OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON line per step) and loss.svg. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint after the current step and stops; --resume OUTPUT continues a run exactly where its last checkpoint stopped.
 
         Examples:
           ember pretrain --preset tiny --output runs/tiny
@@ -140,6 +141,7 @@ struct Pretrain: ParsableCommand {
         defer { try? handle.close() }
         try handle.seekToEnd()
         let interactive = interactiveStandardError
+        let stop = StopRequest()
         let start = Date(), firstStep = trainer.step
         var lastCheckpoint: String?
         while trainer.step < s.steps {
@@ -165,8 +167,13 @@ struct Pretrain: ParsableCommand {
                 let eta = elapsed / Double(done) * Double(s.steps - trainer.step)
                 printError(progressBar(Double(trainer.step) / Double(s.steps), line + " ETA " + duration(eta)), terminator: "")
             }
-            if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps {
+            if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps || stop.requested {
                 lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
+            }
+            if stop.requested && trainer.step < s.steps {
+                endProgress()
+                printError("stopped at step \(trainer.step) of \(s.steps); saved \(lastCheckpoint ?? output); continue with: ember pretrain --resume \(output)")
+                throw ExitCode(130)
             }
         }
         endProgress()
@@ -210,3 +217,25 @@ struct Pretrain: ParsableCommand {
 }
 
 extension TrainableLlama.Recompute: ExpressibleByArgument {}
+
+/// SIGINT and SIGTERM during training: the first asks the loop to save a checkpoint after the
+/// current step and stop; a second one ends the process at once (checkpoints are atomic anyway).
+final class StopRequest: @unchecked Sendable {
+    private let flag = Atomic<Bool>(false)
+    private var sources: [DispatchSourceSignal] = []
+
+    init() {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [unowned self] in
+                if self.flag.exchange(true, ordering: .sequentiallyConsistent) { exit(130) }
+                printError("\nstopping after this step and saving a checkpoint (again to quit at once)")
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    var requested: Bool { flag.load(ordering: .sequentiallyConsistent) }
+}
