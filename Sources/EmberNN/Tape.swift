@@ -91,6 +91,4 @@ public final class Tape {
         while let step = steps.popLast() { step() }
     }
 
-    /// Forgets the recorded steps without running them (evaluation).
-    public func clear() { steps = [] }
 }

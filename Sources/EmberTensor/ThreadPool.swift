@@ -1,4 +1,3 @@
-import CKernels
 import Dispatch
 import Foundation
 import Synchronization
@@ -121,12 +120,4 @@ public final class ThreadPool: @unchecked Sendable {
             unfinishedWorkers.subtract(1, ordering: .releasing)
         }
     }
-}
-
-
-/// Every training step allocates and frees the same large activation buffers; by default glibc
-/// returns them to the kernel and takes them back, faulting in and zeroing every page each step.
-/// After this call freed memory stays in the heap for the next step.
-public func keepFreedMemory() {
-    ember_keep_freed_memory()
 }

@@ -1,3 +1,5 @@
+import CKernels
+
 /// A linear layer's weight, stored in any `DType`, usually memory-mapped straight from a model file.
 ///
 /// Shape [rows, columns] = [out features, in features], row-major; a row is `columns / blockSize` blocks.
@@ -162,4 +164,11 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 
     deinit { pointer.deallocate() }
+}
+
+/// Every training step allocates and frees the same large activation buffers; by default glibc
+/// returns them to the kernel and takes them back, faulting in and zeroing every page each step.
+/// After this call freed memory stays in the heap for the next step.
+public func keepFreedMemory() {
+    ember_keep_freed_memory()
 }

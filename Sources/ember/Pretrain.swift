@@ -194,9 +194,12 @@ struct Pretrain: ParsableCommand {
         if FileManager.default.fileExists(atPath: folder + "/dataset.json") { return folder }
         let files = try pythonStandardLibrarySources(limit: 8_000_000)
         printError("default corpus: \(files.count) Python standard library files from \((files[0] as NSString).deletingLastPathComponent)")
-        var texts: [String] = []
-        for path in files.prefix(while: { _ in texts.reduce(0) { $0 + $1.utf8.count } < 2_000_000 }) {
-            if let data = FileManager.default.contents(atPath: path), let text = String(validating: data, as: UTF8.self) { texts.append(text) }
+        var texts: [String] = [], bytes = 0
+        for path in files where bytes < 2_000_000 {  // the tokenizer learns from the first 2 MB
+            if let data = FileManager.default.contents(atPath: path), let text = String(validating: data, as: UTF8.self) {
+                texts.append(text)
+                bytes += data.count
+            }
         }
         let trainer = ByteLevelBPETrainer(vocabularySize: 4096, preTokenizer: .gpt2, specialTokens: ["<|endoftext|>"])
         let result = trainer.train(texts) { done, wanted in

@@ -18,11 +18,8 @@ public func vectorExp(_ x: Float) -> Float {
     return Float(sign: .plus, exponent: Int(n), significand: j)
 }
 
-/// SiLU(x) = x · σ(x) = x / (1 + exp(−x))
-@inline(__always)
-public func silu(_ x: Float) -> Float { x / (1 + vectorExp(0 - x)) }
-
-/// SwiGLU gating. Shapes: gate, up, out [n].   out = silu(gate) · up
+/// SwiGLU gating. Shapes: gate, up, out [n].   out = silu(gate) · up,  silu(x) = x / (1 + exp(−x))
+/// with `vectorExp`'s polynomial (computed in C, eight lanes at a time).
 public func swigluForward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
     ember_swiglu_forward(gate, up, out, n)
 }
