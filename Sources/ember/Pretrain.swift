@@ -194,12 +194,8 @@ struct Pretrain: ParsableCommand {
         if FileManager.default.fileExists(atPath: folder + "/dataset.json") { return folder }
         let files = try pythonStandardLibrarySources(limit: 8_000_000)
         printError("default corpus: \(files.count) Python standard library files from \((files[0] as NSString).deletingLastPathComponent)")
-        var texts: [String] = [], bytes = 0
-        for path in files where bytes < 2_000_000 {  // the tokenizer learns from the first 2 MB
-            if let data = FileManager.default.contents(atPath: path), let text = String(validating: data, as: UTF8.self) {
-                texts.append(text)
-                bytes += data.count
-            }
+        let texts = files.compactMap { path in
+            FileManager.default.contents(atPath: path).flatMap { String(validating: $0, as: UTF8.self) }
         }
         let trainer = ByteLevelBPETrainer(vocabularySize: 4096, preTokenizer: .gpt2, specialTokens: ["<|endoftext|>"])
         let result = trainer.train(texts) { done, wanted in
