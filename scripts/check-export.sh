@@ -30,8 +30,9 @@ echo "| model | llama-perplexity | ember perplexity |"
 echo "| --- | ---: | ---: |"
 for type in f32 f16 q8_0; do
     .build/release/ember export --input "$run/model" --gguf "$work/model-$type.gguf" --type "$type" 2>/dev/null
-    theirs=$(.cache/llama.cpp/build/bin/llama-perplexity -m "$work/model-$type.gguf" -f "$work/text.txt" -c "$context" -t 2 2>&1 |
-             sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+    .cache/llama.cpp/build/bin/llama-perplexity -m "$work/model-$type.gguf" -f "$work/text.txt" -c "$context" -t 2 >"$work/llama-$type.log" 2>&1 || true
+    theirs=$(sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/llama-$type.log")
+    [ -n "$theirs" ] || { echo "llama-perplexity gave no estimate for $type:" >&2; tail -5 "$work/llama-$type.log" >&2; }
     ours=$(.build/release/ember perplexity --model "$work/model-$type.gguf" --file "$work/text.txt" --context "$context" 2>&1 |
            tail -1 | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
     echo "| GGUF $type | $theirs | $ours |"
