@@ -1,7 +1,10 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Numeric targets are compiled for AVX2/FMA (x86-64 from 2013 on); the kernels rely on it.
+// Numeric targets are compiled for AVX2/FMA (x86-64 from 2013 on); the kernels rely on it. Only the
+// kernels (EmberTensor) drop Swift's runtime checks (-Ounchecked); every other target keeps its
+// preconditions and bounds checks in the binary users and tests run.
+let numericFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-wmo"])]
 let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell", "-Ounchecked", "-wmo"])]
 
 let package = Package(
@@ -24,11 +27,11 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "EmberTensor", dependencies: ["CBLAS", "CKernels"], swiftSettings: kernelFlags),
         .target(name: "EmberTokenizers"),
-        .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
-        .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: kernelFlags),
-        .target(name: "EmberModels", dependencies: ["EmberNN", "EmberFormats", "EmberTokenizers"], swiftSettings: kernelFlags),
-        .target(name: "EmberTraining", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
-        .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: kernelFlags),
+        .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: numericFlags),
+        .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: numericFlags),
+        .target(name: "EmberModels", dependencies: ["EmberFormats", "EmberTokenizers"], swiftSettings: numericFlags),
+        .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN"], swiftSettings: numericFlags),
+        .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: numericFlags),
         .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [
             "EmberModels", "EmberServer", "EmberTraining", .product(name: "Hummingbird", package: "hummingbird"),

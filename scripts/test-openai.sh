@@ -19,7 +19,7 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 status=0
-EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_API_KEY="$key" "$python" Tests/openai/client_test.py || status=$?
+EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_API_KEY="$key" EMBER_MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf "$python" Tests/openai/client_test.py || status=$?
 kill -0 $server 2>/dev/null || { cat "$log"; echo "ember serve crashed during the tests" >&2; exit 1; }
 kill -INT $server
 wait $server || true

@@ -3,25 +3,79 @@
 #include <string.h>
 #include <malloc.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
 
 void ember_keep_freed_memory(void) {
     mallopt(M_MMAP_THRESHOLD, 32 << 20);  /* glibc's largest */
     mallopt(M_TRIM_THRESHOLD, 0x7fffffff);
 }
 
-int ember_has_vnni(void) {
+/* ---- Integer products of packed rows: run-time kernel tiers ----------------------------------- */
+
+static pthread_once_t best_once = PTHREAD_ONCE_INIT, tier_once = PTHREAD_ONCE_INIT;
+static int best_tier = EMBER_TIER_NONE, kernel_tier = EMBER_TIER_NONE;
+static int has_avx_vnni;  /* tier 2 runs VEX-encoded (AVX-VNNI) rather than EVEX-encoded (AVX512_VNNI + VL) */
+
+static void find_best_tier(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const int evex = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    has_avx_vnni = avx2 && __builtin_cpu_supports("avxvnni");
+    if (avx2 && evex && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) best_tier = EMBER_TIER_AVX512_VNNI;
+    else if (avx2 && (evex || has_avx_vnni)) best_tier = EMBER_TIER_AVX_VNNI;
+    else if (avx2) best_tier = EMBER_TIER_AVX2;
+    else best_tier = EMBER_TIER_NONE;
 }
 
-#define TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+int ember_best_tier(void) {
+    pthread_once(&best_once, find_best_tier);
+    return best_tier;
+}
 
-/// Bytes of one GGML block and of one packed block (16 rows) for each type code.
-static long ggml_block_bytes(int type) { return type == 0 ? 18 : type == 1 ? 20 : 34; }
-long ember_packed_block_bytes(int type) { return type == 0 ? 32 + 256 : type == 1 ? 64 + 256 : 32 + 512; }
+const char *ember_tier_name(int tier) {
+    switch (tier) {
+    case EMBER_TIER_AVX512_VNNI: return "avx512-vnni";
+    case EMBER_TIER_AVX_VNNI: return "avx-vnni";
+    case EMBER_TIER_AVX2: return "avx2";
+    case EMBER_TIER_NONE: return "none";
+    default: return "unknown";
+    }
+}
+
+static void find_kernel_tier(void) {
+    int tier = ember_best_tier();
+    const char *value = getenv("EMBER_KERNEL_TIER");
+    if (value && *value) {
+        int requested = -1;
+        for (int t = EMBER_TIER_NONE; t <= EMBER_TIER_AVX512_VNNI; t++)
+            if (strcasecmp(value, ember_tier_name(t)) == 0) requested = t;
+        if (requested < 0)
+            fprintf(stderr, "ember: ignoring EMBER_KERNEL_TIER=%s (expected avx512-vnni, avx-vnni, avx2 or none)\n", value);
+        else if (requested < tier)
+            tier = requested;  /* lowered, never raised */
+    }
+    kernel_tier = tier;
+}
+
+int ember_kernel_tier(void) {
+    pthread_once(&tier_once, find_kernel_tier);
+    return kernel_tier;
+}
+
+int ember_has_vnni(void) { return ember_best_tier() >= EMBER_TIER_AVX512_VNNI; }
+
+/* Sizes, in one place: one GGML block, and one packed block of 16 rows (the 16 scales, for q4_1 the
+   16 minimums, then the values: 16 nibble bytes or 32 value bytes per row). */
+static inline long ggml_block_bytes(int type) { return type == EMBER_Q4_0 ? 18 : type == EMBER_Q4_1 ? 20 : 34; }
+static inline long packed_quants_offset(int type) { return type == EMBER_Q4_1 ? 64 : 32; }
+static inline long packed_block_bytes(int type) { return packed_quants_offset(type) + (type == EMBER_Q8_0 ? 512 : 256); }
+long ember_packed_block_bytes(int type) { return packed_block_bytes(type); }
 
 void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows, int blocks, uint8_t *packed) {
-    const long block_bytes = ggml_block_bytes(type), packed_bytes = ember_packed_block_bytes(type);
+    const long block_bytes = ggml_block_bytes(type), packed_bytes = packed_block_bytes(type);
     const int groups = (rows + 15) / 16;
     memset(packed, 0, (size_t)groups * blocks * packed_bytes);
     for (int r = 0; r < rows; r++) {
@@ -29,69 +83,82 @@ void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows,
         for (int b = 0; b < blocks; b++) {
             const uint8_t *source = weights + (long)r * row_bytes + b * block_bytes;
             uint8_t *target = packed + ((long)g * blocks + b) * packed_bytes;
-            memcpy(target + 2 * lane, source, 2);                          // scale (f16)
-            if (type == 1) memcpy(target + 32 + 2 * lane, source + 2, 2);  // minimum (f16)
-            uint8_t *quants = target + (type == 1 ? 64 : 32);
-            if (type == 2) {
+            memcpy(target + 2 * lane, source, 2);                                   // scale (f16)
+            if (type == EMBER_Q4_1) memcpy(target + 32 + 2 * lane, source + 2, 2);  // minimum (f16)
+            uint8_t *quants = target + packed_quants_offset(type);
+            if (type == EMBER_Q8_0) {
                 for (int j = 0; j < 32; j++) quants[64 * (j / 4) + 4 * lane + j % 4] = source[2 + j] ^ 0x80;
             } else {
-                const uint8_t *nibbles = source + (type == 1 ? 4 : 2);
+                const uint8_t *nibbles = source + (type == EMBER_Q4_1 ? 4 : 2);
                 for (int j = 0; j < 16; j++) quants[64 * (j / 4) + 4 * lane + j % 4] = nibbles[j];
             }
         }
     }
 }
 
-/// R activation rows against one group of 16 packed weight rows: for each block, eight VNNI steps
-/// take four values of all 16 rows against four broadcast activation values, so one vector holds the
-/// block's exact integer sums for the 16 rows; those are corrected for the stored offset (q4_0: 8,
-/// q8_0: 128), scaled by weight scale × activation scale and added up block by block. q4_1 adds its
-/// minimum × activation sum per block. Each output is formed the same way whatever R is.
-#define PACKED(R)                                                                                                \
-    TARGET static inline __attribute__((always_inline)) void packed_##R(const int type, const uint8_t *group, int blocks,  \
-            const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, __m512 *result) {           \
-        const long packed_bytes = type == 0 ? 32 + 256 : type == 1 ? 64 + 256 : 32 + 512;                     \
-        const long x_stride = (long)blocks * 32;                                                                 \
-        const int offset = type == 0 ? 8 : 128;                                                                  \
-        __m512 acc[R];                                                                                           \
-        for (int k = 0; k < R; k++) acc[k] = _mm512_setzero_ps();                                                \
-        for (int b = 0; b < blocks; b++) {                                                                       \
-            const uint8_t *block = group + b * packed_bytes;                                                     \
-            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));                       \
-            const __m512 mw = type == 1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32))) : _mm512_setzero_ps(); \
-            const uint8_t *quants = block + (type == 1 ? 64 : 32);                                               \
-            __m512i w[8];                                                                                        \
-            if (type == 2) {                                                                                     \
-                for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)(quants + 64 * j));          \
-            } else {                                                                                             \
-                const __m512i low = _mm512_set1_epi8(0x0F);                                                      \
-                for (int p = 0; p < 4; p++) {                                                                    \
-                    const __m512i nibbles = _mm512_loadu_si512((const void *)(quants + 64 * p));                 \
-                    w[p] = _mm512_and_si512(nibbles, low);                                                       \
-                    w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(nibbles, 4), low);                             \
-                }                                                                                                \
-            }                                                                                                    \
-            for (int k = 0; k < R; k++) {                                                                        \
-                const int32_t *x = (const int32_t *)(xq + k * x_stride + b * 32);                                \
-                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(x[0]));          \
-                for (int j = 1; j < 8; j++) s = _mm512_dpbusd_epi32(s, w[j], _mm512_set1_epi32(x[j]));          \
-                if (type != 1) s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset * xsum[(long)k * blocks + b])); \
-                const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xd[(long)k * blocks + b]));                    \
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                                     \
-                if (type == 1) acc[k] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[(long)k * blocks + b]), acc[k]);  \
-            }                                                                                                    \
-        }                                                                                                        \
-        for (int k = 0; k < R; k++) result[k] = acc[k];                                                          \
-    }
-PACKED(8)
-PACKED(4)
-PACKED(1)
+#define INLINE static inline __attribute__((always_inline))
+#define T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+#define T256_EVEX __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define T256_VEX __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define T256_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-TARGET static inline __attribute__((always_inline)) void groups_of_type(const int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
-                                                                        const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs,
-                                                                        int m, float *y, long y_stride) {
-    const long group_bytes = (long)blocks * (type == 0 ? 32 + 256 : type == 1 ? 64 + 256 : 32 + 512);
-    const long x_stride = (long)blocks * 32;
+/* Four activation values as one int32 (to broadcast). */
+INLINE int32_t four(const int8_t *x) {
+    int32_t v;
+    memcpy(&v, x, 4);
+    return v;
+}
+
+/* Tier 3. R activation rows against one group of 16 packed weight rows: for each block, eight VNNI
+   steps take four values of all 16 rows against four broadcast activation values, so one vector holds
+   the block's exact integer sums for the 16 rows; those are corrected for the stored offset (q4_0: 8,
+   q8_0: 128), scaled by weight scale × activation scale and added up block by block. q4_1 adds its
+   minimum × activation sum per block. Each output is formed the same way whatever R is. The other
+   tiers form every output lane with the same float operations in the same order, so all tiers give
+   the same bits. */
+#define PACKED512(R)                                                                                                   \
+    T512 INLINE void packed512_##R(const int type, const uint8_t *group, int blocks, const int8_t *xq, const float *xd, \
+                                   const int32_t *xsum, const float *xs, __m512 *result) {                             \
+        const long packed_bytes = packed_block_bytes(type), x_stride = (long)blocks * 32;                              \
+        const int offset = type == EMBER_Q4_0 ? 8 : 128;                                                               \
+        __m512 acc[R];                                                                                                 \
+        for (int k = 0; k < R; k++) acc[k] = _mm512_setzero_ps();                                                      \
+        for (int b = 0; b < blocks; b++) {                                                                             \
+            const uint8_t *block = group + b * packed_bytes;                                                           \
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));                             \
+            const __m512 mw = type == EMBER_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)))   \
+                                                 : _mm512_setzero_ps();                                                \
+            const uint8_t *quants = block + packed_quants_offset(type);                                                \
+            __m512i w[8];                                                                                              \
+            if (type == EMBER_Q8_0) {                                                                                  \
+                for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)(quants + 64 * j));                \
+            } else {                                                                                                   \
+                const __m512i low = _mm512_set1_epi8(0x0F);                                                            \
+                for (int p = 0; p < 4; p++) {                                                                          \
+                    const __m512i nibbles = _mm512_loadu_si512((const void *)(quants + 64 * p));                       \
+                    w[p] = _mm512_and_si512(nibbles, low);                                                             \
+                    w[p + 4] = _mm512_and_si512(_mm512_srli_epi16(nibbles, 4), low);                                   \
+                }                                                                                                      \
+            }                                                                                                          \
+            for (int k = 0; k < R; k++) {                                                                              \
+                const int8_t *x = xq + k * x_stride + b * 32;                                                          \
+                __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(four(x)));             \
+                for (int j = 1; j < 8; j++) s = _mm512_dpbusd_epi32(s, w[j], _mm512_set1_epi32(four(x + 4 * j)));     \
+                if (type != EMBER_Q4_1) s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset * xsum[(long)k * blocks + b])); \
+                const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(xd[(long)k * blocks + b]));                          \
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[k]);                                            \
+                if (type == EMBER_Q4_1) acc[k] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[(long)k * blocks + b]), acc[k]); \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int k = 0; k < R; k++) result[k] = acc[k];                                                                \
+    }
+PACKED512(8)
+PACKED512(4)
+PACKED512(1)
+
+T512 INLINE void avx512_groups(const int type, const uint8_t *packed, int g0, int g1, int rows, int blocks, const int8_t *xq,
+                               const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride) {
+    const long group_bytes = (long)blocks * packed_block_bytes(type), x_stride = (long)blocks * 32;
     __m512 out[8];
     for (int g = g0; g < g1; g++) {
         const uint8_t *group = packed + g * group_bytes;
@@ -99,26 +166,237 @@ TARGET static inline __attribute__((always_inline)) void groups_of_type(const in
         const __mmask16 mask = (__mmask16)((1u << valid) - 1);
         int i = 0;
         for (; i + 8 <= m; i += 8) {
-            packed_8(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
+            packed512_8(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
             for (int k = 0; k < 8; k++) _mm512_mask_storeu_ps(y + (long)(i + k) * y_stride + 16 * g, mask, out[k]);
         }
         for (; i + 4 <= m; i += 4) {
-            packed_4(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
+            packed512_4(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
             for (int k = 0; k < 4; k++) _mm512_mask_storeu_ps(y + (long)(i + k) * y_stride + 16 * g, mask, out[k]);
         }
         for (; i < m; i++) {
-            packed_1(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
+            packed512_1(type, group, blocks, xq + i * x_stride, xd + (long)i * blocks, xsum + (long)i * blocks, xs + (long)i * blocks, out);
             _mm512_mask_storeu_ps(y + (long)i * y_stride + 16 * g, mask, out[0]);
         }
     }
 }
 
-TARGET void ember_packed_products(int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
-                                  const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride) {
-    switch (type) {
-    case 0: groups_of_type(0, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
-    case 1: groups_of_type(1, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
-    default: groups_of_type(2, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
+/* Tiers 2 and 1: the same work on 256-bit vectors, a group as two halves of 8 rows (bytes 0..31 and
+   32..63 of each 64-byte vector of the layout). The block's integer sums for 8 rows: */
+
+/* avx-vnni, VEX-encoded (Alder Lake and later) */
+T256_VEX INLINE __m256i sums_vex(const int type, const __m256i *w, const int8_t *x) {
+    (void)type;
+    __m256i s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w[0], _mm256_set1_epi32(four(x)));
+    for (int j = 1; j < 8; j++) s = _mm256_dpbusd_avx_epi32(s, w[j], _mm256_set1_epi32(four(x + 4 * j)));
+    return s;
+}
+
+/* avx-vnni, EVEX-encoded with AVX512_VNNI + AVX512VL (e.g. Zen 4, Ice Lake, which lack AVX-VNNI) */
+T256_EVEX INLINE __m256i sums_evex(const int type, const __m256i *w, const int8_t *x) {
+    (void)type;
+    __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[0], _mm256_set1_epi32(four(x)));
+    for (int j = 1; j < 8; j++) s = _mm256_dpbusd_epi32(s, w[j], _mm256_set1_epi32(four(x + 4 * j)));
+    return s;
+}
+
+/* avx2: maddubs (u8 × s8 pairs, saturating to int16) and madd with ones. q4 values 0..15 against
+   |x| ≤ 128: pairs ≤ 3840, two pairs added ≤ 7680, no saturation. q8_0 arrives here as signed values
+   (see SIGNED_Q8): maddubs(|w|, sign(x, w)) with |w| ≤ 128, |x| ≤ 127: pairs ≤ 32512, no saturation
+   (x = −128 would not survive the sign trick; the activations are quantized to −127..127). */
+T256_AVX2 INLINE __m256i sums_avx2(const int type, const __m256i *w, const int8_t *x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i s = _mm256_setzero_si256();
+    if (type == EMBER_Q8_0) {
+        for (int j = 0; j < 8; j++) {
+            const __m256i xb = _mm256_set1_epi32(four(x + 4 * j));
+            const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), _mm256_sign_epi8(xb, w[j]));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones));
+        }
+    } else {
+        for (int j = 0; j < 8; j += 2) {
+            const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w[j], _mm256_set1_epi32(four(x + 4 * j))),
+                                                   _mm256_maddubs_epi16(w[j + 1], _mm256_set1_epi32(four(x + 4 * j + 4))));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    return s;
+}
+
+/* R activation rows against half `half` of a group. SIGNED_Q8: q8_0 values are turned back into
+   signed bytes and the sums need no offset correction (the same integers: Σ (w + 128)·x − 128·Σx). */
+#define PACKED256(NAME, TGT, SUMS, SIGNED_Q8, R)                                                                       \
+    TGT INLINE void NAME##_##R(const int type, const uint8_t *group, const int half, int blocks, const int8_t *xq,      \
+                               const float *xd, const int32_t *xsum, const float *xs, __m256 *result) {                \
+        const long packed_bytes = packed_block_bytes(type), x_stride = (long)blocks * 32;                              \
+        const int offset = type == EMBER_Q4_0 ? 8 : 128;                                                               \
+        __m256 acc[R];                                                                                                 \
+        for (int k = 0; k < R; k++) acc[k] = _mm256_setzero_ps();                                                      \
+        for (int b = 0; b < blocks; b++) {                                                                             \
+            const uint8_t *block = group + b * packed_bytes;                                                           \
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half)));                  \
+            const __m256 mw = type == EMBER_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32 + 16 * half))) \
+                                                 : _mm256_setzero_ps();                                                \
+            const uint8_t *quants = block + packed_quants_offset(type) + 32 * half;                                    \
+            __m256i w[8];                                                                                              \
+            if (type == EMBER_Q8_0) {                                                                                  \
+                for (int j = 0; j < 8; j++) w[j] = _mm256_loadu_si256((const __m256i *)(quants + 64 * j));             \
+                if (SIGNED_Q8)                                                                                         \
+                    for (int j = 0; j < 8; j++) w[j] = _mm256_xor_si256(w[j], _mm256_set1_epi8((char)0x80));          \
+            } else {                                                                                                   \
+                const __m256i low = _mm256_set1_epi8(0x0F);                                                            \
+                for (int p = 0; p < 4; p++) {                                                                          \
+                    const __m256i nibbles = _mm256_loadu_si256((const __m256i *)(quants + 64 * p));                    \
+                    w[p] = _mm256_and_si256(nibbles, low);                                                             \
+                    w[p + 4] = _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low);                                   \
+                }                                                                                                      \
+            }                                                                                                          \
+            for (int k = 0; k < R; k++) {                                                                              \
+                __m256i s = SUMS(type, w, xq + k * x_stride + b * 32);                                                 \
+                if (type == EMBER_Q4_0 || (type == EMBER_Q8_0 && !(SIGNED_Q8)))                                        \
+                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset * xsum[(long)k * blocks + b]));                   \
+                const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(long)k * blocks + b]));                          \
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[k]);                                            \
+                if (type == EMBER_Q4_1) acc[k] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[(long)k * blocks + b]), acc[k]); \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int k = 0; k < R; k++) result[k] = acc[k];                                                                \
+    }
+
+/* Stores the first `valid` of 8 outputs. */
+__attribute__((target("avx2"))) INLINE void store8(float *y, int valid, __m256i mask, __m256 v) {
+    if (valid >= 8) _mm256_storeu_ps(y, v);
+    else _mm256_maskstore_ps(y, mask, v);
+}
+
+/* The row groups with one 256-bit kernel; WIDE: also 8 activation rows at once (32 vector registers). */
+#define GROUPS256(NAME, TGT, SUMS, SIGNED_Q8, WIDE)                                                                    \
+    PACKED256(NAME, TGT, SUMS, SIGNED_Q8, 8)                                                                           \
+    PACKED256(NAME, TGT, SUMS, SIGNED_Q8, 4)                                                                           \
+    PACKED256(NAME, TGT, SUMS, SIGNED_Q8, 1)                                                                           \
+    TGT INLINE void NAME##_groups(const int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,          \
+                                  const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m,       \
+                                  float *y, long y_stride) {                                                           \
+        const long group_bytes = (long)blocks * packed_block_bytes(type), x_stride = (long)blocks * 32;                \
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                               \
+        __m256 out[8];                                                                                                 \
+        for (int g = g0; g < g1; g++) {                                                                                \
+            const uint8_t *group = packed + g * group_bytes;                                                           \
+            for (int half = 0; half < 2; half++) {                                                                     \
+                const int valid = rows - 16 * g - 8 * half;                                                            \
+                if (valid <= 0) break;                                                                                 \
+                const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lanes);                              \
+                float *yh = y + 16L * g + 8 * half;                                                                    \
+                int i = 0;                                                                                             \
+                if (WIDE)                                                                                              \
+                    for (; i + 8 <= m; i += 8) {                                                                       \
+                        NAME##_8(type, group, half, blocks, xq + i * x_stride, xd + (long)i * blocks,                  \
+                                 xsum + (long)i * blocks, xs + (long)i * blocks, out);                                 \
+                        for (int k = 0; k < 8; k++) store8(yh + (long)(i + k) * y_stride, valid, mask, out[k]);        \
+                    }                                                                                                  \
+                for (; i + 4 <= m; i += 4) {                                                                           \
+                    NAME##_4(type, group, half, blocks, xq + i * x_stride, xd + (long)i * blocks,                      \
+                             xsum + (long)i * blocks, xs + (long)i * blocks, out);                                     \
+                    for (int k = 0; k < 4; k++) store8(yh + (long)(i + k) * y_stride, valid, mask, out[k]);            \
+                }                                                                                                      \
+                for (; i < m; i++) {                                                                                   \
+                    NAME##_1(type, group, half, blocks, xq + i * x_stride, xd + (long)i * blocks,                      \
+                             xsum + (long)i * blocks, xs + (long)i * blocks, out);                                     \
+                    store8(yh + (long)i * y_stride, valid, mask, out[0]);                                              \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+GROUPS256(vex, T256_VEX, sums_vex, 0, 0)
+GROUPS256(evex, T256_EVEX, sums_evex, 0, 1)
+GROUPS256(avx2, T256_AVX2, sums_avx2, 1, 0)
+
+/* One entry per kernel, with the type a constant in each copy. */
+#define PRODUCTS(NAME, TGT)                                                                                            \
+    TGT static void NAME##_products(int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,             \
+                                    const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m,    \
+                                    float *y, long y_stride) {                                                         \
+        switch (type) {                                                                                                \
+        case EMBER_Q4_0: NAME##_groups(EMBER_Q4_0, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break; \
+        case EMBER_Q4_1: NAME##_groups(EMBER_Q4_1, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break; \
+        default: NAME##_groups(EMBER_Q8_0, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;     \
+        }                                                                                                              \
+    }
+PRODUCTS(avx512, T512)
+PRODUCTS(vex, T256_VEX)
+PRODUCTS(evex, T256_EVEX)
+PRODUCTS(avx2, T256_AVX2)
+
+/* f16 → f32, exactly (as vcvtph2ps). */
+static inline float half_to_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+    uint32_t bits;
+    float f;
+    if (exponent == 0x1F) {
+        bits = sign | 0x7F800000u | (mantissa << 13) | (mantissa ? 0x00400000u : 0);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else {
+        f = (float)mantissa * 0x1p-24f;  /* zero or subnormal: exact */
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Below every tier (called with tier 0, or on a CPU without AVX2): plain C, one output at a time,
+   the same integers and the same float operations in the same order as the vector lanes. Slow; a
+   safety net and a reference, not a production path. */
+static void scalar_products(int type, const uint8_t *packed, int g0, int g1, int rows, int blocks, const int8_t *xq,
+                            const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride) {
+    const long packed_bytes = packed_block_bytes(type), x_stride = (long)blocks * 32;
+    const int offset = type == EMBER_Q4_0 ? 8 : 128;
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *group = packed + (long)g * blocks * packed_bytes;
+        const int valid = rows - 16 * g < 16 ? rows - 16 * g : 16;
+        for (int i = 0; i < m; i++) {
+            for (int lane = 0; lane < valid; lane++) {
+                float acc = 0;
+                for (int b = 0; b < blocks; b++) {
+                    const uint8_t *block = group + b * packed_bytes;
+                    const uint8_t *quants = block + packed_quants_offset(type) + 4 * lane;
+                    const int8_t *x = xq + i * x_stride + b * 32;
+                    int32_t s = 0;
+                    for (int v = 0; v < 32; v++) {
+                        int u;
+                        if (type == EMBER_Q8_0) {
+                            u = quants[64 * (v / 4) + v % 4];
+                        } else {
+                            const int c = v % 16, byte = quants[64 * (c / 4) + c % 4];
+                            u = v < 16 ? byte & 0x0F : byte >> 4;
+                        }
+                        s += u * x[v];
+                    }
+                    if (type != EMBER_Q4_1) s -= offset * xsum[(long)i * blocks + b];
+                    const float d = half_to_float(block + 2 * lane) * xd[(long)i * blocks + b];
+                    acc = fmaf((float)s, d, acc);
+                    if (type == EMBER_Q4_1) acc = fmaf(half_to_float(block + 32 + 2 * lane), xs[(long)i * blocks + b], acc);
+                }
+                y[(long)i * y_stride + 16L * g + lane] = acc;
+            }
+        }
+    }
+}
+
+void ember_packed_products(int tier, int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
+                           const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride) {
+    const int best = ember_best_tier();
+    if (tier > best) tier = best;
+    switch (tier) {
+    case EMBER_TIER_AVX512_VNNI: avx512_products(type, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
+    case EMBER_TIER_AVX_VNNI:
+        if (has_avx_vnni) vex_products(type, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride);
+        else evex_products(type, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride);
+        break;
+    case EMBER_TIER_AVX2: avx2_products(type, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
+    default: scalar_products(type, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, m, y, y_stride); break;
     }
 }
 

@@ -6,6 +6,8 @@ import Foundation
 /// Why a choice ended (OpenAI's `finish_reason`).
 public enum FinishReason: String, Sendable {
     case stop, length, cancelled
+    /// The model could not run the step (the message came in a `.failed` event before).
+    case error
 }
 
 /// What a request's stream carries.
@@ -15,6 +17,8 @@ public enum GenerationEvent: Sendable {
     /// New text (and the tokens behind it) for one choice.
     case delta(choice: Int, text: String, tokens: [Int], logprobs: [TokenLogprob])
     case finished(choice: Int, reason: FinishReason, completionTokens: Int)
+    /// The engine could not run the request; `.finished` events with reason `.error` follow.
+    case failed(message: String)
 }
 
 /// A request the engine refuses before it runs.
@@ -206,7 +210,7 @@ public final class Engine: @unchecked Sendable {
     private func admit(_ r: RequestState) {
         let sequence = nextSequenceID
         nextSequenceID += 1
-        r.choices.append(ChoiceState(sequence: sequence, sampler: ChoiceSampler(parameters: r.parameters, seed: r.seed),
+        r.choices.append(ChoiceState(sequence: sequence, sampler: Sampler(parameters: r.parameters, seed: r.seed),
                                      stops: StopMatcher(stops: r.parameters.stop)))
         requests[r.id] = r
         owners[sequence] = (r, 0)
@@ -225,8 +229,12 @@ public final class Engine: @unchecked Sendable {
         do {
             logits = try model.forward(batch: entries, cache: cache, splitKeys: configuration.splitKeys)
         } catch {
-            // Cannot happen for validated requests; end what ran rather than loop forever.
-            for chunk in plan.chunks { if let o = owners[chunk.sequence] { end(o.request, reason: .cancelled) } }
+            // Validated requests should never get here; end what ran, saying why, rather than loop forever.
+            for chunk in plan.chunks {
+                guard let o = owners[chunk.sequence], requests[o.request.id] != nil else { continue }
+                o.request.continuation.yield(.failed(message: "the model could not run this request: \(error)"))
+                end(o.request, reason: .error)
+            }
             return
         }
         scheduler.completed(plan)
@@ -247,7 +255,7 @@ public final class Engine: @unchecked Sendable {
                     nextSequenceID += 1
                     scheduler.fork(chunk.sequence, into: sequence)
                     r.choices.append(ChoiceState(sequence: sequence,
-                                                 sampler: ChoiceSampler(parameters: r.parameters, seed: r.seed &+ UInt64(choice)),
+                                                 sampler: Sampler(parameters: r.parameters, seed: r.seed &+ UInt64(choice)),
                                                  stops: StopMatcher(stops: r.parameters.stop)))
                     owners[sequence] = (r, choice)
                 }
@@ -354,7 +362,7 @@ final class RequestState {
 
 struct ChoiceState {
     let sequence: Int
-    var sampler: ChoiceSampler
+    var sampler: Sampler
     var stops: StopMatcher
     var decoder = StreamingDecoder()
     var outputTokens: [Int] = []
@@ -364,7 +372,7 @@ struct ChoiceState {
     var finished = false
     var lastTokenTime: Date?
 
-    init(sequence: Int, sampler: ChoiceSampler, stops: StopMatcher) {
+    init(sequence: Int, sampler: Sampler, stops: StopMatcher) {
         self.sequence = sequence
         self.sampler = sampler
         self.stops = stops

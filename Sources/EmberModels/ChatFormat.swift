@@ -41,3 +41,37 @@ public struct ChatFormat: Sendable {
         try template.render(messages: messages, addGenerationPrompt: addGenerationPrompt, bosToken: bosToken, eosToken: eosToken, tools: tools)
     }
 }
+
+/// Turns text or a conversation into the token ids a model is prompted with. The one place that
+/// decides about the beginning-of-sequence token and renders the chat template, for every command
+/// and the server alike.
+public struct Prompting: Sendable {
+    public let tokenizer: any Tokenizer
+    public let chatFormat: ChatFormat
+    /// Whether the model expects a beginning-of-sequence token before the text.
+    public let addBOS: Bool
+
+    public init(tokenizer: any Tokenizer, chatFormat: ChatFormat, addBOS: Bool) {
+        self.tokenizer = tokenizer
+        self.chatFormat = chatFormat
+        self.addBOS = addBOS
+    }
+
+    /// `text`'s ids, special-token text read as the special tokens (unless `parseSpecial` is false),
+    /// after BOS when the model wants one and the text does not already begin with it.
+    public func tokens(_ text: String, parseSpecial: Bool = true) -> [Int] {
+        var ids = tokenizer.encode(text, parseSpecial: parseSpecial)
+        if addBOS, let bos = tokenizer.bosTokenID, ids.first != bos { ids.insert(bos, at: 0) }
+        return ids
+    }
+
+    /// The prompt of a conversation, ending with the opening of the assistant's turn.
+    public func tokens(chat messages: [ChatFormat.Message]) throws -> [Int] {
+        tokens(try chatFormat.prompt(messages))
+    }
+
+    /// The prompt of OpenAI-style message objects (and `tools`); template errors are `JinjaError`s.
+    public func tokens(chat messages: JinjaValue, tools: JinjaValue?, addGenerationPrompt: Bool) throws -> [Int] {
+        tokens(try chatFormat.prompt(messages: messages, tools: tools, addGenerationPrompt: addGenerationPrompt))
+    }
+}

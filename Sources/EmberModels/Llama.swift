@@ -1,6 +1,17 @@
 import EmberTensor
 import Foundation
 
+/// How a command computes.
+public enum Arithmetic: String, Sendable, CaseIterable {
+    /// What `ember serve` runs: one batch over a paged KV cache, integer products of 8-bit
+    /// activations on CPUs that have them (see `KernelTier`), each query's attention on a fixed grid
+    /// of key tiles. Its logits differ from llama.cpp's by rounding.
+    case fast
+    /// llama.cpp's CPU arithmetic, reproduced operation by operation: logits equal to llama.cpp's
+    /// to the last printed digit, at about two thirds of the speed.
+    case llamaCppExact = "llama-cpp-exact"
+}
+
 /// LLaMA-family inference: token ids in, logits out, with a KV cache for incremental decoding.
 ///
 /// One `forward` call processes T new tokens at positions `cache.count ..< cache.count + T`:

@@ -24,6 +24,11 @@ public struct LoadedModel: Sendable {
         }
     }
 
+    /// How prompts become tokens for this model (its tokenizer, chat format and BOS setting).
+    public func prompting() throws -> Prompting {
+        Prompting(tokenizer: try requireTokenizer(), chatFormat: try chatFormat(), addBOS: addBOS)
+    }
+
     public static func load(path: String) throws -> LoadedModel {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {

@@ -61,24 +61,39 @@ extension Llama {
         ThreadPool.shared.parallelFor(matrices.count) { matrices[$0].preparePackedRows() }
     }
 
+    /// Every position's logits for `tokens`, run as one batch from the start of a paged cache (a new
+    /// one unless `cache` is given): the serving path's arithmetic, teacher-forced.
+    public func allLogits(_ tokens: [Int], cache: PagedKVCache? = nil, pool: ThreadPool = .shared) throws -> [[Float]] {
+        let blockSize = cache?.blockSize ?? 16
+        let blocks = (tokens.count + blockSize - 1) / blockSize
+        let cache = cache ?? PagedKVCache(configuration: configuration, blockCount: blocks, blockSize: blockSize)
+        guard blocks <= cache.blockCount else { throw ForwardError.contextFull(needed: tokens.count, capacity: cache.blockCount * blockSize) }
+        let entry = BatchEntry(tokens: tokens, start: 0, blocks: Array(0..<blocks), wantsLogits: true, allLogits: true)
+        return try forward(batch: [entry], cache: cache, pool: pool)
+    }
+
     /// One sequence's share of a batched step: `tokens` at positions `start ..< start + tokens.count`,
-    /// its block table, and whether the last token's logits are wanted.
+    /// its block table, and whether the last token's logits are wanted (or, with `allLogits`, every
+    /// token's: perplexity and scoring).
     public struct BatchEntry: Sendable {
         public var tokens: [Int]
         public var start: Int
         public var blocks: [Int]
         public var wantsLogits: Bool
-        public init(tokens: [Int], start: Int, blocks: [Int], wantsLogits: Bool) {
+        public var allLogits: Bool
+        public init(tokens: [Int], start: Int, blocks: [Int], wantsLogits: Bool, allLogits: Bool = false) {
             self.tokens = tokens
             self.start = start
             self.blocks = blocks
             self.wantsLogits = wantsLogits
+            self.allLogits = allLogits
         }
     }
 
     /// Runs a ragged batch (sequences of different lengths and phases) as one pass: every weight
     /// matrix is read once for all rows; attention reads each sequence's keys and values through its
-    /// block table. Returns the logits of the last token of each entry that wants them, in order.
+    /// block table. Returns the logits of the last token of each entry that wants them (of every token
+    /// for an entry with `allLogits`), in order.
     public func forward(batch: [BatchEntry], cache: PagedKVCache, splitKeys: Int? = 2048, pool: ThreadPool = .shared) throws -> [[Float]] {
         let c = configuration
         let C = c.hiddenSize
@@ -109,7 +124,9 @@ extension Llama {
                                   headDim: c.headDim, splitKeys: splitKeys, pool: pool)
         }
         // Logits only for the rows that need them.
-        let wanted = zip(batch, sequences).filter(\.0.wantsLogits).map { $0.1.rows.upperBound - 1 }
+        let wanted = zip(batch, sequences).flatMap { entry, sequence in
+            entry.allLogits ? Array(sequence.rows) : entry.wantsLogits ? [sequence.rows.upperBound - 1] : []
+        }
         guard !wanted.isEmpty else { return [] }
         let selected = FloatBuffer(count: wanted.count * C), h = FloatBuffer(count: wanted.count * C)
         for (i, row) in wanted.enumerated() { (selected.pointer + i * C).update(from: x.pointer + row * C, count: C) }

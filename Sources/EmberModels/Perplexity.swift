@@ -15,7 +15,7 @@ public struct PerplexityResult: Sendable, Codable {
 }
 
 extension Llama {
-    public func perplexity(tokens: [Int], context: Int, bosTokenID: Int?, pool: ThreadPool = .shared,
+    public func perplexity(tokens: [Int], context: Int, bosTokenID: Int?, arithmetic: Arithmetic = .fast, pool: ThreadPool = .shared,
                            progress: (_ chunk: Int, _ of: Int, _ runningPerplexity: Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
         let chunks = tokens.count / context
         guard context >= 4, chunks >= 1, tokens.count >= 2 * context else {
@@ -23,21 +23,26 @@ extension Llama {
         }
         let V = configuration.vocabularySize
         let first = context / 2
-        let cache = makeCache(capacity: context)
+        let cache = arithmetic == .llamaCppExact ? makeCache(capacity: context) : nil
+        let paged = arithmetic == .fast ? PagedKVCache(configuration: configuration, blockCount: (context + 15) / 16, blockSize: 16) : nil
         var negativeLogLikelihood = 0.0
         var scored = 0
         for chunk in 0..<chunks {
             var window = Array(tokens[chunk * context..<(chunk + 1) * context])
             if let bosTokenID { window[0] = bosTokenID }
-            cache.reset()
-            let logits = try forward(window, cache: cache, outputs: .all, pool: pool)
-            logits.withUnsafeBufferPointer { l in
-                for j in first..<context - 1 {
-                    let row = l.baseAddress! + j * V
-                    let next = tokens[chunk * context + j + 1]
-                    negativeLogLikelihood += logSumExp(row, count: V) - Double(row[next])
-                    scored += 1
+            func score(_ j: Int, _ row: UnsafePointer<Float>) {
+                negativeLogLikelihood += logSumExp(row, count: V) - Double(row[tokens[chunk * context + j + 1]])
+                scored += 1
+            }
+            if let cache {
+                cache.reset()
+                let logits = try forward(window, cache: cache, outputs: .all, pool: pool)
+                logits.withUnsafeBufferPointer { l in
+                    for j in first..<context - 1 { score(j, l.baseAddress! + j * V) }
                 }
+            } else {
+                let rows = try allLogits(window, cache: paged, pool: pool)
+                for j in first..<context - 1 { rows[j].withUnsafeBufferPointer { score(j, $0.baseAddress!) } }
             }
             progress(chunk + 1, chunks, exp(negativeLogLikelihood / Double(scored)))
         }

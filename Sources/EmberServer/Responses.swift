@@ -1,4 +1,5 @@
 import EmberInference
+import EmberModels
 import EmberTokenizers
 import Foundation
 
@@ -18,6 +19,8 @@ struct ResponseBuilder: Sendable {
     private var reasons: [FinishReason?]
     private var completionTokens: [Int]
     private var cachedTokens = 0
+    /// Why the engine could not run the request, when it could not.
+    private(set) var failure: String?
 
     init(id: String, chat: Bool, model: String, tokenizer: any Tokenizer, n: Int, logprobs: Bool, promptTokens: Int) {
         self.id = id
@@ -44,6 +47,7 @@ struct ResponseBuilder: Sendable {
         case .finished(let choice, let reason, let tokens):
             reasons[choice] = reason
             completionTokens[choice] = tokens
+        case .failed(let message): failure = message
         }
     }
 
@@ -123,6 +127,9 @@ struct ResponseBuilder: Sendable {
         collect(event)
         switch event {
         case .started: return []
+        case .failed(let message):
+            // OpenAI's streams report an error mid-stream as an event holding the error object.
+            return ["data: " + APIError(status: 500, message: message, type: "internal_error").body + "\n\n"]
         case .delta(let choice, let text, _, let lp):
             let lps = logprobsValue(lp, textOffset: before[choice])
             if chat {

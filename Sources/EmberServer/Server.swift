@@ -17,16 +17,14 @@ public struct OpenAIServer: Sendable {
 
     public let engine: Engine
     public let modelName: String
-    public let chatFormat: ChatFormat
-    public let addBOS: Bool
+    public let prompting: Prompting
     public let apiKey: String?
     public let limits: Limits
 
-    public init(engine: Engine, modelName: String, chatFormat: ChatFormat, addBOS: Bool, apiKey: String?, limits: Limits = Limits()) {
+    public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits()) {
         self.engine = engine
         self.modelName = modelName
-        self.chatFormat = chatFormat
-        self.addBOS = addBOS
+        self.prompting = prompting
         self.apiKey = apiKey
         self.limits = limits
     }
@@ -108,9 +106,7 @@ public struct OpenAIServer: Sendable {
     }
 
     /// A raw text prompt's tokens, after the BOS token when the model wants one.
-    private func textTokens(_ text: String) -> [Int] {
-        (addBOS ? tokenizer.bosTokenID.map { [$0] } ?? [] : []) + tokenizer.encode(text, parseSpecial: true)
-    }
+    private func textTokens(_ text: String) -> [Int] { prompting.tokens(text) }
 
     // MARK: Completions
 
@@ -145,15 +141,12 @@ public struct OpenAIServer: Sendable {
             guard case .list = t else { throw APIError.badRequest("'tools' must be a list", param: "tools") }
             tools = t
         }
-        let text: String
+        let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
         do {
-            text = try chatFormat.prompt(messages: .list(normalized), tools: tools, addGenerationPrompt: try f.bool("add_generation_prompt") ?? true)
+            return try prompting.tokens(chat: .list(normalized), tools: tools, addGenerationPrompt: addGenerationPrompt)
         } catch let error as JinjaError {
             throw APIError.badRequest(error.raisedByTemplate ? error.message : "the chat template failed: \(error.message)", param: "messages")
         }
-        var ids = tokenizer.encode(text, parseSpecial: true)
-        if addBOS, let bos = tokenizer.bosTokenID, ids.first != bos { ids.insert(bos, at: 0) }
-        return ids
     }
 
     private func completion(_ f: Fields, chat: Bool) async throws -> Response {
@@ -233,6 +226,7 @@ public struct OpenAIServer: Sendable {
         } onCancel: { [engine] in
             engine.cancel(submitted.id)
         }
+        if let failure = builder.failure { throw APIError(status: 500, message: failure, type: "internal_error") }
         return Self.json(builder.completeResponse())
     }
 }

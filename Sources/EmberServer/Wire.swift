@@ -1,4 +1,5 @@
 import EmberInference
+import EmberModels
 import EmberTokenizers
 import Foundation
 

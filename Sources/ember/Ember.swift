@@ -59,3 +59,12 @@ struct CommandError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
+
+/// `--llama-cpp-exact`, for the commands that run a model (generate, perplexity, bench).
+struct ArithmeticOption: ParsableArguments {
+    @Flag(name: .customLong("llama-cpp-exact"),
+          help: "Compute as llama.cpp does, operation by operation: logits equal to llama.cpp's, slower. By default the serving path's arithmetic runs (integer products where the CPU has them), whose logits differ from llama.cpp's by rounding.")
+    var llamaCppExact = false
+
+    var arithmetic: Arithmetic { llamaCppExact ? .llamaCppExact : .fast }
+}

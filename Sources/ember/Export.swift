@@ -1,5 +1,6 @@
 import ArgumentParser
 import EmberModels
+import EmberTraining
 import Foundation
 
 struct Export: ParsableCommand {

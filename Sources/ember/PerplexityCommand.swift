@@ -11,6 +11,7 @@ struct Perplexity: ParsableCommand {
         """)
 
     @OptionGroup var options: ModelOptions
+    @OptionGroup var arithmetic: ArithmeticOption
 
     @Option(help: ArgumentHelp("The text file to score.", valueName: "path"))
     var file: String
@@ -36,7 +37,8 @@ struct Perplexity: ParsableCommand {
         var tokens = tokenizer.encode(text)
         if loaded.addBOS, let bos = tokenizer.bosTokenID { tokens.insert(bos, at: 0) }
         let start = Date()
-        let result = try loaded.model.perplexity(tokens: tokens, context: context, bosTokenID: loaded.addBOS ? tokenizer.bosTokenID : nil) {
+        let result = try loaded.model.perplexity(tokens: tokens, context: context, bosTokenID: loaded.addBOS ? tokenizer.bosTokenID : nil,
+                                                 arithmetic: arithmetic.arithmetic) {
             chunk, total, running in
             printError(String(format: "\r[%d/%d] perplexity %.4f", chunk, total, running), terminator: chunk == total ? "\n" : "")
         }

@@ -125,6 +125,7 @@ struct Pretrain: ParsableCommand {
                               Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
                               trainer.tokensPerStep, dataFolder))
         }
+        printError("f32 products: \(BLASCore.summary)")
         try train(trainer, folder: folder)
     }
 

@@ -78,7 +78,7 @@ struct Serve: AsyncParsableCommand {
         engine.start()
         let kvTokens = configuration.blockCount * configuration.blockSize, threads = options.threads
         let name = servedModelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
-        let server = OpenAIServer(engine: engine, modelName: name, chatFormat: try loaded.chatFormat(), addBOS: loaded.addBOS, apiKey: apiKey)
+        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey)
         let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")

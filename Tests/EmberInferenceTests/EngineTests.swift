@@ -29,6 +29,7 @@ func run(_ engine: Engine, _ prompt: [Int], _ parameters: SamplingParameters) as
             o.tokens[c] += tokens
             o.texts[c] += text
         case .finished(let c, let reason, _): o.reasons[c] = reason
+        case .failed(let message): Issue.record("the engine failed: \(message)")
         }
     }
     return o

@@ -26,7 +26,7 @@ import Testing
 
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0], [576, 544])
     func integerProductsMatchFloatLanes(type: DType, columns: Int) throws {
-        try #require(WeightMatrix.integerProductsAvailable, "this CPU has no AVX-512 VNNI")
+        try #require(WeightMatrix.integerProductsAvailable, "no integer-product kernel tier (needs AVX2, or EMBER_KERNEL_TIER=none)")
         let rows = 100  // not a multiple of the 16-row groups
         let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 3)
         var single: [Float] = []

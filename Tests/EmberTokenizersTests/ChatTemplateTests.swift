@@ -26,7 +26,10 @@ import Testing
     static func check(_ label: String, template source: String?, cases: [JinjaValue], now: Date) -> (Int, Int) {
         var equal = 0
         for entry in cases {
-            guard case .dict(let c) = entry else { continue }
+            guard case .dict(let c) = entry else {
+                Issue.record("\(label): a case in the fixture is not an object: \(entry)")
+                continue
+            }
             let name = c["name"]?.text ?? "?"
             let src = source ?? c["template"]?.text ?? ""
             var variables: [String: JinjaValue] = [:]
@@ -68,7 +71,10 @@ import Testing
         guard case .dict(let templates)? = root["templates"] else { throw JinjaError("no templates") }
         let now = try Self.clock(root)
         for (name, entry) in templates.pairs {
-            guard case .dict(let t) = entry, case .list(let cases)? = t["cases"] else { continue }
+            guard case .dict(let t) = entry, case .list(let cases)? = t["cases"] else {
+                Issue.record("template \(name): the fixture entry has no list of cases")
+                continue
+            }
             let source = try String(contentsOfFile: Fixtures.path("Tests/Fixtures/chat-templates/\(t["file"]!.text)"), encoding: .utf8)
             _ = Self.check(name, template: source, cases: cases, now: now)
         }

@@ -2,6 +2,7 @@ import EmberFormats
 import EmberModels
 import EmberNN
 import EmberTensor
+import EmberTraining
 import Foundation
 import Testing
 

@@ -1,6 +1,7 @@
 import EmberModels
 import EmberNN
 import EmberTensor
+import EmberTraining
 import Testing
 
 /// Ten AdamW steps with warmup + cosine, global-norm clipping and two accumulated micro-batches,

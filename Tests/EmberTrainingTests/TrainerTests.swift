@@ -203,8 +203,7 @@ enum Synthetic {
             return p.terminationStatus
         }
         guard shell(["mount", "-t", "tmpfs", "-o", "size=\(bytes * 3 / 2)", "tmpfs", disk]) == 0 else {
-            print("tmpfs could not be mounted; the full-disk check did not run")
-            return
+            try Test.cancel("skipped: a tmpfs could not be mounted at \(disk), so the full-disk check cannot run here")
         }
         defer { _ = shell(["umount", disk]) }
         let run = CheckpointFolder(output: disk + "/run")

@@ -7,6 +7,7 @@ from EMBER_BASE_URL and EMBER_API_KEY; the server runs with --max-model-len 512,
 import concurrent.futures
 import json
 import os
+import subprocess
 import time
 import unittest
 
@@ -173,6 +174,35 @@ class Errors(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual(metric("vllm:num_requests_running"), 0)
         self.assertEqual(metric("vllm:kv_cache_usage_perc"), 0)
+
+
+class SameSeedSameText(unittest.TestCase):
+    """`ember generate` and /v1/completions share the engine, the sampler and the prompt handling."""
+
+    CASES = [
+        dict(temperature=0.9, seed=7, top_k=20, top_p=0.9, min_p=0.02, presence_penalty=0.5, frequency_penalty=0.3,
+             repetition_penalty=1.1),
+        dict(temperature=1.3, seed=123, top_k=0, top_p=1.0, min_p=0.1, presence_penalty=0.0, frequency_penalty=0.0,
+             repetition_penalty=1.0),
+        dict(temperature=0.0, seed=0, top_k=40, top_p=0.95, min_p=0.0, presence_penalty=0.0, frequency_penalty=0.0,
+             repetition_penalty=1.0),
+    ]
+
+    def test_generate_equals_completions(self):
+        prompt = "Once upon a time, in a small village by the sea,"
+        for case in self.CASES:
+            with self.subTest(**case):
+                args = [os.environ.get("EMBER_BINARY", ".build/release/ember"), "generate", "--model", os.environ["EMBER_MODEL"],
+                        "--prompt", prompt, "--max-tokens", "40", "--threads", "1", "--context", "512"]
+                for key, value in case.items():
+                    args += ["--" + key.replace("_", "-"), str(value)]
+                generated = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+                r = httpx.post(BASE + "/v1/completions", headers=HEADERS, timeout=120,
+                               json={"model": MODEL, "prompt": prompt, "max_tokens": 40, **case}).json()
+                served = r["choices"][0]["text"]
+                print(f"seed {case['seed']}, temperature {case['temperature']}: {served!r}")
+                # generate ends its output with a newline.
+                self.assertEqual(generated, served + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import CKernels
 public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
                                    batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int, pool: ThreadPool = .shared) {
-    BLAS.ensureSingleThreaded()
+    BLASCore.prepare()
     let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
     let scale = 1 / Float(D).squareRoot()
     pool.parallelFor(B * kvHeads) { job in
@@ -47,7 +47,7 @@ public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer
                                     probabilities: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                                     dv: UnsafeMutablePointer<Float>, batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int,
                                     pool: ThreadPool = .shared) {
-    BLAS.ensureSingleThreaded()
+    BLASCore.prepare()
     let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
     let scale = 1 / Float(D).squareRoot()
     pool.parallelFor(B * kvHeads) { job in

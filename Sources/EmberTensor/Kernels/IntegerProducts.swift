@@ -35,6 +35,42 @@ public struct Int8Activations {
     }
 }
 
+/// The instruction set the integer products run on, chosen at run time from the CPU's features.
+/// Every tier gives the same bits (the block sums are exact integers and each output's float steps
+/// are the same), so a tier only changes the speed.
+public enum KernelTier: Int, Sendable, CaseIterable, Comparable {
+    /// No integer products: the quantized products run on the float path.
+    case none = 0
+    /// AVX2 with FMA and F16C (pairs of bytes multiplied and added in 16 bits).
+    case avx2 = 1
+    /// 256-bit VNNI: AVX-VNNI, or AVX-512 VNNI on 256-bit vectors.
+    case avxVNNI = 2
+    /// AVX-512 VNNI with BW, DQ and VL.
+    case avx512VNNI = 3
+
+    /// The name EMBER_KERNEL_TIER takes: "avx512-vnni", "avx-vnni", "avx2", "none".
+    public var name: String { String(cString: ember_tier_name(Int32(rawValue))) }
+
+    /// The best tier this CPU runs.
+    public static let best = KernelTier(rawValue: Int(ember_best_tier())) ?? .none
+
+    /// The tier of this process: the best one, lowered (never raised) by the environment variable
+    /// EMBER_KERNEL_TIER.
+    public static let configured = KernelTier(rawValue: Int(ember_kernel_tier())) ?? .none
+
+    /// Runs the products of the current task on another tier (never above `best`): tests compare
+    /// every tier this CPU has in one process.
+    @TaskLocal public static var override: KernelTier?
+
+    /// The tier the next product runs on.
+    public static var current: KernelTier { min(override ?? configured, best) }
+
+    /// The tiers this CPU runs, lowest first.
+    public static var supported: [KernelTier] { allCases.filter { $0 <= best } }
+
+    public static func < (a: KernelTier, b: KernelTier) -> Bool { a.rawValue < b.rawValue }
+}
+
 /// A quantized matrix's rows repacked sixteen at a time for the integer products (the layout is
 /// described in ckernels.h), made on first use and shared by every copy of the `WeightMatrix`.
 final class PackedRows: @unchecked Sendable {
@@ -52,7 +88,7 @@ final class PackedRows: @unchecked Sendable {
 
     deinit { data.deallocate() }
 
-    static func code(_ type: DType) -> Int32 { type == .q4_0 ? 0 : type == .q4_1 ? 1 : 2 }
+    static func code(_ type: DType) -> Int32 { Int32(type == .q4_0 ? EMBER_Q4_0 : type == .q4_1 ? EMBER_Q4_1 : EMBER_Q8_0) }
 
     /// Holds the packed rows of one matrix once they are made.
     final class Slot: Sendable {
@@ -69,8 +105,8 @@ final class PackedRows: @unchecked Sendable {
 }
 
 extension WeightMatrix {
-    /// Whether this CPU runs the 8-bit integer products (AVX-512 VNNI).
-    public static let integerProductsAvailable = ember_has_vnni() != 0
+    /// Whether the 8-bit integer products run (a kernel tier above none).
+    public static var integerProductsAvailable: Bool { KernelTier.current != .none }
 
     /// Repacks the rows for the integer products now rather than on the first product.
     public func preparePackedRows() {
@@ -92,11 +128,12 @@ extension WeightMatrix {
             a.scales.withUnsafeBufferPointer { d in
                 a.integerSums.withUnsafeBufferPointer { n in
                     a.sums.withUnsafeBufferPointer { s in
+                        let tier = Int32(KernelTier.current.rawValue)
                         pool.parallelRanges(offsets.last!) { range in
                             for (k, (weight, output)) in quantized.enumerated() {
                                 let lower = max(range.lowerBound, offsets[k]), upper = min(range.upperBound, offsets[k + 1])
                                 guard lower < upper else { continue }
-                                ember_packed_products(PackedRows.code(weight.type), packed[k].data.assumingMemoryBound(to: UInt8.self),
+                                ember_packed_products(tier, PackedRows.code(weight.type), packed[k].data.assumingMemoryBound(to: UInt8.self),
                                                       Int32(lower - offsets[k]), Int32(upper - offsets[k]), Int32(weight.rows), Int32(weight.columns / 32),
                                                       q.baseAddress!, d.baseAddress!, n.baseAddress!, s.baseAddress!, Int32(m), output, weight.rows)
                             }

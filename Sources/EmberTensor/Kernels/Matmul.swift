@@ -7,7 +7,7 @@ import CBLAS
 /// threads never compete with the pool's.
 public func matmul(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                    m M: Int, n N: Int, k K: Int, accumulate: Bool = false, pool: ThreadPool = .shared) {
-    BLAS.ensureSingleThreaded()
+    BLASCore.prepare()
     pool.parallelRanges(N, minimumChunk: 32) { range in
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(M), Int32(range.count), Int32(K),
                     1, x, Int32(K), w + range.lowerBound * K, Int32(K),
@@ -23,21 +23,11 @@ func sgemmNT(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMu
                 accumulate ? 1 : 0, y, Int32(ldy))
 }
 
-enum BLAS {
-    nonisolated(unsafe) private static var configured = false
-    static func ensureSingleThreaded() {
-        if !configured {
-            openblas_set_num_threads(1)
-            configured = true
-        }
-    }
-}
-
 /// y [M, N] = x [M, K] · w [N, K]ᵀ for large products (training): the rows of x are split into one
 /// part per thread, so each thread makes one SGEMM call and packs w once.
 public func matmulLarge(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                         m M: Int, n N: Int, k K: Int, pool: ThreadPool = .shared) {
-    BLAS.ensureSingleThreaded()
+    BLASCore.prepare()
     pool.parallelFor(min(pool.threadCount, M)) { part in
         let rows = evenPart(part, of: M, parts: min(pool.threadCount, M))
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows.count), Int32(N), Int32(K), 1,
@@ -52,7 +42,7 @@ public func matmulLarge(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ 
 public func matmulBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?, m M: Int, n N: Int, k K: Int,
                            pool: ThreadPool = .shared) {
-    BLAS.ensureSingleThreaded()
+    BLASCore.prepare()
     if let dx {
         let parts = min(pool.threadCount, M)
         pool.parallelFor(parts) { part in

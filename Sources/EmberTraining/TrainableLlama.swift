@@ -1,4 +1,5 @@
 import EmberFormats
+import EmberModels
 import EmberNN
 import EmberTensor
 import Foundation

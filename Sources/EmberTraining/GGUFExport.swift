@@ -1,4 +1,5 @@
 import EmberFormats
+import EmberModels
 import EmberTensor
 import EmberTokenizers
 import Foundation
