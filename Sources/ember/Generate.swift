@@ -165,7 +165,7 @@ protocol ReplyGenerator {
 
 /// The default: the serving engine, one request at a time; its prefix cache keeps a conversation's
 /// earlier turns.
-struct EngineReplies: ReplyGenerator {
+final class EngineReplies: ReplyGenerator {
     let engine: Engine
 
     init(model: Llama, tokenizer: any Tokenizer, capacity: Int) {
@@ -175,6 +175,8 @@ struct EngineReplies: ReplyGenerator {
         engine = Engine(model: model, tokenizer: tokenizer, configuration: configuration)
         engine.start()
     }
+
+    deinit { engine.stop() }
 
     func generate(_ prompt: [Int], parameters: SamplingParameters, _ handle: (GenerationEvent) -> Void) async throws {
         let (_, events) = try engine.submit(prompt: prompt, parameters: parameters)
