@@ -19,7 +19,7 @@ fi
 if [ ! -d "$src" ]; then
     mkdir -p "$cache/pypi" "$cache/src"
     sdist="$cache/pypi/llama_cpp_python-$version.tar.gz"
-    [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+    [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: \
         "llama-cpp-python==$version" -d "$cache/pypi"
     tar xzf "$sdist" -C "$cache/src"
 fi

@@ -13,6 +13,19 @@ public struct LlamaBlockWeights: Sendable {
     public var gate: WeightMatrix      // [I, C]
     public var up: WeightMatrix        // [I, C]
     public var down: WeightMatrix      // [C, I]
+
+    public init(attentionNorm: [Float], query: WeightMatrix, key: WeightMatrix, value: WeightMatrix, output: WeightMatrix,
+                feedForwardNorm: [Float], gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        self.attentionNorm = attentionNorm
+        self.query = query
+        self.key = key
+        self.value = value
+        self.output = output
+        self.feedForwardNorm = feedForwardNorm
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
 }
 
 /// All weights of a LLaMA model and the RoPE convention they were stored for.
@@ -23,6 +36,14 @@ public struct LlamaWeights: Sendable {
     public var output: WeightMatrix     // [V, C]; the embedding itself when tied
     /// GGUF stores Q/K rows permuted for interleaved pairs; Hugging Face checkpoints use NeoX pairs.
     public var ropeMode: RopeMode
+
+    public init(embedding: WeightMatrix, blocks: [LlamaBlockWeights], finalNorm: [Float], output: WeightMatrix, ropeMode: RopeMode) {
+        self.embedding = embedding
+        self.blocks = blocks
+        self.finalNorm = finalNorm
+        self.output = output
+        self.ropeMode = ropeMode
+    }
 }
 
 /// Where a tensor comes from, independent of the file format.
@@ -74,45 +95,28 @@ struct SafetensorsTensorSource: TensorSource {
 }
 
 extension LlamaWeights {
-    static func load(from source: TensorSource, configuration c: LlamaConfiguration, names: TensorNames, ropeMode: RopeMode) throws -> LlamaWeights {
-        let embedding = try source.matrix(names.embedding, rows: c.vocabularySize, columns: c.hiddenSize)
-        var blocks: [LlamaBlockWeights] = []
-        for i in 0..<c.layerCount {
-            func n(_ part: KeyPath<TensorNames, String>) -> String { names[keyPath: part].replacingOccurrences(of: "{i}", with: "\(i)") }
-            blocks.append(LlamaBlockWeights(
-                attentionNorm: try source.vector(n(\.attentionNorm), count: c.hiddenSize),
-                query: try source.matrix(n(\.query), rows: c.queryDim, columns: c.hiddenSize),
-                key: try source.matrix(n(\.key), rows: c.kvDim, columns: c.hiddenSize),
-                value: try source.matrix(n(\.value), rows: c.kvDim, columns: c.hiddenSize),
-                output: try source.matrix(n(\.attentionOutput), rows: c.hiddenSize, columns: c.queryDim),
-                feedForwardNorm: try source.vector(n(\.feedForwardNorm), count: c.hiddenSize),
-                gate: try source.matrix(n(\.gate), rows: c.intermediateSize, columns: c.hiddenSize),
-                up: try source.matrix(n(\.up), rows: c.intermediateSize, columns: c.hiddenSize),
-                down: try source.matrix(n(\.down), rows: c.hiddenSize, columns: c.intermediateSize)))
+    static func load(from source: TensorSource, configuration c: LlamaConfiguration, format: TensorFormat, ropeMode: RopeMode) throws -> LlamaWeights {
+        var matrices: [LlamaTensor: WeightMatrix] = [:], vectors: [LlamaTensor: [Float]] = [:]
+        // The output matrix is read when the file has one, whatever the configuration says.
+        var tensors = LlamaTensor.all(c).filter { $0.role != .output }
+        let output = LlamaTensor(role: .output, layer: nil, shape: [c.vocabularySize, c.hiddenSize])
+        if try source.lookup(output.name(format)) != nil { tensors.append(output) }
+        for t in tensors {
+            if t.isMatrix {
+                matrices[t] = try source.matrix(t.name(format), rows: t.shape[0], columns: t.shape[1])
+            } else {
+                vectors[t] = try source.vector(t.name(format), count: t.shape[0])
+            }
         }
-        let finalNorm = try source.vector(names.finalNorm, count: c.hiddenSize)
-        let output = try source.lookup(names.output) == nil
-            ? embedding
-            : try source.matrix(names.output, rows: c.vocabularySize, columns: c.hiddenSize)
-        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: output, ropeMode: ropeMode)
+        func matrix(_ role: LlamaTensor.Role, _ layer: Int) -> WeightMatrix { matrices[tensors.first { $0.role == role && $0.layer == layer }!]! }
+        func vector(_ role: LlamaTensor.Role, _ layer: Int) -> [Float] { vectors[tensors.first { $0.role == role && $0.layer == layer }!]! }
+        let embedding = matrices[tensors[0]]!
+        let blocks = (0..<c.layerCount).map { i in
+            LlamaBlockWeights(attentionNorm: vector(.attentionNorm, i), query: matrix(.query, i), key: matrix(.key, i), value: matrix(.value, i),
+                              output: matrix(.attentionOutput, i), feedForwardNorm: vector(.feedForwardNorm, i),
+                              gate: matrix(.gate, i), up: matrix(.up, i), down: matrix(.down, i))
+        }
+        let finalNorm = vectors[tensors.first { $0.role == .finalNorm }!]!
+        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: matrices[output] ?? embedding, ropeMode: ropeMode)
     }
-}
-
-/// Tensor names of a checkpoint format; `{i}` stands for the block index.
-struct TensorNames {
-    var embedding, finalNorm, output: String
-    var attentionNorm, query, key, value, attentionOutput, feedForwardNorm, gate, up, down: String
-
-    static let gguf = TensorNames(
-        embedding: "token_embd.weight", finalNorm: "output_norm.weight", output: "output.weight",
-        attentionNorm: "blk.{i}.attn_norm.weight", query: "blk.{i}.attn_q.weight", key: "blk.{i}.attn_k.weight",
-        value: "blk.{i}.attn_v.weight", attentionOutput: "blk.{i}.attn_output.weight", feedForwardNorm: "blk.{i}.ffn_norm.weight",
-        gate: "blk.{i}.ffn_gate.weight", up: "blk.{i}.ffn_up.weight", down: "blk.{i}.ffn_down.weight")
-
-    static let huggingFace = TensorNames(
-        embedding: "model.embed_tokens.weight", finalNorm: "model.norm.weight", output: "lm_head.weight",
-        attentionNorm: "model.layers.{i}.input_layernorm.weight", query: "model.layers.{i}.self_attn.q_proj.weight",
-        key: "model.layers.{i}.self_attn.k_proj.weight", value: "model.layers.{i}.self_attn.v_proj.weight",
-        attentionOutput: "model.layers.{i}.self_attn.o_proj.weight", feedForwardNorm: "model.layers.{i}.post_attention_layernorm.weight",
-        gate: "model.layers.{i}.mlp.gate_proj.weight", up: "model.layers.{i}.mlp.up_proj.weight", down: "model.layers.{i}.mlp.down_proj.weight")
 }

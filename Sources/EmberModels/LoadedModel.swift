@@ -37,7 +37,7 @@ public struct LoadedModel: Sendable {
         if isDirectory.boolValue { return try loadDirectory(path) }
         let gguf = try GGUFFile(path: path)
         let configuration = try LlamaConfiguration(gguf: gguf)
-        let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, names: .gguf, ropeMode: .interleaved)
+        let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, format: .gguf, ropeMode: .interleaved)
         let tokenizer = try GGUFTokenizer.load(gguf)
         guard tokenizer.vocabularySize == configuration.vocabularySize else {
             throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(configuration.vocabularySize)")
@@ -53,7 +53,7 @@ public struct LoadedModel: Sendable {
         let configuration = try LlamaConfiguration.load(configPath: configPath)
         let tensors = try SafetensorsCollection(directory: path)
         let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
-                                            names: .huggingFace, ropeMode: .neox)
+                                            format: .huggingFace, ropeMode: .neox)
         let tokenizerPath = path + "/tokenizer.json"
         var tokenizer: (any Tokenizer)?
         if FileManager.default.fileExists(atPath: tokenizerPath) {

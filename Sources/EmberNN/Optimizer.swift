@@ -26,9 +26,12 @@ public final class AdamW {
     /// Whether each parameter takes weight decay.
     public let decays: [Bool]
     public let settings: Settings
-    /// First and second moments, one buffer each per parameter.
+    /// First and second moments, one view per parameter into `flatMoments` and `flatSquares`, which
+    /// lay them out parameter after parameter (a `ParameterArena`'s order).
     public let moments: [FloatBuffer]
     public let squares: [FloatBuffer]
+    public let flatMoments: FloatBuffer
+    public let flatSquares: FloatBuffer
     /// Steps taken so far.
     public var step = 0
 
@@ -37,8 +40,17 @@ public final class AdamW {
         self.parameters = parameters
         self.decays = decays
         self.settings = settings
-        moments = parameters.map { FloatBuffer(count: $0.count) }
-        squares = parameters.map { FloatBuffer(count: $0.count) }
+        let total = parameters.reduce(0) { $0 + $1.count }
+        flatMoments = FloatBuffer(count: total)
+        flatSquares = FloatBuffer(count: total)
+        var offset = 0, moments: [FloatBuffer] = [], squares: [FloatBuffer] = []
+        for p in parameters {
+            moments.append(FloatBuffer(viewing: flatMoments, offset: offset, count: p.count))
+            squares.append(FloatBuffer(viewing: flatSquares, offset: offset, count: p.count))
+            offset += p.count
+        }
+        self.moments = moments
+        self.squares = squares
     }
 
     /// One update with learning rate `lr` from the parameters' current gradients.

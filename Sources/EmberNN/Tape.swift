@@ -20,6 +20,16 @@ public final class Variable: @unchecked Sendable {
         self.requiresGradient = requiresGradient
     }
 
+    /// A parameter whose value and gradient live elsewhere (views into a `ParameterArena`).
+    public init(shape: [Int], value: FloatBuffer, gradient: FloatBuffer, name: String) {
+        precondition(value.count == shape.reduce(1, *) && gradient.count == value.count, "shape \(shape) does not match its buffers")
+        self.shape = shape
+        self.value = value
+        self.name = name
+        requiresGradient = true
+        storedGradient = gradient
+    }
+
     /// An op's output, which its forward kernel overwrites whole.
     init(output shape: [Int]) {
         self.shape = shape
@@ -44,7 +54,7 @@ public final class Variable: @unchecked Sendable {
         return g
     }
 
-    public var hasGradient: Bool { storedGradient != nil }
+    public var hasGradient: Bool { requiresGradient && storedGradient != nil }
 
     /// The gradient buffer when this variable wants one.
     var gradientIfWanted: UnsafeMutablePointer<Float>? { requiresGradient ? gradient.pointer : nil }

@@ -141,21 +141,33 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 }
 
-/// An owned, aligned f32 buffer.
+/// An aligned f32 buffer: owned, or a view of part of another buffer (which it keeps alive).
 public final class FloatBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
+    /// The buffer this one is a view into; nil when this one owns its memory.
+    public let base: FloatBuffer?
 
     public init(count: Int) {
         self.count = count
         pointer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: count)
+        base = nil
     }
 
     /// A buffer whose contents are undefined until written (for outputs a kernel overwrites whole).
     public init(uninitializedCount count: Int) {
         self.count = count
         pointer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        base = nil
+    }
+
+    /// Values `offset ..< offset + count` of `base`, sharing its memory.
+    public init(viewing base: FloatBuffer, offset: Int, count: Int) {
+        precondition(offset >= 0 && count >= 0 && offset + count <= base.count, "view \(offset)..<\(offset + count) outside a buffer of \(base.count)")
+        self.count = count
+        pointer = base.pointer + offset
+        self.base = base
     }
 
     public convenience init(_ values: [Float]) {
@@ -163,7 +175,7 @@ public final class FloatBuffer: @unchecked Sendable {
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    deinit { pointer.deallocate() }
+    deinit { if base == nil { pointer.deallocate() } }
 }
 
 /// Every training step allocates and frees the same large activation buffers; by default glibc

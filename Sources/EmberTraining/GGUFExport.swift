@@ -65,35 +65,25 @@ public enum GGUFExport {
         }
         meta("tokenizer.ggml.add_bos_token", .bool(false))
 
-        let byName = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, $0) })
-        func add(_ name: String, _ source: String, permuteHeads: Int? = nil) {
-            let p = byName[source]!
+        // llama.cpp's converter writes each block's tensors in this order.
+        let order: [LlamaTensor.Role] = [.embedding, .attentionNorm, .query, .key, .value, .attentionOutput, .feedForwardNorm,
+                                         .gate, .up, .down, .finalNorm, .output]
+        func rank(_ t: LlamaTensor) -> Int {
+            (t.layer.map { $0 + 1 } ?? (t.role == .embedding ? 0 : c.layerCount + 1)) * order.count + order.firstIndex(of: t.role)!
+        }
+        let tensors = zip(LlamaTensor.all(c), model.parameters).sorted { rank($0.0) < rank($1.0) }
+        for (t, p) in tensors {
             var values = p.values
-            if let heads = permuteHeads { values = interleavePairs(values, heads: heads, columns: p.shape[1]) }
-            let isMatrix = p.shape.count == 2
-            let tensorType: MatrixType = isMatrix ? type : .f32
-            let extents = isMatrix ? [p.shape[1], p.shape[0]] : [p.count]
+            if t.permutedInGGUF { values = interleavePairs(values, heads: t.heads(c), columns: p.shape[1]) }
+            let tensorType: MatrixType = t.isMatrix ? type : .f32
+            let extents = t.isMatrix ? [p.shape[1], p.shape[0]] : [p.count]
+            let name = t.name(.gguf)
             switch tensorType {
             case .f32: writer.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
             case .f16: writer.addTensor(name: name, type: .f16, extents: extents, data: values.map { Float16($0) }.withUnsafeBytes { Array($0) })
             case .q8_0: writer.addTensor(name: name, type: .q8_0, extents: extents, data: quantizeQ8_0(values))
             }
         }
-        add("token_embd.weight", "model.embed_tokens.weight")
-        for i in 0..<c.layerCount {
-            let hf = "model.layers.\(i).", gg = "blk.\(i)."
-            add(gg + "attn_norm.weight", hf + "input_layernorm.weight")
-            add(gg + "attn_q.weight", hf + "self_attn.q_proj.weight", permuteHeads: c.headCount)
-            add(gg + "attn_k.weight", hf + "self_attn.k_proj.weight", permuteHeads: c.kvHeadCount)
-            add(gg + "attn_v.weight", hf + "self_attn.v_proj.weight")
-            add(gg + "attn_output.weight", hf + "self_attn.o_proj.weight")
-            add(gg + "ffn_norm.weight", hf + "post_attention_layernorm.weight")
-            add(gg + "ffn_gate.weight", hf + "mlp.gate_proj.weight")
-            add(gg + "ffn_up.weight", hf + "mlp.up_proj.weight")
-            add(gg + "ffn_down.weight", hf + "mlp.down_proj.weight")
-        }
-        add("output_norm.weight", "model.norm.weight")
-        if !c.tieWordEmbeddings { add("output.weight", "lm_head.weight") }
         try writer.write(to: path)
     }
 

@@ -15,8 +15,10 @@ import Foundation
 ///     logits = rmsnorm(x) · Woutᵀ                           [B·T, V]   (Wout = embed when tied)
 public final class TrainableLlama: @unchecked Sendable {
     public let configuration: LlamaConfiguration
-    /// Every parameter, in Hugging Face's order and naming.
+    /// Every parameter, in Hugging Face's order and naming: views into `arena`.
     public let parameters: [Variable]
+    /// The parameters and their gradients as two flat buffers.
+    public let arena: ParameterArena
     let embedding: Variable
     let blocks: [Block]
     let finalNorm: Variable
@@ -33,35 +35,29 @@ public final class TrainableLlama: @unchecked Sendable {
         RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: .neox)
     }
 
-    /// Weights from `values(name, shape)`, which returns nil for a missing tensor.
+    /// Weights from `values(name, shape)`, asked for in Hugging Face's order, copied into one
+    /// `ParameterArena`.
     init(configuration c: LlamaConfiguration, values: (String, [Int]) throws -> FloatBuffer) throws {
         configuration = c
-        var all: [Variable] = []
-        func parameter(_ name: String, _ shape: [Int]) throws -> Variable {
-            let v = Variable(shape: shape, value: try values(name, shape), name: name)
-            all.append(v)
-            return v
+        let tensors = LlamaTensor.all(c)
+        let arena = ParameterArena(tensors.map { ($0.name(.huggingFace), $0.shape) })
+        for (p, t) in zip(arena.parameters, tensors) {
+            let source = try values(p.name, t.shape)
+            p.pointer.update(from: source.pointer, count: p.count)
         }
-        let C = c.hiddenSize
-        embedding = try parameter("model.embed_tokens.weight", [c.vocabularySize, C])
-        var blocks: [Block] = []
-        for i in 0..<c.layerCount {
-            let p = "model.layers.\(i)."
-            blocks.append(Block(
-                query: try parameter(p + "self_attn.q_proj.weight", [c.queryDim, C]),
-                key: try parameter(p + "self_attn.k_proj.weight", [c.kvDim, C]),
-                value: try parameter(p + "self_attn.v_proj.weight", [c.kvDim, C]),
-                output: try parameter(p + "self_attn.o_proj.weight", [C, c.queryDim]),
-                gate: try parameter(p + "mlp.gate_proj.weight", [c.intermediateSize, C]),
-                up: try parameter(p + "mlp.up_proj.weight", [c.intermediateSize, C]),
-                down: try parameter(p + "mlp.down_proj.weight", [C, c.intermediateSize]),
-                attentionNorm: try parameter(p + "input_layernorm.weight", [C]),
-                feedForwardNorm: try parameter(p + "post_attention_layernorm.weight", [C])))
+        self.arena = arena
+        func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable {
+            arena.parameters[tensors.firstIndex { $0.role == role && $0.layer == layer }!]
         }
-        self.blocks = blocks
-        finalNorm = try parameter("model.norm.weight", [C])
-        head = c.tieWordEmbeddings ? nil : try parameter("lm_head.weight", [c.vocabularySize, C])
-        parameters = all
+        embedding = find(.embedding)
+        blocks = (0..<c.layerCount).map { i in
+            Block(query: find(.query, i), key: find(.key, i), value: find(.value, i), output: find(.attentionOutput, i),
+                  gate: find(.gate, i), up: find(.up, i), down: find(.down, i),
+                  attentionNorm: find(.attentionNorm, i), feedForwardNorm: find(.feedForwardNorm, i))
+        }
+        finalNorm = find(.finalNorm)
+        head = c.tieWordEmbeddings ? nil : find(.output)
+        parameters = arena.parameters
     }
 
     /// A new model: matrices and embeddings drawn from N(0, 0.02²) (Hugging Face's default
@@ -87,6 +83,24 @@ public final class TrainableLlama: @unchecked Sendable {
             dequantize(entry.dtype, from: file.data(of: entry), to: buffer.pointer, count: buffer.count)
             return buffer
         }
+    }
+
+    /// A model for inference that computes with this model's weights where they are (f32, no copy
+    /// of the matrices): what the training changes, it sees at once. Rollouts and evaluation during
+    /// post-training run on it; it uses the Hugging Face RoPE layout the weights are trained in.
+    public func inferenceModel() -> Llama {
+        func matrix(_ v: Variable) -> WeightMatrix {
+            WeightMatrix(type: .f32, rows: v.shape[0], columns: v.shape[1], data: UnsafeRawPointer(v.pointer), owner: v.value)
+        }
+        let weights = LlamaWeights(
+            embedding: matrix(embedding),
+            blocks: blocks.map { b in
+                LlamaBlockWeights(attentionNorm: b.attentionNorm.values, query: matrix(b.query), key: matrix(b.key), value: matrix(b.value),
+                                  output: matrix(b.output), feedForwardNorm: b.feedForwardNorm.values,
+                                  gate: matrix(b.gate), up: matrix(b.up), down: matrix(b.down))
+            },
+            finalNorm: finalNorm.values, output: matrix(head ?? embedding), ropeMode: .neox)
+        return Llama(configuration: configuration, weights: weights)
     }
 
     /// Whether a parameter takes weight decay: the projection matrices and an untied output do;

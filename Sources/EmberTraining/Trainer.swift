@@ -132,7 +132,7 @@ public final class Trainer {
     /// Runs one optimizer step and returns its record.
     public func trainStep() -> StepRecord {
         let s = settings
-        model.parameters.forEach { $0.zeroGradient() }
+        model.arena.zeroGradients()
         var loss: Float = 0
         for _ in 0..<s.gradientAccumulation {
             let (inputs, targets) = sampler.next(batch: s.batchSize, from: dataset.train)

@@ -210,3 +210,26 @@ import Testing
         #expect(s.sequenceCount == 0 && s.running.isEmpty && s.waiting.isEmpty && s.blocks.freeBlockCount == 8)
     }
 }
+
+/// The block manager's invariants are checked in the shipped binary (its target is built without
+/// -Ounchecked): breaking one stops the process (a trap) instead of corrupting the pool. Each case
+/// runs in a child process that must die; with -Ounchecked the checks would be gone and the
+/// children would carry on.
+@Suite struct BlockManagerInvariantTests {
+    @Test func admittingASequenceTwiceDies() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.exitStatus]) {
+            var m = BlockManager(blockCount: 4, blockSize: 16)
+            _ = m.admit(1, tokens: [1, 2, 3])
+            _ = m.admit(1, tokens: [1, 2, 3])
+        }
+        print("admitting sequence 1 twice: the child process ended with \(result.map { "\($0.exitStatus)" } ?? "?")")
+    }
+
+    @Test func reservingForAnUnknownSequenceDies() async {
+        let result = await #expect(processExitsWith: .failure, observing: [\.exitStatus]) {
+            var m = BlockManager(blockCount: 4, blockSize: 16)
+            _ = m.reserve(7, tokens: 16)
+        }
+        print("reserving for an unknown sequence: the child process ended with \(result.map { "\($0.exitStatus)" } ?? "?")")
+    }
+}

@@ -75,6 +75,48 @@ enum Synthetic {
         print("resume: losses \(resumed.history.map(\.loss)) equal the straight run's, weights bit-identical")
     }
 
+    /// Parameters, gradients and AdamW moments each live in one flat buffer, parameter after
+    /// parameter in Hugging Face's order.
+    @Test func parametersGradientsAndMomentsAreFlat() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                  settings: Synthetic.settings(data: data, steps: 2))
+        _ = trainer.trainStep()
+        let arena = trainer.model.arena, optimizer = trainer.optimizer
+        #expect(arena.count == trainer.model.parameterCount)
+        #expect(arena.parameters.map(\.name) == LlamaTensor.all(Synthetic.configuration).map { $0.name(.huggingFace) })
+        for (i, p) in arena.parameters.enumerated() {
+            let offset = arena.offsets[i]
+            #expect(p.pointer == arena.values.pointer + offset && p.gradient.pointer == arena.gradients.pointer + offset)
+            #expect(optimizer.moments[i].pointer == optimizer.flatMoments.pointer + offset)
+            #expect(optimizer.squares[i].pointer == optimizer.flatSquares.pointer + offset)
+        }
+        #expect(arena.offsets.last! + arena.parameters.last!.count == arena.count)
+    }
+
+    /// The model being trained runs as an inference model in memory, on the live weights: its
+    /// logits equal those of the same weights saved and loaded, and follow the next update.
+    @Test func theTrainedModelRunsInMemory() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
+                                  settings: Synthetic.settings(data: data, steps: 3))
+        _ = trainer.trainStep()
+        let live = trainer.model.inferenceModel()
+        let tokens = [3, 17, 42, 3, 8, 60, 1, 3, 25]
+        let inMemory = try live.allLogits(tokens)
+        let saved = folder.path + "/saved"
+        try FileManager.default.createDirectory(atPath: saved, withIntermediateDirectories: true)
+        try trainer.model.save(to: saved)
+        let loaded = try LoadedModel.load(path: saved).model.allLogits(tokens)
+        let difference = zip(inMemory.joined(), loaded.joined()).map { abs($0 - $1) }.max()!
+        print("in-memory vs saved and loaded: max |Δlogit| \(difference)")
+        #expect(inMemory == loaded)
+        _ = trainer.trainStep()
+        #expect(try live.allLogits(tokens) != inMemory, "the in-memory model does not see the update")
+    }
+
     @Test func lossFallsOnRepeatedStructure() throws {
         let folder = try TemporaryFolder()
         let data = try Synthetic.dataset(in: folder.path)

@@ -1,0 +1,69 @@
+/// The file formats whose tensor names Ember reads and writes.
+public enum TensorFormat: Sendable {
+    /// llama.cpp's names (`blk.N.attn_q.weight`); Q and K rows permuted to adjacent RoPE pairs.
+    case gguf
+    /// transformers' `LlamaForCausalLM` names (`model.layers.N.self_attn.q_proj.weight`).
+    case huggingFace
+}
+
+/// One tensor of a LLaMA model: what it is, in which block, its shape, and its name in each
+/// format. This is the one table of names that loading, training and export use.
+public struct LlamaTensor: Sendable, Hashable {
+    public enum Role: String, Sendable, CaseIterable {
+        case embedding, attentionNorm, query, key, value, attentionOutput, feedForwardNorm, gate, up, down, finalNorm, output
+    }
+
+    public let role: Role
+    /// The block, for the roles inside one.
+    public let layer: Int?
+    /// [rows, columns] (out × in) for a matrix, [n] for a vector.
+    public let shape: [Int]
+
+    /// Names with `{i}` for the block index: (GGUF, Hugging Face).
+    static let names: [Role: (gguf: String, huggingFace: String)] = [
+        .embedding: ("token_embd.weight", "model.embed_tokens.weight"),
+        .attentionNorm: ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        .query: ("blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight"),
+        .key: ("blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight"),
+        .value: ("blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight"),
+        .attentionOutput: ("blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+        .feedForwardNorm: ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        .gate: ("blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
+        .up: ("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
+        .down: ("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
+        .finalNorm: ("output_norm.weight", "model.norm.weight"),
+        .output: ("output.weight", "lm_head.weight"),
+    ]
+
+    public func name(_ format: TensorFormat) -> String {
+        let pair = Self.names[role]!
+        let pattern = format == .gguf ? pair.gguf : pair.huggingFace
+        return layer.map { pattern.replacingOccurrences(of: "{i}", with: "\($0)") } ?? pattern
+    }
+
+    public var isMatrix: Bool { shape.count == 2 }
+
+    /// Whether GGUF stores this tensor's rows permuted within each head (Q and K, for RoPE on adjacent pairs).
+    public var permutedInGGUF: Bool { role == .query || role == .key }
+
+    /// Heads whose rows `permutedInGGUF` reorders.
+    public func heads(_ c: LlamaConfiguration) -> Int { role == .query ? c.headCount : c.kvHeadCount }
+
+    /// Every tensor of a model, in Hugging Face's order: the embedding; per block Q, K, V, O, gate,
+    /// up, down and the two norms; the final norm; the output matrix unless it is tied to the embedding.
+    public static func all(_ c: LlamaConfiguration) -> [LlamaTensor] {
+        let C = c.hiddenSize
+        var tensors = [LlamaTensor(role: .embedding, layer: nil, shape: [c.vocabularySize, C])]
+        for i in 0..<c.layerCount {
+            let shapes: [(Role, [Int])] = [
+                (.query, [c.queryDim, C]), (.key, [c.kvDim, C]), (.value, [c.kvDim, C]), (.attentionOutput, [C, c.queryDim]),
+                (.gate, [c.intermediateSize, C]), (.up, [c.intermediateSize, C]), (.down, [C, c.intermediateSize]),
+                (.attentionNorm, [C]), (.feedForwardNorm, [C]),
+            ]
+            tensors += shapes.map { LlamaTensor(role: $0.0, layer: i, shape: $0.1) }
+        }
+        tensors.append(LlamaTensor(role: .finalNorm, layer: nil, shape: [C]))
+        if !c.tieWordEmbeddings { tensors.append(LlamaTensor(role: .output, layer: nil, shape: [c.vocabularySize, C])) }
+        return tensors
+    }
+}

@@ -1,0 +1,40 @@
+import EmberTensor
+
+/// Every trainable parameter of a model and its gradient in two contiguous flat buffers, each
+/// tensor a view at its offset (llm.c's layout). Whole ranges of parameters or gradients can then
+/// be reduced, scattered, gathered or sharded at once, whatever tensors they cross; `AdamW` keeps
+/// its moments in the same order and layout.
+public final class ParameterArena: @unchecked Sendable {
+    /// All values, parameter after parameter.
+    public let values: FloatBuffer
+    /// All gradients, in the same layout as `values`.
+    public let gradients: FloatBuffer
+    /// The parameters, in order; each one's value and gradient are views into the buffers above.
+    public let parameters: [Variable]
+    /// Where each parameter starts in the flat buffers.
+    public let offsets: [Int]
+
+    public var count: Int { values.count }
+
+    public init(_ tensors: [(name: String, shape: [Int])]) {
+        var offsets: [Int] = [], total = 0
+        for t in tensors {
+            offsets.append(total)
+            total += t.shape.reduce(1, *)
+        }
+        values = FloatBuffer(count: total)
+        gradients = FloatBuffer(count: total)
+        self.offsets = offsets
+        parameters = zip(tensors, offsets).map { [values, gradients] t, offset in
+            let n = t.shape.reduce(1, *)
+            return Variable(shape: t.shape, value: FloatBuffer(viewing: values, offset: offset, count: n),
+                            gradient: FloatBuffer(viewing: gradients, offset: offset, count: n), name: t.name)
+        }
+    }
+
+    /// The range of the flat buffers that holds parameter `index`.
+    public func range(of index: Int) -> Range<Int> { offsets[index]..<offsets[index] + parameters[index].count }
+
+    /// Zeroes every gradient in one pass.
+    public func zeroGradients() { gradients.pointer.update(repeating: 0, count: gradients.count) }
+}
