@@ -26,10 +26,13 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public var saveEvery: Int
     public var keepCheckpoints: Int
 
-    public init(data: String, steps: Int = 200, batchSize: Int = 8, sequenceLength: Int = 128, gradientAccumulation: Int = 1,
-                learningRate: Float = 1e-3, minimumLearningRate: Float = 1e-4, warmup: Int = 20, weightDecay: Float = 0.1, decayEverything: Bool = false,
+    /// The defaults of every run (and of `ember pretrain`, whose --help prints them from here).
+    public static let defaults = TrainingSettings(data: "")
+
+    public init(data: String, steps: Int = 1000, batchSize: Int = 16, sequenceLength: Int = 128, gradientAccumulation: Int = 1,
+                learningRate: Float = 3e-3, minimumLearningRate: Float = 3e-4, warmup: Int = 30, weightDecay: Float = 0.1, decayEverything: Bool = false,
                 gradientClip: Float = 1, recompute: TrainableLlama.Recompute = .none, seed: UInt64 = 1, evalEvery: Int = 50,
-                evalWindows: Int = 16, saveEvery: Int = 100, keepCheckpoints: Int = 2) {
+                evalWindows: Int = 32, saveEvery: Int = 100, keepCheckpoints: Int = 2) {
         self.data = data
         self.steps = steps
         self.batchSize = batchSize

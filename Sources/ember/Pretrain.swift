@@ -4,7 +4,6 @@ import EmberTensor
 import EmberTokenizers
 import EmberTraining
 import Foundation
-import Synchronization
 
 struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,22 +38,22 @@ struct Pretrain: ParsableCommand {
     @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
     var resume: String?
 
-    @Option(help: "Optimizer steps in the whole run (default 1000).") var steps: Int?
-    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch (default 16).") var batchSize: Int?
-    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default 128, at most the model's context).") var seqLen: Int?
-    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step (default 1).") var gradAccum: Int?
-    @Option(help: "Peak learning rate (default 3e-3).") var lr: Float?
-    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default 3e-4).") var minLr: Float?
-    @Option(help: "Linear warmup steps (default 30).") var warmup: Int?
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay, projection matrices only (default 0.1).") var weightDecay: Float?
+    @Option(help: "Optimizer steps in the whole run (default \(D.steps)).") var steps: Int?
+    @Option(name: .customLong("batch-size"), help: "Sequences per micro-batch (default \(D.batchSize)).") var batchSize: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per sequence (default \(D.sequenceLength), at most the model's context).") var seqLen: Int?
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step (default \(D.gradientAccumulation)).") var gradAccum: Int?
+    @Option(help: "Peak learning rate (default \(D.learningRate)).") var lr: Float?
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default \(D.minimumLearningRate)).") var minLr: Float?
+    @Option(help: "Linear warmup steps (default \(D.warmup)).") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay, projection matrices only (default \(D.weightDecay)).") var weightDecay: Float?
     @Flag(name: .customLong("decay-norms-and-embeddings"), help: "Apply the weight decay to norms and embeddings too.")
     var decayEverything = false
-    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default 1).") var gradClip: Float?
-    @Option(help: "Activation recomputation: none, or block (keep only each block's input; less memory, ~30% slower).") var recompute: TrainableLlama.Recompute?
-    @Option(help: "Seed for the initial weights and the data order (default 1).") var seed: UInt64?
-    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (default 50; 0: only at the end).") var evalEvery: Int?
-    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int?
-    @Option(help: "Checkpoints kept (default 2).") var keep: Int?
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default \(D.gradientClip)).") var gradClip: Float?
+    @Option(help: "Activation recomputation: none, or block (keep only each block's input; less memory, ~30% slower; default \(D.recompute.rawValue)).") var recompute: TrainableLlama.Recompute?
+    @Option(help: "Seed for the initial weights and the data order (default \(D.seed)).") var seed: UInt64?
+    @Option(name: .customLong("eval-every"), help: "Steps between validation losses (default \(D.evalEvery); 0: only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default \(D.saveEvery); 0: only at the end).") var saveEvery: Int?
+    @Option(help: "Checkpoints kept (default \(D.keepCheckpoints)).") var keep: Int?
     @Option(help: "Worker threads (default: all cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
     func validate() throws {
@@ -103,7 +102,7 @@ struct Pretrain: ParsableCommand {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             let dataFolder = try data ?? defaultCorpus(into: output + "/data")
             let dataset = try TokenDataset(directory: dataFolder)
-            let seed = self.seed ?? 1
+            let seed = self.seed ?? D.seed
             let model: TrainableLlama
             if let preset = preset.flatMap(Preset.init) {
                 model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize), seed: seed)
@@ -113,11 +112,13 @@ struct Pretrain: ParsableCommand {
                 model = try TrainableLlama(directory: initial!)
             }
             let settings = TrainingSettings(
-                data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? 1000, batchSize: batchSize ?? 16,
-                sequenceLength: seqLen ?? min(128, model.configuration.maxPositionEmbeddings), gradientAccumulation: gradAccum ?? 1,
-                learningRate: lr ?? 3e-3, minimumLearningRate: minLr ?? 3e-4, warmup: warmup ?? 30, weightDecay: weightDecay ?? 0.1, decayEverything: decayEverything,
-                gradientClip: gradClip ?? 1, recompute: recompute ?? .none, seed: seed, evalEvery: evalEvery ?? 50, evalWindows: 32,
-                saveEvery: saveEvery ?? 100, keepCheckpoints: keep ?? 2)
+                data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? D.steps, batchSize: batchSize ?? D.batchSize,
+                sequenceLength: seqLen ?? min(D.sequenceLength, model.configuration.maxPositionEmbeddings),
+                gradientAccumulation: gradAccum ?? D.gradientAccumulation, learningRate: lr ?? D.learningRate,
+                minimumLearningRate: minLr ?? D.minimumLearningRate, warmup: warmup ?? D.warmup, weightDecay: weightDecay ?? D.weightDecay,
+                decayEverything: decayEverything, gradientClip: gradClip ?? D.gradientClip, recompute: recompute ?? D.recompute, seed: seed,
+                evalEvery: evalEvery ?? D.evalEvery, evalWindows: D.evalWindows, saveEvery: saveEvery ?? D.saveEvery,
+                keepCheckpoints: keep ?? D.keepCheckpoints)
             trainer = try Trainer(model: model, dataset: dataset, settings: settings)
             folder = CheckpointFolder(output: output)
             let c = model.configuration
@@ -131,62 +132,33 @@ struct Pretrain: ParsableCommand {
 
     func train(_ trainer: Trainer, folder: CheckpointFolder) throws {
         let s = trainer.settings, output = folder.output
-        let logPath = output + "/log.jsonl"
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        // The log holds exactly the steps the trainer has done (a resumed run drops what it redoes).
-        var log = Data()
-        for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
-        try writeFile(log, to: logPath)
-        guard let handle = FileHandle(forWritingAtPath: logPath) else { throw CommandError("cannot open \(logPath)") }
-        defer { try? handle.close() }
-        try handle.seekToEnd()
+        let run = TrainingRun(trainer: trainer, folder: folder)
         let interactive = interactiveStandardError
-        let stop = StopRequest()
-        let start = Date(), firstStep = trainer.step
-        var lastCheckpoint: String?
-        while trainer.step < s.steps {
-            let began = Date()
-            let record = trainer.trainStep()
-            guard record.loss.isFinite, record.gradientNorm.isFinite else {
-                let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
-                let what = record.loss.isNaN || record.gradientNorm.isNaN ? "not a number" : "infinite"
-                throw CommandError("the loss or gradient became \(what) at step \(record.step) (try a lower --lr or --grad-clip)\(saved)")
-            }
-            let speed = Double(trainer.tokensPerStep) / Date().timeIntervalSince(began)
-            trainer.recordSpeed(speed)
-            var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", record.step, s.steps, record.loss, record.learningRate, speed)
-            if (s.evalEvery > 0 && record.step % s.evalEvery == 0) || record.step == s.steps {
-                let validation = trainer.evaluate()
-                trainer.recordValidation(validation)
+        let outcome = try run.run { p in
+            var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", p.record.step, s.steps, p.record.loss, p.record.learningRate,
+                              p.tokensPerSecond)
+            if let validation = p.validationLoss {
                 line += String(format: " val %.4f", validation)
                 if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
             }
-            try handle.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))
             if interactive {
-                let elapsed = Date().timeIntervalSince(start), done = trainer.step - firstStep
-                let eta = elapsed / Double(done) * Double(s.steps - trainer.step)
-                printError(progressBar(Double(trainer.step) / Double(s.steps), line + " ETA " + duration(eta)), terminator: "")
-            }
-            if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps || stop.requested {
-                lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
-            }
-            if stop.requested && trainer.step < s.steps {
-                endProgress()
-                printError("stopped at step \(trainer.step) of \(s.steps); saved \(lastCheckpoint ?? output); continue with: ember pretrain --resume \(output)")
-                throw ExitCode(130)
+                let eta = p.elapsed / Double(p.stepsDone) * Double(s.steps - p.record.step)
+                printError(progressBar(Double(p.record.step) / Double(s.steps), line + " ETA " + duration(eta)), terminator: "")
             }
         }
         endProgress()
-        let checkpoint = try lastCheckpoint ?? CheckpointFolder.locate(output)
-        let model = try folder.publishModel(from: checkpoint)
-        try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
-        let last = trainer.history.last
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        printError(String(format: "done: step %d, loss %.4f%@; peak memory %.0f MiB; model in %@, loss curve %@/loss.svg, log %@",
-                          trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
-                          Double(usage.ru_maxrss) / 1024, model, output, logPath))
+        switch outcome {
+        case .stopped(let step, let checkpoint):
+            printError("stopped at step \(step) of \(s.steps); saved \(checkpoint); continue with: ember pretrain --resume \(output)")
+            throw ExitCode(130)
+        case .finished(let model):
+            let last = trainer.history.last
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            printError(String(format: "done: step %d, loss %.4f%@; peak memory %.0f MiB; model in %@, loss curve %@/loss.svg, log %@",
+                              trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
+                              Double(usage.ru_maxrss) / 1024, model, output, run.logPath))
+        }
     }
 
     /// The default corpus, prepared once into `folder`: the Python standard library's sources and a
@@ -218,24 +190,5 @@ struct Pretrain: ParsableCommand {
 
 extension TrainableLlama.Recompute: ExpressibleByArgument {}
 
-/// SIGINT and SIGTERM during training: the first asks the loop to save a checkpoint after the
-/// current step and stop; a second one ends the process at once (checkpoints are atomic anyway).
-final class StopRequest: @unchecked Sendable {
-    private let flag = Atomic<Bool>(false)
-    private var sources: [DispatchSourceSignal] = []
-
-    init() {
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [unowned self] in
-                if self.flag.exchange(true, ordering: .sequentiallyConsistent) { exit(130) }
-                printError("\nstopping after this step and saving a checkpoint (again to quit at once)")
-            }
-            source.resume()
-            sources.append(source)
-        }
-    }
-
-    var requested: Bool { flag.load(ordering: .sequentiallyConsistent) }
-}
+/// The defaults `ember pretrain` shows and uses.
+private let D = TrainingSettings.defaults

@@ -1,0 +1,110 @@
+import Dispatch
+import EmberNN
+import Foundation
+import Synchronization
+
+/// A whole training run around a `Trainer`, everything but the command line: the step loop,
+/// evaluation and checkpoint cadence, the guard against a loss or gradient that stops being finite,
+/// stopping cleanly on SIGINT/SIGTERM, `log.jsonl` (rewritten on resume to the steps the checkpoint
+/// holds), and, at the end, the published `model/` folder and `loss.svg`.
+public final class TrainingRun {
+    public let trainer: Trainer
+    public let folder: CheckpointFolder
+
+    /// What each step reports to whoever shows progress.
+    public struct Progress: Sendable {
+        public let record: StepRecord
+        public let tokensPerSecond: Double
+        /// The validation loss, on steps that evaluate.
+        public let validationLoss: Float?
+        /// Seconds since the run (or the resumed part of it) started, and the steps done in that time.
+        public let elapsed: Double
+        public let stepsDone: Int
+    }
+
+    public enum Outcome: Sendable {
+        /// All steps done; the final model's folder.
+        case finished(model: String)
+        /// Stopped on a signal after saving `checkpoint`.
+        case stopped(step: Int, checkpoint: String)
+    }
+
+    public init(trainer: Trainer, folder: CheckpointFolder) {
+        self.trainer = trainer
+        self.folder = folder
+    }
+
+    public var logPath: String { folder.output + "/log.jsonl" }
+
+    /// Trains to the last step. With `stopOnSignals`, the first SIGINT or SIGTERM saves a checkpoint
+    /// after the current step and returns `.stopped` (a second one ends the process at once).
+    public func run(stopOnSignals: Bool = true, progress: (Progress) -> Void = { _ in }) throws -> Outcome {
+        let s = trainer.settings, output = folder.output
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var log = Data()
+        for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
+        try writeFile(log, to: logPath)
+        guard let handle = FileHandle(forWritingAtPath: logPath) else { throw TrainingError("cannot open \(logPath)") }
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        let stop = stopOnSignals ? StopRequest() : nil
+        let start = Date(), firstStep = trainer.step
+        var lastCheckpoint: String?
+        while trainer.step < s.steps {
+            let began = Date()
+            let record = trainer.trainStep()
+            guard record.loss.isFinite, record.gradientNorm.isFinite else {
+                let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
+                let what = record.loss.isNaN || record.gradientNorm.isNaN ? "not a number" : "infinite"
+                throw TrainingError("the loss or gradient became \(what) at step \(record.step) (try a lower --lr or --grad-clip)\(saved)")
+            }
+            let speed = Double(trainer.tokensPerStep) / Date().timeIntervalSince(began)
+            trainer.recordSpeed(speed)
+            var validation: Float?
+            if (s.evalEvery > 0 && record.step % s.evalEvery == 0) || record.step == s.steps {
+                validation = trainer.evaluate()
+                trainer.recordValidation(validation!)
+            }
+            try handle.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))
+            progress(Progress(record: record, tokensPerSecond: speed, validationLoss: validation,
+                              elapsed: Date().timeIntervalSince(start), stepsDone: trainer.step - firstStep))
+            let stopping = stop?.requested ?? false
+            if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps || stopping {
+                lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
+            }
+            if stopping && trainer.step < s.steps { return .stopped(step: trainer.step, checkpoint: lastCheckpoint ?? output) }
+        }
+        let checkpoint = try lastCheckpoint ?? CheckpointFolder.locate(output)
+        let model = try folder.publishModel(from: checkpoint)
+        try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
+        return .finished(model: model)
+    }
+}
+
+/// SIGINT and SIGTERM during training: the first asks the loop to save a checkpoint after the
+/// current step and stop; a second one ends the process at once (checkpoints are atomic anyway).
+final class StopRequest: @unchecked Sendable {
+    private let flag = Atomic<Bool>(false)
+    private var sources: [DispatchSourceSignal] = []
+
+    init() {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [unowned self] in
+                if self.flag.exchange(true, ordering: .sequentiallyConsistent) { exit(130) }
+                FileHandle.standardError.write(Data("\nstopping after this step and saving a checkpoint (again to quit at once)\n".utf8))
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    deinit {
+        sources.forEach { $0.cancel() }
+        for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+    }
+
+    var requested: Bool { flag.load(ordering: .sequentiallyConsistent) }
+}
