@@ -1,5 +1,6 @@
-/// A dense, row-major f32 tensor: the value type tests, the autograd tape and small utilities pass
-/// around. Hot loops work on raw pointers with explicit dimensions instead (see `Kernels/`).
+/// A dense, row-major f32 tensor: a value type for tests, attention masks and small utilities.
+/// Hot loops, and the autograd tape's `Variable`s, work on raw buffers with explicit dimensions
+/// instead (see `Kernels/` and `FloatBuffer`).
 public struct Tensor: Sendable, Equatable {
     public var shape: [Int]
     public var storage: [Float]

@@ -3,11 +3,14 @@ import CKernels
 /// A linear layer's weight, stored in any `DType`, usually memory-mapped straight from a model file.
 ///
 /// Shape [rows, columns] = [out features, in features], row-major; a row is `columns / blockSize` blocks.
-/// `multiply` computes y [M, rows] = x [M, columns] · Wᵀ:
-/// - few rows of x (decoding): each thread walks a range of weight rows and takes direct dot products
-///   over the stored blocks, so the weights are read once and never expanded;
-/// - many rows of x (prompt processing): each thread dequantizes a slab of weight rows into a small
-///   f32 buffer and runs SGEMM on it, so the f32 copy never exceeds a few hundred kilobytes.
+/// `multiply` computes y [M, rows] = x [M, columns] · Wᵀ in llama.cpp's float arithmetic:
+/// - quantized weights: x is quantized to 8-bit blocks; with few rows of x (decoding) each thread
+///   walks a range of weight rows taking direct dot products over the stored blocks, with more it
+///   decodes each weight row once into a small buffer and reuses it for four rows of x at a time;
+/// - f16 / bf16 weights: direct dot products for few rows of x; for many, each thread expands a slab
+///   of weight rows into a small f32 buffer and runs SGEMM on it;
+/// - f32 weights: SGEMM.
+/// `multiplyByIntegers` (IntegerProducts.swift) is the serving path's integer form for quantized weights.
 public struct WeightMatrix: @unchecked Sendable {
     public let type: DType
     public let rows: Int

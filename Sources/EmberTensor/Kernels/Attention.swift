@@ -22,7 +22,9 @@ public enum AttentionMask {
 }
 
 /// Scaled dot-product attention with grouped-query heads, in f32 throughout: the reference form
-/// (and the one training differentiates); inference over the f16 cache uses `cachedAttentionForward`.
+/// checked against PyTorch (KernelTests). Inference uses `cachedAttentionForward` (contiguous f16
+/// cache) and `pagedAttentionForward` (paged cache); training uses `causalAttentionForward` and its
+/// backward.
 ///
 /// Shapes (row-major):
 ///   q    [T, H, D]      queries of T tokens at absolute positions `offset ..< offset + T`

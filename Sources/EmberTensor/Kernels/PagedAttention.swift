@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// One sequence's part of a paged attention batch: query rows `rows` (of q and out) at positions
@@ -197,13 +198,10 @@ func attentionTileStep(query qv: UnsafePointer<Float>, keysT: UnsafePointer<Floa
         sum *= ms
     }
     maximum = newMax
+    // The exps eight at a time in C, bit-identical to `vectorExp` (masked scores give 0).
+    _ = ember_exp_sum(scores, newMax, scores, B)
     var total = 0.0
-    for lane in 0..<lanes {
-        var e = SIMD16<Float>()
-        for i in 0..<16 { e[i] = vectorExp(scores[16 * lane + i] - newMax) }
-        UnsafeMutableRawPointer(scores + 16 * lane).storeBytes(of: e, as: SIMD16<Float>.self)
-        total += Double(horizontalSum(e))
-    }
+    for lane in 0..<lanes { total += Double(horizontalSum(UnsafeRawPointer(scores + 16 * lane).loadUnaligned(as: SIMD16<Float>.self))) }
     sum = Float(Double(sum) + total)
     var d = 0
     while d < D {
