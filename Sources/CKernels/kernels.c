@@ -65,8 +65,6 @@ int ember_kernel_tier(void) {
     return kernel_tier;
 }
 
-int ember_has_vnni(void) { return ember_best_tier() >= EMBER_TIER_AVX512_VNNI; }
-
 /* Sizes, in one place: one GGML block, and one packed block of 16 rows (the 16 scales, for q4_1 the
    16 minimums, then the values: 16 nibble bytes or 32 value bytes per row). */
 static inline long ggml_block_bytes(int type) { return type == EMBER_Q4_0 ? 18 : type == EMBER_Q4_1 ? 20 : 34; }

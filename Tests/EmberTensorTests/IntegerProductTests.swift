@@ -26,7 +26,7 @@ import Testing
 
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0], [576, 544])
     func integerProductsMatchFloatLanes(type: DType, columns: Int) throws {
-        try #require(WeightMatrix.integerProductsAvailable, "no integer-product kernel tier (needs AVX2, or EMBER_KERNEL_TIER=none)")
+        if !WeightMatrix.integerProductsAvailable { try Test.cancel("skipped: no integer-product kernel tier (the CPU lacks AVX2, or EMBER_KERNEL_TIER=none)") }
         let rows = 100  // not a multiple of the 16-row groups
         let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 3)
         var single: [Float] = []
@@ -42,5 +42,26 @@ import Testing
             // Row 0 of x is the same in every m: its outputs must not depend on m.
             if single.isEmpty { single = Array(integers[..<rows]) } else { #expect(Array(integers[..<rows]) == single) }
         }
+    }
+
+    /// Every tier this CPU runs gives the same bits as the best one (the block sums are exact and each
+    /// output lane performs the same float steps); tiers the CPU lacks are reported as skipped.
+    @Test(arguments: [KernelTier.avx2, .avxVNNI, .avx512VNNI], [DType.q4_0, .q4_1, .q8_0])
+    func everyTierGivesTheSameBits(tier: KernelTier, type: DType) async throws {
+        guard tier <= KernelTier.best else { try Test.cancel("skipped: this CPU has no \(tier.name) (best tier: \(KernelTier.best.name))") }
+        let rows = 100, columns = 576
+        let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 5)
+        for m in [1, 2, 5, 8, 13] {
+            let x = (0..<m * columns).map { i in Float(cos(Double(i) * 0.29)) * 3 }
+            var best = [Float](repeating: 0, count: m * rows), lowered = best
+            KernelTier.$override.withValue(KernelTier.best) {
+                WeightMatrix.multiplyByIntegers(x, m: m, by: [(w, UnsafeMutablePointer(mutating: &best))])
+            }
+            KernelTier.$override.withValue(tier) {
+                WeightMatrix.multiplyByIntegers(x, m: m, by: [(w, UnsafeMutablePointer(mutating: &lowered))])
+            }
+            #expect(best.map(\.bitPattern) == lowered.map(\.bitPattern), "\(tier.name) differs from \(KernelTier.best.name) for \(type), m = \(m)")
+        }
+        print("\(type): \(tier.name) equals \(KernelTier.best.name) bit for bit (m = 1, 2, 5, 8, 13)")
     }
 }

@@ -18,8 +18,6 @@ int ember_best_tier(void);
 int ember_kernel_tier(void);
 /// "avx512-vnni", "avx-vnni", "avx2", "none" (the EMBER_KERNEL_TIER spellings), "unknown" otherwise.
 const char *ember_tier_name(int tier);
-/// Whether this CPU runs tier 3 (AVX-512 VNNI); kept for older callers.
-int ember_has_vnni(void);
 
 /// Packed layout: weight rows in groups of 16 (the last group padded with zero rows); within a group,
 /// block by block: the 16 rows' scales (f16), for q4_1 their minimums (f16), then the values with
