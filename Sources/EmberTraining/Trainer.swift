@@ -72,7 +72,8 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     }
 }
 
-/// One line of the run's history (and of its JSON log).
+/// One line of the run's history (and of its JSON log): the fixed fields, and the objective's
+/// named metrics as further keys of the same object.
 public struct StepRecord: Codable, Sendable, Equatable {
     public var step: Int
     public var loss: Float
@@ -80,13 +81,60 @@ public struct StepRecord: Codable, Sendable, Equatable {
     public var gradientNorm: Float
     public var validationLoss: Float?
     public var tokensPerSecond: Double?
+    public var metrics: [String: Float]
 
-    enum CodingKeys: String, CodingKey {
+    public init(step: Int, loss: Float, learningRate: Float, gradientNorm: Float, validationLoss: Float? = nil,
+                tokensPerSecond: Double? = nil, metrics: [String: Float] = [:]) {
+        self.step = step
+        self.loss = loss
+        self.learningRate = learningRate
+        self.gradientNorm = gradientNorm
+        self.validationLoss = validationLoss
+        self.tokensPerSecond = tokensPerSecond
+        self.metrics = metrics
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case step, loss
         case learningRate = "lr"
         case gradientNorm = "grad_norm"
         case validationLoss = "val_loss"
         case tokensPerSecond = "tokens_per_s"
+    }
+
+    struct MetricKey: CodingKey {
+        let stringValue: String
+        init(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        step = try c.decode(Int.self, forKey: .step)
+        loss = try c.decode(Float.self, forKey: .loss)
+        learningRate = try c.decode(Float.self, forKey: .learningRate)
+        gradientNorm = try c.decode(Float.self, forKey: .gradientNorm)
+        validationLoss = try c.decodeIfPresent(Float.self, forKey: .validationLoss)
+        tokensPerSecond = try c.decodeIfPresent(Double.self, forKey: .tokensPerSecond)
+        let fixed = Set(CodingKeys.allCases.map(\.rawValue))
+        let others = try decoder.container(keyedBy: MetricKey.self)
+        metrics = [:]
+        for key in others.allKeys where !fixed.contains(key.stringValue) {
+            metrics[key.stringValue] = try others.decode(Float.self, forKey: key)
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(step, forKey: .step)
+        try c.encode(loss, forKey: .loss)
+        try c.encode(learningRate, forKey: .learningRate)
+        try c.encode(gradientNorm, forKey: .gradientNorm)
+        try c.encodeIfPresent(validationLoss, forKey: .validationLoss)
+        try c.encodeIfPresent(tokensPerSecond, forKey: .tokensPerSecond)
+        var others = encoder.container(keyedBy: MetricKey.self)
+        for (name, value) in metrics { try others.encode(value, forKey: MetricKey(stringValue: name)) }
     }
 }
 
@@ -95,39 +143,34 @@ public struct TrainingError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// The training loop: sample windows, forward and backward (accumulated over micro-batches),
-/// clip, AdamW with the warmup + cosine schedule; evaluation on fixed validation windows.
+/// One optimizer step at a time: the objective's micro-batch losses (accumulated), global-norm
+/// clipping, AdamW with the warmup + cosine schedule; evaluation through the objective.
 public final class Trainer {
     public let model: TrainableLlama
     public let optimizer: AdamW
-    public let dataset: TokenDataset
+    public let objective: any TrainingObjective
     public let settings: TrainingSettings
     /// Steps completed.
-    public private(set) var step = 0
-    public private(set) var sampler: WindowSampler
-    public private(set) var history: [StepRecord] = []
+    public internal(set) var step = 0
+    public internal(set) var history: [StepRecord] = []
     public let pool: ThreadPool
 
-    public init(model: TrainableLlama, dataset: TokenDataset, settings: TrainingSettings, pool: ThreadPool = .shared) throws {
+    public init(model: TrainableLlama, objective: any TrainingObjective, settings: TrainingSettings, pool: ThreadPool = .shared) throws {
         try settings.validate()
-        let c = model.configuration
-        guard settings.sequenceLength <= c.maxPositionEmbeddings else {
-            throw TrainingError("sequence length \(settings.sequenceLength) is longer than the model's context (\(c.maxPositionEmbeddings))")
-        }
-        guard dataset.description.vocabularySize <= c.vocabularySize else {
-            throw TrainingError("the data's vocabulary (\(dataset.description.vocabularySize)) does not fit the model's (\(c.vocabularySize))")
-        }
-        for (name, file) in [("training", dataset.train), ("validation", dataset.validation)] where file.count <= settings.sequenceLength {
-            throw TrainingError("\(dataset.directory): the \(name) split holds \(file.count) tokens, fewer than one sequence of \(settings.sequenceLength) + 1")
-        }
         self.model = model
-        self.dataset = dataset
+        self.objective = objective
         self.settings = settings
         self.pool = pool
         keepFreedMemory()
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay))
-        sampler = WindowSampler(seed: settings.seed, length: settings.sequenceLength)
+    }
+
+    /// Pretraining: next-token prediction on `dataset`.
+    public convenience init(model: TrainableLlama, dataset: TokenDataset, settings: TrainingSettings, pool: ThreadPool = .shared) throws {
+        try settings.validate()
+        try self.init(model: model, objective: NextTokenObjective(dataset: dataset, configuration: model.configuration, settings: settings),
+                      settings: settings, pool: pool)
     }
 
     public var tokensPerStep: Int { settings.batchSize * settings.sequenceLength * settings.gradientAccumulation }
@@ -137,38 +180,26 @@ public final class Trainer {
         let s = settings
         model.arena.zeroGradients()
         var loss: Float = 0
+        var metrics: [String: Float] = [:]
         for _ in 0..<s.gradientAccumulation {
-            let (inputs, targets) = sampler.next(batch: s.batchSize, from: dataset.train)
             let tape = Tape(pool: pool)
-            let l = model.loss(tape, inputs: inputs, targets: targets, batch: s.batchSize, recompute: s.recompute)
+            let (l, named) = objective.microBatchLoss(tape, model: model, settings: s)
             tape.backward(l, seed: 1 / Float(s.gradientAccumulation))
             loss += l.values[0] / Float(s.gradientAccumulation)
+            for (name, value) in named { metrics[name, default: 0] += value / Float(s.gradientAccumulation) }
         }
         let norm = clipGradientNorm(model.parameters, maximum: s.gradientClip)
         let lr = s.schedule(step)
         optimizer.update(learningRate: lr, pool: pool)
         step += 1
-        let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm)
+        let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record
     }
 
-    /// Mean loss over `evalWindows` windows spread evenly over the validation split.
-    public func evaluate() -> Float {
-        let s = settings
-        let windows = min(s.evalWindows, max(1, dataset.validation.count - s.sequenceLength))
-        let (inputs, targets) = WindowSampler.evenlySpaced(windows, length: s.sequenceLength, from: dataset.validation)
-        var total: Float = 0
-        var done = 0
-        while done < windows {
-            let n = min(s.batchSize, windows - done)
-            let range = done * s.sequenceLength..<(done + n) * s.sequenceLength
-            let l = model.loss(Tape(pool: pool, recording: false), inputs: Array(inputs[range]), targets: Array(targets[range]), batch: n)
-            total += l.values[0] * Float(n)
-            done += n
-        }
-        return total / Float(windows)
-    }
+    /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
+    /// spread evenly over the validation split).
+    public func evaluate() -> Float { objective.validationLoss(model: model, settings: settings, pool: pool) }
 
     /// Notes the validation loss in the last history record.
     public func recordValidation(_ loss: Float) {
@@ -197,15 +228,16 @@ public final class Trainer {
     /// (model.safetensors, config.json, the tokenizer), optimizer.safetensors and trainer_state.json.
     func writeCheckpoint(into directory: String) throws {
         try model.save(to: directory)
-        let tokenizer = dataset.tokenizerPath
-        try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
+        if let tokenizer = objective.tokenizerPath {
+            try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
+        }
         var tensors: [SafetensorsWriter.Tensor] = []
         for (i, p) in model.parameters.enumerated() {
             tensors.append(.init(name: "exp_avg." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.moments[i].pointer, count: p.count)))
             tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.squares[i].pointer, count: p.count)))
         }
         try SafetensorsWriter.write(tensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
-        let state = State(step: step, samplerState: String(sampler.generator.state), settings: settings, history: history)
+        let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFile(encoder.encode(state), to: directory + "/trainer_state.json")
@@ -221,7 +253,9 @@ public final class Trainer {
         var settings = state.settings
         if let steps { settings.steps = steps }
         let model = try TrainableLlama(directory: checkpoint)
-        let trainer = try Trainer(model: model, dataset: TokenDataset(directory: settings.data), settings: settings, pool: pool)
+        let objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
+                                               settings: settings, samplerSeed: samplerState)
+        let trainer = try Trainer(model: model, objective: objective, settings: settings, pool: pool)
         let moments = try SafetensorsFile(path: checkpoint + "/optimizer.safetensors")
         for (i, p) in model.parameters.enumerated() {
             for (prefix, target) in [("exp_avg.", trainer.optimizer.moments[i]), ("exp_avg_sq.", trainer.optimizer.squares[i])] {
@@ -236,7 +270,6 @@ public final class Trainer {
         }
         trainer.optimizer.step = optimizerStep
         trainer.step = state.step
-        trainer.sampler = WindowSampler(seed: samplerState, length: settings.sequenceLength)
         trainer.history = state.history
         return trainer
     }

@@ -117,6 +117,48 @@ enum Synthetic {
         #expect(try live.allLogits(tokens) != inMemory, "the in-memory model does not see the update")
     }
 
+    /// An objective of its own plugs into the trainer and the run: its loss trains the model, its
+    /// named metric reaches log.jsonl, and the log reads back with it.
+    @Test func anotherObjectivePlugsIntoTheRun() throws {
+        final class MemorizeOneBatch: TrainingObjective {
+            let inputs: [Int32] = (0..<32).map { Int32($0 * 7 % 61) }
+            var targets: [Int32] { Array(inputs.dropFirst()) + [inputs[0]] }
+            func microBatchLoss(_ tape: Tape, model: TrainableLlama, settings: TrainingSettings) -> (loss: Variable, metrics: [String: Float]) {
+                let logits = model.logits(tape, inputs: inputs, batch: 2)
+                let V = model.configuration.vocabularySize
+                let values = logits.values
+                let correct = targets.indices.filter { t in
+                    let row = values[t * V..<(t + 1) * V]
+                    return row.indices.max { row[$0] < row[$1] }! - t * V == Int(targets[t])
+                }.count
+                return (tape.crossEntropy(logits, targets: targets), ["token_accuracy": Float(correct) / Float(targets.count)])
+            }
+            func validationLoss(model: TrainableLlama, settings: TrainingSettings, pool: ThreadPool) -> Float {
+                let tape = Tape(pool: pool, recording: false)
+                return tape.crossEntropy(model.logits(tape, inputs: inputs, batch: 2), targets: targets).values[0]
+            }
+            var checkpointState: String { "0" }
+            var tokenizerPath: String? { nil }
+        }
+        let folder = try TemporaryFolder()
+        var settings = Synthetic.settings(data: folder.path, steps: 30)
+        settings.evalEvery = 10
+        settings.saveEvery = 0
+        let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), objective: MemorizeOneBatch(),
+                                  settings: settings)
+        let run = TrainingRun(trainer: trainer, folder: CheckpointFolder(output: folder.path + "/run"))
+        try FileManager.default.createDirectory(atPath: folder.path + "/run", withIntermediateDirectories: true)
+        guard case .finished = try run.run(stopOnSignals: false) else { Issue.record("the run did not finish"); return }
+        let lines = try String(contentsOfFile: run.logPath, encoding: .utf8).split(separator: "\n")
+        let records = try lines.map { try JSONDecoder().decode(StepRecord.self, from: Data($0.utf8)) }
+        let first = records.first!, last = records.last!
+        print("own objective: loss \(first.loss) → \(last.loss), token accuracy \(first.metrics["token_accuracy"]!) → \(last.metrics["token_accuracy"]!), validation \(last.validationLoss!)")
+        #expect(records.count == 30 && records == trainer.history)
+        #expect(last.loss < first.loss / 2)
+        #expect(last.metrics["token_accuracy"]! > first.metrics["token_accuracy"]!)
+        #expect(lines[0].contains("\"token_accuracy\""))
+    }
+
     @Test func lossFallsOnRepeatedStructure() throws {
         let folder = try TemporaryFolder()
         let data = try Synthetic.dataset(in: folder.path)
