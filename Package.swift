@@ -37,7 +37,7 @@ let package = Package(
             "EmberModels", "EmberServer", "EmberTraining", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor"], path: "Tests/EmberTensorTests"),
+        .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor", "CBLAS"], path: "Tests/EmberTensorTests"),
         .testTarget(name: "EmberFormatsTests", dependencies: ["EmberFormats"], path: "Tests/EmberFormatsTests"),
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),

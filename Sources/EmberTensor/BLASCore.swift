@@ -72,7 +72,7 @@ public enum BLASCore {
     /// environment afterwards); false when the library has no dynamic architecture or the switch
     /// did not take.
     @discardableResult
-    static func switchCore(to name: String) -> Bool {
+    public static func switchCore(to name: String) -> Bool {
         let process = dlopen(nil, RTLD_LAZY)  // the program and the libraries it loaded
         guard let quit = dlsym(process, "gotoblas_dynamic_quit"), let initialise = dlsym(process, "gotoblas_dynamic_init") else {
             return false
