@@ -8,7 +8,7 @@ public enum Arithmetic: String, Sendable, CaseIterable {
     /// of key tiles. Its logits differ from llama.cpp's by rounding.
     case fast
     /// llama.cpp's CPU arithmetic, reproduced operation by operation: logits equal to llama.cpp's
-    /// to the last printed digit, at about two thirds of the speed.
+    /// to the last printed digit, at 0.6–0.8× llama.cpp's speed.
     case llamaCppExact = "llama-cpp-exact"
 }
 

@@ -65,7 +65,7 @@ struct Bench: ParsableCommand {
             return (mean, variance.squareRoot())
         }
 
-        /// Runs `tokens` at positions `at ..< at + tokens.count` and returns the last token's logits.
+        /// Runs `tokens` at positions `at ..< at + tokens.count`, computing the last token's logits.
         let run: (_ tokens: [Int], _ at: Int) throws -> Void
         switch arithmetic.arithmetic {
         case .fast:
