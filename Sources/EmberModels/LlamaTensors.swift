@@ -49,21 +49,34 @@ public struct LlamaTensor: Sendable, Hashable {
     /// Heads whose rows `permutedInGGUF` reorders.
     public func heads(_ c: LlamaConfiguration) -> Int { role == .query ? c.headCount : c.kvHeadCount }
 
+    /// The tensor of `role` (in block `layer`) of a model with configuration `c`.
+    public init(_ role: Role, layer: Int? = nil, _ c: LlamaConfiguration) {
+        let C = c.hiddenSize
+        let shape: [Int] = switch role {
+        case .embedding, .output: [c.vocabularySize, C]
+        case .query: [c.queryDim, C]
+        case .key, .value: [c.kvDim, C]
+        case .attentionOutput: [C, c.queryDim]
+        case .gate, .up: [c.intermediateSize, C]
+        case .down: [C, c.intermediateSize]
+        case .attentionNorm, .feedForwardNorm, .finalNorm: [C]
+        }
+        self.init(role: role, layer: layer, shape: shape)
+    }
+
+    init(role: Role, layer: Int?, shape: [Int]) {
+        self.role = role
+        self.layer = layer
+        self.shape = shape
+    }
+
     /// Every tensor of a model, in Hugging Face's order: the embedding; per block Q, K, V, O, gate,
     /// up, down and the two norms; the final norm; the output matrix unless it is tied to the embedding.
     public static func all(_ c: LlamaConfiguration) -> [LlamaTensor] {
-        let C = c.hiddenSize
-        var tensors = [LlamaTensor(role: .embedding, layer: nil, shape: [c.vocabularySize, C])]
-        for i in 0..<c.layerCount {
-            let shapes: [(Role, [Int])] = [
-                (.query, [c.queryDim, C]), (.key, [c.kvDim, C]), (.value, [c.kvDim, C]), (.attentionOutput, [C, c.queryDim]),
-                (.gate, [c.intermediateSize, C]), (.up, [c.intermediateSize, C]), (.down, [C, c.intermediateSize]),
-                (.attentionNorm, [C]), (.feedForwardNorm, [C]),
-            ]
-            tensors += shapes.map { LlamaTensor(role: $0.0, layer: i, shape: $0.1) }
-        }
-        tensors.append(LlamaTensor(role: .finalNorm, layer: nil, shape: [C]))
-        if !c.tieWordEmbeddings { tensors.append(LlamaTensor(role: .output, layer: nil, shape: [c.vocabularySize, C])) }
-        return tensors
+        let block: [Role] = [.query, .key, .value, .attentionOutput, .gate, .up, .down, .attentionNorm, .feedForwardNorm]
+        return [LlamaTensor(.embedding, c)]
+            + (0..<c.layerCount).flatMap { i in block.map { LlamaTensor($0, layer: i, c) } }
+            + [LlamaTensor(.finalNorm, c)]
+            + (c.tieWordEmbeddings ? [] : [LlamaTensor(.output, c)])
     }
 }

@@ -96,27 +96,24 @@ struct SafetensorsTensorSource: TensorSource {
 
 extension LlamaWeights {
     static func load(from source: TensorSource, configuration c: LlamaConfiguration, format: TensorFormat, ropeMode: RopeMode) throws -> LlamaWeights {
-        var matrices: [LlamaTensor: WeightMatrix] = [:], vectors: [LlamaTensor: [Float]] = [:]
+        func matrix(_ role: LlamaTensor.Role, _ layer: Int? = nil) throws -> WeightMatrix {
+            let t = LlamaTensor(role, layer: layer, c)
+            return try source.matrix(t.name(format), rows: t.shape[0], columns: t.shape[1])
+        }
+        func vector(_ role: LlamaTensor.Role, _ layer: Int? = nil) throws -> [Float] {
+            let t = LlamaTensor(role, layer: layer, c)
+            return try source.vector(t.name(format), count: t.shape[0])
+        }
+        let embedding = try matrix(.embedding)
+        let blocks = try (0..<c.layerCount).map { i in
+            LlamaBlockWeights(attentionNorm: try vector(.attentionNorm, i), query: try matrix(.query, i), key: try matrix(.key, i),
+                              value: try matrix(.value, i), output: try matrix(.attentionOutput, i),
+                              feedForwardNorm: try vector(.feedForwardNorm, i), gate: try matrix(.gate, i), up: try matrix(.up, i),
+                              down: try matrix(.down, i))
+        }
+        let finalNorm = try vector(.finalNorm)
         // The output matrix is read when the file has one, whatever the configuration says.
-        var tensors = LlamaTensor.all(c).filter { $0.role != .output }
-        let output = LlamaTensor(role: .output, layer: nil, shape: [c.vocabularySize, c.hiddenSize])
-        if try source.lookup(output.name(format)) != nil { tensors.append(output) }
-        for t in tensors {
-            if t.isMatrix {
-                matrices[t] = try source.matrix(t.name(format), rows: t.shape[0], columns: t.shape[1])
-            } else {
-                vectors[t] = try source.vector(t.name(format), count: t.shape[0])
-            }
-        }
-        func matrix(_ role: LlamaTensor.Role, _ layer: Int) -> WeightMatrix { matrices[tensors.first { $0.role == role && $0.layer == layer }!]! }
-        func vector(_ role: LlamaTensor.Role, _ layer: Int) -> [Float] { vectors[tensors.first { $0.role == role && $0.layer == layer }!]! }
-        let embedding = matrices[tensors[0]]!
-        let blocks = (0..<c.layerCount).map { i in
-            LlamaBlockWeights(attentionNorm: vector(.attentionNorm, i), query: matrix(.query, i), key: matrix(.key, i), value: matrix(.value, i),
-                              output: matrix(.attentionOutput, i), feedForwardNorm: vector(.feedForwardNorm, i),
-                              gate: matrix(.gate, i), up: matrix(.up, i), down: matrix(.down, i))
-        }
-        let finalNorm = vectors[tensors.first { $0.role == .finalNorm }!]!
-        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: matrices[output] ?? embedding, ropeMode: ropeMode)
+        let output = try source.lookup(LlamaTensor(.output, c).name(format)) == nil ? embedding : try matrix(.output)
+        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: output, ropeMode: ropeMode)
     }
 }

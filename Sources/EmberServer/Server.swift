@@ -90,7 +90,7 @@ public struct OpenAIServer: Sendable {
         } else {
             guard let prompt = try f.string("prompt") else { throw APIError.badRequest("give 'prompt' (a string) or 'messages'", param: "prompt") }
             let special = try f.bool("add_special_tokens") ?? true
-            ids = special ? textTokens(prompt) : tokenizer.encode(prompt, parseSpecial: true)
+            ids = special ? prompting.tokens(prompt) : tokenizer.encode(prompt, parseSpecial: true)
         }
         return Self.json(.object([("count", .int(ids.count)), ("max_model_len", .int(engine.configuration.maxModelLength)),
                                   ("tokens", .list(ids.map { .int($0) }))]))
@@ -105,8 +105,6 @@ public struct OpenAIServer: Sendable {
         return Self.json(.object([("prompt", .string(tokenizer.decode(ids, skipSpecial: false)))]))
     }
 
-    /// A raw text prompt's tokens, after the BOS token when the model wants one.
-    private func textTokens(_ text: String) -> [Int] { prompting.tokens(text) }
 
     // MARK: Completions
 
@@ -165,12 +163,12 @@ public struct OpenAIServer: Sendable {
         } else {
             switch f["prompt"] {
             case .string(let s)?:
-                prompt = textTokens(s)
+                prompt = prompting.tokens(s)
             case .list(let l)? where !l.isEmpty && l.allSatisfy({ if case .int = $0 { true } else { false } }):
                 prompt = l.map { if case .int(let i) = $0 { i } else { 0 } }
             case .list(let l)? where l.count == 1:
                 guard case .string(let s) = l[0] else { fallthrough }
-                prompt = textTokens(s)
+                prompt = prompting.tokens(s)
             default:
                 throw APIError.badRequest("'prompt' must be a string or a list of token ids (one prompt per request)", param: "prompt")
             }

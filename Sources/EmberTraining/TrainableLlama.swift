@@ -46,9 +46,8 @@ public final class TrainableLlama: @unchecked Sendable {
             p.pointer.update(from: source.pointer, count: p.count)
         }
         self.arena = arena
-        func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable {
-            arena.parameters[tensors.firstIndex { $0.role == role && $0.layer == layer }!]
-        }
+        let byTensor = Dictionary(uniqueKeysWithValues: zip(tensors, arena.parameters))
+        func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable { byTensor[LlamaTensor(role, layer: layer, c)]! }
         embedding = find(.embedding)
         blocks = (0..<c.layerCount).map { i in
             Block(query: find(.query, i), key: find(.key, i), value: find(.value, i), output: find(.attentionOutput, i),

@@ -72,8 +72,9 @@ struct Bench: ParsableCommand {
             model.prepareBatches()
             let blocks = (positions + 15) / 16
             let cache = PagedKVCache(configuration: model.configuration, blockCount: blocks, blockSize: 16)
+            let table = Array(0..<blocks)
             run = { tokens, at in
-                _ = try model.forward(batch: [.init(tokens: tokens, start: at, blocks: Array(0..<blocks), wantsLogits: true)], cache: cache)
+                _ = try model.forward(batch: [.init(tokens: tokens, start: at, blocks: table, wantsLogits: true)], cache: cache)
             }
         case .llamaCppExact:
             let cache = model.makeCache(capacity: positions)
