@@ -24,9 +24,9 @@ import Testing
         return (WeightMatrix(type: type, rows: rows, columns: columns, data: stored, owner: nil), bytes)
     }
 
-    @Test(arguments: [DType.q4_0, .q4_1, .q8_0], [576, 544])
+    @Test(.enabled(if: WeightMatrix.integerProductsAvailable, "no integer-product kernel tier (the CPU lacks AVX2, or EMBER_KERNEL_TIER=none)"),
+          arguments: [DType.q4_0, .q4_1, .q8_0], [576, 544])
     func integerProductsMatchFloatLanes(type: DType, columns: Int) throws {
-        if !WeightMatrix.integerProductsAvailable { try Test.cancel("skipped: no integer-product kernel tier (the CPU lacks AVX2, or EMBER_KERNEL_TIER=none)") }
         let rows = 100  // not a multiple of the 16-row groups
         let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 3)
         var single: [Float] = []
@@ -46,9 +46,16 @@ import Testing
 
     /// Every tier this CPU runs gives the same bits as the best one (the block sums are exact and each
     /// output lane performs the same float steps); tiers the CPU lacks are reported as skipped.
-    @Test(arguments: [KernelTier.avx2, .avxVNNI, .avx512VNNI], [DType.q4_0, .q4_1, .q8_0])
-    func everyTierGivesTheSameBits(tier: KernelTier, type: DType) async throws {
-        guard tier <= KernelTier.best else { try Test.cancel("skipped: this CPU has no \(tier.name) (best tier: \(KernelTier.best.name))") }
+    @Test(.enabled(if: KernelTier.best >= .avx2, KernelTier.lacking(.avx2)), arguments: [DType.q4_0, .q4_1, .q8_0])
+    func avx2GivesTheSameBits(type: DType) { sameBits(tier: .avx2, type: type) }
+
+    @Test(.enabled(if: KernelTier.best >= .avxVNNI, KernelTier.lacking(.avxVNNI)), arguments: [DType.q4_0, .q4_1, .q8_0])
+    func avxVNNIGivesTheSameBits(type: DType) { sameBits(tier: .avxVNNI, type: type) }
+
+    @Test(.enabled(if: KernelTier.best >= .avx512VNNI, KernelTier.lacking(.avx512VNNI)), arguments: [DType.q4_0, .q4_1, .q8_0])
+    func avx512VNNIGivesTheSameBits(type: DType) { sameBits(tier: .avx512VNNI, type: type) }
+
+    func sameBits(tier: KernelTier, type: DType) {
         let rows = 100, columns = 576
         let (w, _) = Self.matrix(type, rows: rows, columns: columns, seed: 5)
         for m in [1, 2, 5, 8, 13] {
@@ -64,4 +71,9 @@ import Testing
         }
         print("\(type): \(tier.name) equals \(KernelTier.best.name) bit for bit (m = 1, 2, 5, 8, 13)")
     }
+}
+
+extension KernelTier {
+    /// The reason a test of this tier is skipped on this CPU.
+    static func lacking(_ tier: KernelTier) -> Comment { "this CPU has no \(tier.name) (best tier: \(best.name))" }
 }

@@ -209,6 +209,23 @@ enum Synthetic {
 
 /// Bad input gets a clear error, and a failed save leaves the previous checkpoint intact.
 @Suite struct TrainingBadInputTests {
+    static func shell(_ arguments: [String]) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = arguments
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+
+    /// Whether this process can mount a tmpfs (root, a mount command, a kernel and sandbox that allow it).
+    static let canMountTmpfs: Bool = {
+        guard getuid() == 0, let folder = try? TemporaryFolder() else { return false }
+        guard shell(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", folder.path]) == 0 else { return false }
+        return shell(["umount", folder.path]) == 0
+    }()
+
     func message(_ body: () throws -> Void) -> String {
         do { try body() } catch { return "\(error)" }
         return "no error"
@@ -269,7 +286,7 @@ enum Synthetic {
     }
 
     /// A full disk while saving: a small tmpfs holds one checkpoint but not two. Needs root (mount).
-    @Test(.enabled(if: getuid() == 0 && (FileManager.default.isExecutableFile(atPath: "/usr/bin/mount") || FileManager.default.isExecutableFile(atPath: "/bin/mount"))))
+    @Test(.enabled(if: TrainingBadInputTests.canMountTmpfs, "a tmpfs cannot be mounted here (this needs root and mount), so the full-disk check cannot run"))
     func fullDiskKeepsThePreviousCheckpoint() throws {
         let folder = try TemporaryFolder()
         let data = try Synthetic.dataset(in: folder.path)
@@ -278,18 +295,8 @@ enum Synthetic {
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 3))
         let bytes = trainer.model.parameterCount * 4 * 3  // weights and two moments
-        func shell(_ arguments: [String]) -> Int32 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = arguments
-            try? p.run()
-            p.waitUntilExit()
-            return p.terminationStatus
-        }
-        guard shell(["mount", "-t", "tmpfs", "-o", "size=\(bytes * 3 / 2)", "tmpfs", disk]) == 0 else {
-            try Test.cancel("skipped: a tmpfs could not be mounted at \(disk), so the full-disk check cannot run here")
-        }
-        defer { _ = shell(["umount", disk]) }
+        try #require(Self.shell(["mount", "-t", "tmpfs", "-o", "size=\(bytes * 3 / 2)", "tmpfs", disk]) == 0, "mounting a tmpfs at \(disk)")
+        defer { _ = Self.shell(["umount", disk]) }
         let run = CheckpointFolder(output: disk + "/run")
         _ = trainer.trainStep()
         let first = try run.save(trainer, keep: 5)
