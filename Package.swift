@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "ember", targets: ["ember"]),
+        .executable(name: "ember-mpi-check", targets: ["ember-mpi-check"]),
         .library(name: "EmberTensor", targets: ["EmberTensor"]),
         .library(name: "EmberTokenizers", targets: ["EmberTokenizers"]),
         .library(name: "EmberFormats", targets: ["EmberFormats"]),
@@ -24,24 +25,28 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "EmberTensor", dependencies: ["CBLAS", "CKernels"], swiftSettings: kernelFlags),
         .target(name: "EmberTokenizers"),
         .target(name: "EmberFormats", dependencies: ["EmberTensor"], swiftSettings: numericFlags),
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: numericFlags),
         .target(name: "EmberModels", dependencies: ["EmberFormats", "EmberTokenizers"], swiftSettings: numericFlags),
-        .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN"], swiftSettings: numericFlags),
+        .target(name: "EmberDistributed", dependencies: ["CMPI"], swiftSettings: numericFlags),
+        .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN", "EmberDistributed"], swiftSettings: numericFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: numericFlags),
         .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [
             "EmberModels", "EmberServer", "EmberTraining", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        .executableTarget(name: "ember-mpi-check", dependencies: ["EmberDistributed"]),
         .testTarget(name: "EmberTensorTests", dependencies: ["EmberTensor", "CBLAS"], path: "Tests/EmberTensorTests"),
         .testTarget(name: "EmberFormatsTests", dependencies: ["EmberFormats"], path: "Tests/EmberFormatsTests"),
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
         .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
         .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats", "EmberTraining"], path: "Tests/EmberTrainingTests"),
+        .testTarget(name: "EmberDistributedTests", dependencies: ["EmberDistributed"], path: "Tests/EmberDistributedTests"),
     ]
 )

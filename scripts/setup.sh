@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building and testing Ember needs and is missing: OpenBLAS (Debian's libopenblas-dev)
-# and Python with venv support for the helper scripts. Safe to run again; does nothing when all is there.
+# Installs what building and testing Ember needs and is missing: OpenBLAS (Debian's libopenblas-dev),
+# Open MPI 4 (libopenmpi-dev, openmpi-bin) for parallel training, and Python with venv support for the helper scripts. Safe to run again; does nothing when all is there.
 set -euo pipefail
 need=()
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+dpkg -s libopenmpi-dev >/dev/null 2>&1 || need+=(libopenmpi-dev)
+command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

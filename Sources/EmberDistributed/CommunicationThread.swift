@@ -1,0 +1,67 @@
+import Foundation
+
+/// One thread that runs communication in the order it is given, while the caller goes on
+/// computing: how gradient buckets are all-reduced during the backward. Open MPI 4 makes no
+/// progress on a non-blocking collective unless some thread is inside MPI, so a thread blocked
+/// in the collective itself is what overlaps it with the computation.
+public final class CommunicationThread: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var queue: [() throws -> Void] = []
+    private var running = 0
+    private var failure: Error?
+    private var stopping = false
+    /// Seconds the caller spent in `wait()` for communication still under way: the exposed part.
+    public private(set) var waitedSeconds = 0.0
+
+    public init() {
+        let thread = Thread { [unowned self] in self.serve() }
+        thread.name = "ember-communication"
+        thread.start()
+    }
+
+    deinit {
+        condition.withLock {
+            stopping = true
+            condition.broadcast()
+        }
+    }
+
+    /// Queues `work` after everything queued before it.
+    public func submit(_ work: @escaping () throws -> Void) {
+        condition.withLock {
+            queue.append(work)
+            condition.broadcast()
+        }
+    }
+
+    /// Blocks until everything submitted has run; rethrows the first failure.
+    public func wait() throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let error: Error? = condition.withLock {
+            while !queue.isEmpty || running > 0 { condition.wait() }
+            defer { failure = nil }
+            return failure
+        }
+        waitedSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if let error { throw error }
+    }
+
+    private func serve() {
+        while true {
+            let work: (() throws -> Void)? = condition.withLock {
+                while queue.isEmpty && !stopping { condition.wait() }
+                if queue.isEmpty { return nil }
+                running += 1
+                return queue.removeFirst()
+            }
+            guard let work else { return }
+            var error: Error?
+            do { try work() } catch let e { error = e }
+            condition.withLock {
+                running -= 1
+                if failure == nil, let error { failure = error }
+                condition.broadcast()
+            }
+        }
+    }
+}
