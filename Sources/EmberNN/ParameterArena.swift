@@ -35,6 +35,11 @@ public final class ParameterArena: @unchecked Sendable {
     /// The range of the flat buffers that holds parameter `index`.
     public func range(of index: Int) -> Range<Int> { offsets[index]..<offsets[index] + parameters[index].count }
 
+    /// Where parameter `p` (one of `parameters`) starts in the flat buffers.
+    public func offset(of p: Variable) -> Int {
+        p.value.pointer - values.pointer
+    }
+
     /// Zeroes every gradient in one pass.
     public func zeroGradients() { gradients.pointer.update(repeating: 0, count: gradients.count) }
 }

@@ -5,18 +5,53 @@ import Foundation
 
 /// What a training step minimises and the data it reads: the seam where objectives other than
 /// next-token prediction (SFT, DPO, GRPO) plug into `Trainer` and `TrainingRun` without their
-/// own loop. The trainer runs `gradientAccumulation` micro-batches per step, each loss scaled by
-/// 1 / gradientAccumulation, then clipping and the optimizer step; `TrainingRun` logs the loss and
-/// the objective's named metrics (averaged over the micro-batches) in `log.jsonl`.
+/// own loop. Each step the objective draws the step's global batch and hands this rank its share
+/// as micro-batches; the trainer runs them (each loss scaled by 1 / its divisor, so that the step's
+/// loss is the global batch's), sums the gradients over the micro-batches and the data-parallel
+/// ranks, then clips and steps the optimizer; `TrainingRun` logs the loss and the objective's named
+/// metrics (weighted the same way) in `log.jsonl`.
 public protocol TrainingObjective: AnyObject {
-    /// The loss of the next micro-batch, recorded on `tape`, and named metrics to log.
-    func microBatchLoss(_ tape: Tape, model: TrainableLlama, settings: TrainingSettings) -> (loss: Variable, metrics: [String: Float])
+    /// This rank's micro-batches of the next step. Every rank draws the same global batch, so the
+    /// data order does not depend on how many ranks share it.
+    func nextStep(settings: TrainingSettings, share: DataShare) -> [MicroBatch]
     /// The held-out loss (nothing is recorded for a backward).
     func validationLoss(model: TrainableLlama, settings: TrainingSettings, pool: ThreadPool) -> Float
     /// What a checkpoint must keep to continue exactly where the data stopped, as text.
     var checkpointState: String { get }
     /// The tokenizer file that checkpoints and the published model carry, when there is one.
     var tokenizerPath: String? { get }
+}
+
+/// Which part of each step's global batch a data-parallel rank computes: `rank` of `ranks`.
+public struct DataShare: Sendable, Equatable {
+    public var rank: Int
+    public var ranks: Int
+    public static let whole = DataShare(rank: 0, ranks: 1)
+    public init(rank: Int, ranks: Int) {
+        self.rank = rank
+        self.ranks = ranks
+    }
+
+    /// This rank's rows of a global batch of `rows`, cut into micro-batches of at most `micro` rows.
+    /// The shares are contiguous and differ by at most one row, so that two ranks of one micro-batch
+    /// each compute exactly the micro-batch a single process would.
+    public func microBatches(rows: Int, micro: Int) -> [Range<Int>] {
+        let counts = (0..<ranks).map { rows / ranks + ($0 < rows % ranks ? 1 : 0) }
+        let start = counts[..<rank].reduce(0, +), end = start + counts[rank]
+        return stride(from: start, to: end, by: micro).map { $0..<min($0 + micro, end) }
+    }
+}
+
+/// One micro-batch: its loss recorded on a tape, and the divisor that makes it a part of the
+/// global batch's loss (the global batch's rows over its own; 1 / gradientAccumulation per
+/// micro-batch for one process).
+public struct MicroBatch {
+    public let divisor: Float
+    public let loss: (Tape, TrainableLlama) -> (loss: Variable, metrics: [String: Float])
+    public init(divisor: Float, loss: @escaping (Tape, TrainableLlama) -> (loss: Variable, metrics: [String: Float])) {
+        self.divisor = divisor
+        self.loss = loss
+    }
 }
 
 /// Next-token prediction (pretraining): random windows of `sequenceLength + 1` tokens from the
@@ -40,9 +75,16 @@ public final class NextTokenObjective: TrainingObjective {
         sampler = WindowSampler(seed: samplerSeed ?? settings.seed, length: settings.sequenceLength)
     }
 
-    public func microBatchLoss(_ tape: Tape, model: TrainableLlama, settings s: TrainingSettings) -> (loss: Variable, metrics: [String: Float]) {
-        let (inputs, targets) = sampler.next(batch: s.batchSize, from: dataset.train)
-        return (model.loss(tape, inputs: inputs, targets: targets, batch: s.batchSize, recompute: s.recompute), [:])
+    /// The step's global batch is batchSize × gradientAccumulation windows, drawn in order.
+    public func nextStep(settings s: TrainingSettings, share: DataShare) -> [MicroBatch] {
+        let rows = s.batchSize * s.gradientAccumulation, T = s.sequenceLength
+        let (inputs, targets) = sampler.next(batch: rows, from: dataset.train)
+        return share.microBatches(rows: rows, micro: s.batchSize).map { part in
+            let range = part.lowerBound * T..<part.upperBound * T
+            return MicroBatch(divisor: Float(rows) / Float(part.count)) { tape, model in
+                (model.loss(tape, inputs: Array(inputs[range]), targets: Array(targets[range]), batch: part.count, recompute: s.recompute), [:])
+            }
+        }
     }
 
     public func validationLoss(model: TrainableLlama, settings s: TrainingSettings, pool: ThreadPool) -> Float {

@@ -24,6 +24,11 @@ public final class TrainableLlama: @unchecked Sendable {
     let finalNorm: Variable
     let head: Variable?  // nil when the output is tied to the embedding
 
+    /// Called during a backward with the arena offset from which on every gradient is final
+    /// (after each block's backward, from the last block to the first): data parallelism
+    /// all-reduces those buckets while the backward goes on.
+    public var gradientsReady: ((Int) -> Void)?
+
     struct Block {
         let query, key, value, output, gate, up, down, attentionNorm, feedForwardNorm: Variable
     }
@@ -129,7 +134,15 @@ public final class TrainableLlama: @unchecked Sendable {
         let positions = (0..<B * T).map { Int32($0 % T) }
         let rope = self.rope
         var x = tape.embedding(inputs, embedding)
+        // Recorded before a block, a marker runs in the backward after all of that block's steps.
+        func markReady(_ first: Variable) {
+            if let ready = gradientsReady {
+                let offset = arena.offset(of: first)
+                tape.record { ready(offset) }
+            }
+        }
         for block in blocks {
+            markReady(block.query)
             let body: (Tape, Variable) -> Variable = { tape, x in
                 let h = tape.rmsNorm(x, block.attentionNorm, epsilon: c.rmsNormEpsilon)
                 let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: c.headCount, headDim: c.headDim, parameters: rope)
@@ -143,6 +156,7 @@ public final class TrainableLlama: @unchecked Sendable {
             }
             x = recompute == .block ? tape.checkpoint(x, body) : body(tape, x)
         }
+        markReady(finalNorm)
         let h = tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon)
         return tape.linear(h, head ?? embedding)
     }

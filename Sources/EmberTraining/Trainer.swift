@@ -1,3 +1,4 @@
+import EmberDistributed
 import EmberFormats
 import EmberModels
 import EmberNN
@@ -143,50 +144,91 @@ public struct TrainingError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// One optimizer step at a time: the objective's micro-batch losses (accumulated), global-norm
-/// clipping, AdamW with the warmup + cosine schedule; evaluation through the objective.
+/// One optimizer step at a time: the objective's micro-batch losses (accumulated), the gradients
+/// summed over the data-parallel ranks, global-norm clipping, AdamW with the warmup + cosine
+/// schedule; evaluation through the objective.
 public final class Trainer {
     public let model: TrainableLlama
     public let optimizer: AdamW
     public let objective: any TrainingObjective
     public let settings: TrainingSettings
+    public let parallelism: Parallelism
     /// Steps completed.
     public internal(set) var step = 0
     public internal(set) var history: [StepRecord] = []
     public let pool: ThreadPool
+    private let buckets: GradientBuckets?
+    /// The sum of the step's earlier micro-batches, when a rank runs more than one.
+    private lazy var accumulator = FloatBuffer(count: model.arena.count)
 
-    public init(model: TrainableLlama, objective: any TrainingObjective, settings: TrainingSettings, pool: ThreadPool = .shared) throws {
+    public init(model: TrainableLlama, objective: any TrainingObjective, settings: TrainingSettings, parallelism: Parallelism = .single,
+                pool: ThreadPool = .shared) throws {
         try settings.validate()
+        let ranks = parallelism.data.size, rows = settings.batchSize * settings.gradientAccumulation
+        guard rows >= ranks else {
+            throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
+        }
         self.model = model
         self.objective = objective
         self.settings = settings
+        self.parallelism = parallelism
         self.pool = pool
         keepFreedMemory()
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay))
+        buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
+                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap) : nil
     }
 
     /// Pretraining: next-token prediction on `dataset`.
-    public convenience init(model: TrainableLlama, dataset: TokenDataset, settings: TrainingSettings, pool: ThreadPool = .shared) throws {
+    public convenience init(model: TrainableLlama, dataset: TokenDataset, settings: TrainingSettings, parallelism: Parallelism = .single,
+                            pool: ThreadPool = .shared) throws {
         try settings.validate()
         try self.init(model: model, objective: NextTokenObjective(dataset: dataset, configuration: model.configuration, settings: settings),
-                      settings: settings, pool: pool)
+                      settings: settings, parallelism: parallelism, pool: pool)
     }
 
+    /// Tokens of the global batch of one step (over every data-parallel rank).
     public var tokensPerStep: Int { settings.batchSize * settings.sequenceLength * settings.gradientAccumulation }
 
-    /// Runs one optimizer step and returns its record.
-    public func trainStep() -> StepRecord {
+    /// Seconds this rank waited for gradient all-reduces after its backward ended, over the run so far.
+    public var exposedCommunicationSeconds: Double { buckets?.exposedSeconds ?? 0 }
+
+    /// Runs one optimizer step and returns its record. Each micro-batch's gradients are made apart
+    /// and added to the sum of the earlier ones, so that two ranks of one micro-batch each, summed
+    /// by the all-reduce, give the same bits as one process accumulating two.
+    public func trainStep() throws -> StepRecord {
         let s = settings
-        model.arena.zeroGradients()
+        let parts = objective.nextStep(settings: s, share: parallelism.share)
+        let arena = model.arena
+        let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
+        arena.zeroGradients()
         var loss: Float = 0
         var metrics: [String: Float] = [:]
-        for _ in 0..<s.gradientAccumulation {
+        for (k, part) in parts.enumerated() {
+            if k > 0, let sum {
+                if k == 1 { sum.update(from: gradients, count: arena.count) } else { for i in 0..<arena.count { sum[i] += gradients[i] } }
+                arena.zeroGradients()
+            }
+            if k == parts.count - 1, let buckets {
+                buckets.begin(accumulated: k > 0 ? accumulator : nil)
+                model.gradientsReady = buckets.ready
+            }
             let tape = Tape(pool: pool)
-            let (l, named) = objective.microBatchLoss(tape, model: model, settings: s)
-            tape.backward(l, seed: 1 / Float(s.gradientAccumulation))
-            loss += l.values[0] / Float(s.gradientAccumulation)
-            for (name, value) in named { metrics[name, default: 0] += value / Float(s.gradientAccumulation) }
+            let (l, named) = part.loss(tape, model)
+            tape.backward(l, seed: 1 / part.divisor)
+            model.gradientsReady = nil
+            loss += l.values[0] / part.divisor
+            for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
+        }
+        if let buckets {
+            try buckets.finish()
+            var values = [loss] + metrics.keys.sorted().map { metrics[$0]! }
+            try parallelism.data.allReduce(&values, count: values.count, .sum)
+            loss = values[0]
+            for (name, value) in zip(metrics.keys.sorted(), values.dropFirst()) { metrics[name] = value }
+        } else if let sum {
+            for i in 0..<arena.count { gradients[i] += sum[i] }
         }
         let norm = clipGradientNorm(model.parameters, maximum: s.gradientClip)
         let lr = s.schedule(step)
@@ -244,7 +286,7 @@ public final class Trainer {
     }
 
     /// A trainer that continues exactly where `checkpoint` stopped.
-    public static func resume(from checkpoint: String, steps: Int? = nil, pool: ThreadPool = .shared) throws -> Trainer {
+    public static func resume(from checkpoint: String, steps: Int? = nil, parallelism: Parallelism = .single, pool: ThreadPool = .shared) throws -> Trainer {
         let statePath = checkpoint + "/trainer_state.json"
         guard let data = FileManager.default.contents(atPath: statePath) else { throw TrainingError("\(checkpoint): no trainer_state.json; not a checkpoint") }
         let state: State
@@ -255,7 +297,7 @@ public final class Trainer {
         let model = try TrainableLlama(directory: checkpoint)
         let objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
                                                settings: settings, samplerSeed: samplerState)
-        let trainer = try Trainer(model: model, objective: objective, settings: settings, pool: pool)
+        let trainer = try Trainer(model: model, objective: objective, settings: settings, parallelism: parallelism, pool: pool)
         let moments = try SafetensorsFile(path: checkpoint + "/optimizer.safetensors")
         for (i, p) in model.parameters.enumerated() {
             for (prefix, target) in [("exp_avg.", trainer.optimizer.moments[i]), ("exp_avg_sq.", trainer.optimizer.squares[i])] {

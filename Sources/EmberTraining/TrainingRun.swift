@@ -1,4 +1,5 @@
 import Dispatch
+import EmberDistributed
 import EmberNN
 import Foundation
 import Synchronization
@@ -6,7 +7,9 @@ import Synchronization
 /// A whole training run around a `Trainer`, everything but the command line: the step loop,
 /// evaluation and checkpoint cadence, the guard against a loss or gradient that stops being finite,
 /// stopping cleanly on SIGINT/SIGTERM, `log.jsonl` (rewritten on resume to the steps the checkpoint
-/// holds), and, at the end, the published `model/` folder and `loss.svg`.
+/// holds), and, at the end, the published `model/` folder and `loss.svg`. With several ranks, the
+/// first one writes the log, checkpoints and model while every rank trains, and the ranks agree on
+/// stopping and on whether a save succeeded, so that none waits for another forever.
 public final class TrainingRun {
     public let trainer: Trainer
     public let folder: CheckpointFolder
@@ -40,20 +43,25 @@ public final class TrainingRun {
     /// after the current step and returns `.stopped` (a second one ends the process at once).
     public func run(stopOnSignals: Bool = true, progress: (Progress) -> Void = { _ in }) throws -> Outcome {
         let s = trainer.settings, output = folder.output
+        let world = trainer.parallelism.world, leader = trainer.parallelism.isLeader
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        var log = Data()
-        for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
-        try writeFile(log, to: logPath)
-        guard let handle = FileHandle(forWritingAtPath: logPath) else { throw TrainingError("cannot open \(logPath)") }
-        defer { try? handle.close() }
-        try handle.seekToEnd()
+        var handle: FileHandle?
+        if leader {
+            var log = Data()
+            for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
+            try writeFile(log, to: logPath)
+            handle = FileHandle(forWritingAtPath: logPath)
+            guard let handle else { throw TrainingError("cannot open \(logPath)") }
+            try handle.seekToEnd()
+        }
+        defer { try? handle?.close() }
         let stop = stopOnSignals ? StopRequest() : nil
         let start = Date(), firstStep = trainer.step
         var lastCheckpoint: String?
         while trainer.step < s.steps {
             let began = Date()
-            let record = trainer.trainStep()
+            let record = try trainer.trainStep()
             guard record.loss.isFinite, record.gradientNorm.isFinite else {
                 let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
                 let what = record.loss.isNaN || record.gradientNorm.isNaN ? "not a number" : "infinite"
@@ -66,19 +74,37 @@ public final class TrainingRun {
                 validation = trainer.evaluate()
                 trainer.recordValidation(validation!)
             }
-            try handle.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))
-            progress(Progress(record: record, tokensPerSecond: speed, validationLoss: validation,
-                              elapsed: Date().timeIntervalSince(start), stepsDone: trainer.step - firstStep))
-            let stopping = stop?.requested ?? false
+            try handle?.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))
+            if leader {
+                progress(Progress(record: record, tokensPerSecond: speed, validationLoss: validation,
+                                  elapsed: Date().timeIntervalSince(start), stepsDone: trainer.step - firstStep))
+            }
+            // A signal reaches the ranks at different moments: they stop after the same step.
+            var stopping = stop?.requested ?? false
+            if world.size > 1 { stopping = try world.sum(stopping ? 1 : 0 as Int64) > 0 }
             if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps || stopping {
-                lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
+                lastCheckpoint = try agreed(world, leader ? { [folder, trainer] in try folder.save(trainer, keep: s.keepCheckpoints) } : nil, "saving the checkpoint")
             }
             if stopping && trainer.step < s.steps { return .stopped(step: trainer.step, checkpoint: lastCheckpoint ?? output) }
         }
-        let checkpoint = try lastCheckpoint ?? CheckpointFolder.locate(output)
-        let model = try folder.publishModel(from: checkpoint)
-        try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
+        let publish = { [folder] in try folder.publishModel(from: lastCheckpoint ?? CheckpointFolder.locate(output)) }
+        let model = try agreed(world, leader ? publish : nil, "publishing the model") ?? output + "/model"
+        if leader {
+            try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
+        }
         return .finished(model: model)
+    }
+
+    /// Runs `work` on the rank that has it and tells every rank whether it succeeded: the others
+    /// throw too when it failed, rather than going on without it.
+    private func agreed(_ world: any Communicator, _ work: (() throws -> String)?, _ what: String) throws -> String? {
+        var result: Result<String, Error>?
+        if let work { result = Result { try work() } }
+        if world.size > 1 {
+            let failed = try world.sum(result.map { (try? $0.get()) == nil ? 1 : 0 } ?? 0 as Int64)
+            if failed > 0 && result == nil { throw TrainingError("\(what) failed on rank 0") }
+        }
+        return try result?.get()
     }
 }
 

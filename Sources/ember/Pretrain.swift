@@ -1,4 +1,5 @@
 import ArgumentParser
+import EmberDistributed
 import EmberModels
 import EmberTensor
 import EmberTokenizers
@@ -18,6 +19,10 @@ struct Pretrain: ParsableCommand {
           ember pretrain --preset tiny --output runs/tiny
           ember pretrain --config config.json --data data --steps 2000 --output runs/a
           ember pretrain --resume runs/a
+
+        Parallel training: the same command under Open MPI's mpirun runs data parallel over its ranks. The global batch stays --batch-size × --grad-accum sequences per step, shared among the ranks, so a run gives the same losses (bit for bit when each rank takes one whole micro-batch) whatever the number of ranks, and its checkpoints resume at any other. Gradients are all-reduced in buckets (--bucket-mb) while the backward goes on. Rank 0 writes the log, checkpoints and model. Each rank uses --threads threads (default: the cores divided among the ranks on the machine).
+          mpirun -np 2 --bind-to none ember pretrain --preset small --grad-accum 2 --output runs/dp
+          mpirun --hostfile hosts -np 16 ember pretrain --preset medium --grad-accum 16 --output /shared/runs/dp16
         """)
 
     @Option(help: ArgumentHelp("Model size: tiny (~1M parameters), small (~10M) or medium (~40M).", valueName: "name"))
@@ -54,7 +59,10 @@ struct Pretrain: ParsableCommand {
     @Option(name: .customLong("eval-every"), help: "Steps between validation losses (default \(D.evalEvery); 0: only at the end).") var evalEvery: Int?
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default \(D.saveEvery); 0: only at the end).") var saveEvery: Int?
     @Option(help: "Checkpoints kept (default \(D.keepCheckpoints)).") var keep: Int?
-    @Option(help: "Worker threads (default: all cores).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Worker threads per rank (default: all cores, divided among the ranks mpirun starts on this machine).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
+    @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
+    @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
 
     func validate() throws {
         if resume == nil {
@@ -68,6 +76,7 @@ struct Pretrain: ParsableCommand {
             throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --config, --init, --data and --decay-norms-and-embeddings")
         }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+        guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
     }
 
     enum Preset: String, CaseIterable {
@@ -86,21 +95,47 @@ struct Pretrain: ParsableCommand {
 
     func run() throws {
         ThreadPool.configureShared(threadCount: threads)
+        let world = try worldCommunicator()
+        let parallelism = Parallelism(world: world, bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap)
+        do {
+            try run(parallelism)
+        } catch {
+            guard world.size > 1 else { throw error }
+            // The other ranks would wait in their next collective forever: end the whole job.
+            printError("Error: rank \(world.rank) of \(world.size): \(error)")
+            world.abort(code: 1)
+        }
+    }
+
+    func run(_ parallelism: Parallelism) throws {
+        let world = parallelism.world, leader = parallelism.isLeader
+        /// What only rank 0 prints.
+        func say(_ text: String) { if leader { printError(text) } }
         let trainer: Trainer, folder: CheckpointFolder
         if let resume {
             let checkpoint = try CheckpointFolder.locate(resume)
-            trainer = try Trainer.resume(from: checkpoint, steps: steps)
+            trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
             let runFolder = FileManager.default.fileExists(atPath: resume + "/latest") ? resume
                 : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
             folder = CheckpointFolder(output: output ?? runFolder)
-            printError("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
+            say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
         } else {
             let output = self.output!
-            guard !FileManager.default.fileExists(atPath: output + "/latest") else {
-                throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+            // Rank 0 checks the folder and prepares the data; the others wait for it.
+            var prepared: Result<String, Error> = .success("")
+            if leader {
+                prepared = Result {
+                    guard !FileManager.default.fileExists(atPath: output + "/latest") else {
+                        throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+                    }
+                    try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+                    return try data ?? defaultCorpus(into: output + "/data")
+                }
             }
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-            let dataFolder = try data ?? defaultCorpus(into: output + "/data")
+            if world.size > 1, try world.sum((try? prepared.get()) == nil ? 1 : 0 as Int64) > 0, !leader {
+                throw CommandError("rank 0 could not prepare the run")
+            }
+            let dataFolder = try leader ? prepared.get() : data ?? output + "/data"
             let dataset = try TokenDataset(directory: dataFolder)
             let seed = self.seed ?? D.seed
             let model: TrainableLlama
@@ -119,14 +154,17 @@ struct Pretrain: ParsableCommand {
                 decayEverything: decayEverything, gradientClip: gradClip ?? D.gradientClip, recompute: recompute ?? D.recompute, seed: seed,
                 evalEvery: evalEvery ?? D.evalEvery, evalWindows: D.evalWindows, saveEvery: saveEvery ?? D.saveEvery,
                 keepCheckpoints: keep ?? D.keepCheckpoints)
-            trainer = try Trainer(model: model, dataset: dataset, settings: settings)
+            trainer = try Trainer(model: model, dataset: dataset, settings: settings, parallelism: parallelism)
             folder = CheckpointFolder(output: output)
             let c = model.configuration
-            printError(String(format: "model: %.2fM parameters (hidden %d, %d layers, %d/%d heads, vocabulary %d); %d tokens per step; data %@",
-                              Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
-                              trainer.tokensPerStep, dataFolder))
+            say(String(format: "model: %.2fM parameters (hidden %d, %d layers, %d/%d heads, vocabulary %d); %d tokens per step; data %@",
+                       Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
+                       trainer.tokensPerStep, dataFolder))
         }
-        printError("f32 products: \(BLASCore.summary)")
+        say("f32 products: \(BLASCore.summary)")
+        if world.size > 1 {
+            say("data parallel over \(world.size) ranks (Open MPI), \(threads) threads each; gradients all-reduced in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward")
+        }
         try train(trainer, folder: folder)
     }
 
@@ -147,6 +185,10 @@ struct Pretrain: ParsableCommand {
             }
         }
         endProgress()
+        guard trainer.parallelism.isLeader else {
+            if case .stopped = outcome { throw ExitCode(130) }
+            return
+        }
         switch outcome {
         case .stopped(let step, let checkpoint):
             printError("stopped at step \(step) of \(s.steps); saved \(checkpoint); continue with: ember pretrain --resume \(output)")
@@ -158,6 +200,11 @@ struct Pretrain: ParsableCommand {
             printError(String(format: "done: step %d, loss %.4f%@; peak memory %.0f MiB; model in %@, loss curve %@/loss.svg, log %@",
                               trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
                               Double(usage.ru_maxrss) / 1024, model, output, run.logPath))
+            if trainer.parallelism.world.size > 1 {
+                let traffic = trainer.parallelism.data.traffic
+                printError(String(format: "rank 0: %.1f MB all-reduced; %.2f s waiting for gradient all-reduces after the backward (exposed communication)",
+                                  Double(traffic.allReduce) / 1e6, trainer.exposedCommunicationSeconds))
+            }
         }
     }
 

@@ -54,16 +54,16 @@ enum Synthetic {
 
         let straight = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: dataset,
                                    settings: Synthetic.settings(data: data, steps: 6))
-        for _ in 0..<6 { _ = straight.trainStep() }
+        for _ in 0..<6 { _ = try straight.trainStep() }
 
         let first = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: dataset,
                                 settings: Synthetic.settings(data: data, steps: 6))
-        for _ in 0..<3 { _ = first.trainStep() }
+        for _ in 0..<3 { _ = try first.trainStep() }
         let run = CheckpointFolder(output: folder.path + "/run")
         try run.save(first, keep: 2)
         let resumed = try Trainer.resume(from: CheckpointFolder.locate(folder.path + "/run"))
         #expect(resumed.step == 3)
-        for _ in 0..<3 { _ = resumed.trainStep() }
+        for _ in 0..<3 { _ = try resumed.trainStep() }
 
         #expect(resumed.history.map(\.loss) == straight.history.map(\.loss))
         for (a, b) in zip(straight.model.parameters, resumed.model.parameters) {
@@ -82,7 +82,7 @@ enum Synthetic {
         let data = try Synthetic.dataset(in: folder.path)
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 2))
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         let arena = trainer.model.arena, optimizer = trainer.optimizer
         #expect(arena.count == trainer.model.parameterCount)
         #expect(arena.parameters.map(\.name) == LlamaTensor.all(Synthetic.configuration).map { $0.name(.huggingFace) })
@@ -102,7 +102,7 @@ enum Synthetic {
         let data = try Synthetic.dataset(in: folder.path)
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 3))
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         let live = trainer.model.inferenceModel()
         let tokens = [3, 17, 42, 3, 8, 60, 1, 3, 25]
         let inMemory = try live.allLogits(tokens)
@@ -113,7 +113,7 @@ enum Synthetic {
         let difference = zip(inMemory.joined(), loaded.joined()).map { abs($0 - $1) }.max()!
         print("in-memory vs saved and loaded: max |Δlogit| \(difference)")
         #expect(inMemory == loaded)
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         #expect(try live.allLogits(tokens) != inMemory, "the in-memory model does not see the update")
     }
 
@@ -123,7 +123,8 @@ enum Synthetic {
         final class MemorizeOneBatch: TrainingObjective {
             let inputs: [Int32] = (0..<32).map { Int32($0 * 7 % 61) }
             var targets: [Int32] { Array(inputs.dropFirst()) + [inputs[0]] }
-            func microBatchLoss(_ tape: Tape, model: TrainableLlama, settings: TrainingSettings) -> (loss: Variable, metrics: [String: Float]) {
+            func nextStep(settings: TrainingSettings, share: DataShare) -> [MicroBatch] { [MicroBatch(divisor: 1, loss: loss)] }
+            func loss(_ tape: Tape, model: TrainableLlama) -> (loss: Variable, metrics: [String: Float]) {
                 let logits = model.logits(tape, inputs: inputs, batch: 2)
                 let V = model.configuration.vocabularySize
                 let values = logits.values
@@ -165,7 +166,7 @@ enum Synthetic {
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 40))
         let before = trainer.evaluate()
-        for _ in 0..<40 { _ = trainer.trainStep() }
+        for _ in 0..<40 { _ = try trainer.trainStep() }
         let after = trainer.evaluate()
         print("validation loss \(before) → \(after) in 40 steps")
         #expect(after < before - 0.2)
@@ -200,7 +201,7 @@ enum Synthetic {
             settings.recompute = recompute
             let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                       settings: settings)
-            for _ in 0..<4 { _ = trainer.trainStep() }
+            for _ in 0..<4 { _ = try trainer.trainStep() }
             runs.append(trainer.history.map(\.loss))
         }
         #expect(runs[0] == runs[1])
@@ -271,7 +272,7 @@ enum Synthetic {
         let data = try Synthetic.dataset(in: folder.path)
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 2))
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         let checkpoint = try CheckpointFolder(output: folder.path + "/run").save(trainer, keep: 2)
         for (file, cut) in [("model.safetensors", 100), ("model.safetensors", 5), ("optimizer.safetensors", 64), ("trainer_state.json", 10)] {
             let path = checkpoint + "/" + file
@@ -298,9 +299,9 @@ enum Synthetic {
         try #require(Self.shell(["mount", "-t", "tmpfs", "-o", "size=\(bytes * 3 / 2)", "tmpfs", disk]) == 0, "mounting a tmpfs at \(disk)")
         defer { _ = Self.shell(["umount", disk]) }
         let run = CheckpointFolder(output: disk + "/run")
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         let first = try run.save(trainer, keep: 5)
-        _ = trainer.trainStep()
+        _ = try trainer.trainStep()
         let text = message { try run.save(trainer, keep: 5) }
         print("full disk: \(text)")
         #expect(text.contains("previous checkpoint is intact"))

@@ -1,0 +1,93 @@
+import EmberDistributed
+import EmberNN
+import EmberTensor
+import Foundation
+
+/// How a run is spread over processes. Today: data parallelism over `data` (every rank holds the
+/// whole model, takes its share of each global batch, and the gradients are summed over ranks).
+public struct Parallelism: @unchecked Sendable {
+    /// Every rank of the job.
+    public var world: any Communicator
+    /// The data-parallel group.
+    public var data: any Communicator
+    /// Gradients are all-reduced in buckets of about this many bytes (PyTorch DDP's default 25 MB).
+    public var bucketBytes: Int
+    /// Whether buckets are all-reduced during the backward (on a communication thread) or after it.
+    public var overlap: Bool
+
+    public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+        self.world = world
+        data = world
+        self.bucketBytes = bucketBytes
+        self.overlap = overlap
+    }
+
+    /// One process.
+    public static var single: Parallelism { Parallelism(world: LocalCommunicator()) }
+
+    public var isLeader: Bool { world.rank == 0 }
+    public var share: DataShare { DataShare(rank: data.rank, ranks: data.size) }
+}
+
+/// Sums the gradient arena over the data-parallel ranks in buckets, from the end of the arena to
+/// its start, the order in which the backward finishes them: the model reports how far from the
+/// end its gradients are final (`ready(from:)`), every bucket wholly past that point is handed to
+/// the communication thread, and the backward goes on. Every rank has the same buckets and the
+/// backward finishes them in the same order, so the ranks call the all-reduces in the same order.
+final class GradientBuckets {
+    let communicator: any Communicator
+    let gradients: FloatBuffer
+    /// Contiguous ranges of the arena, in arena order; all-reduced last to first.
+    let buckets: [Range<Int>]
+    private let thread: CommunicationThread?
+    private var next = 0
+    /// Added to the gradients of each bucket before it is reduced: the sum of this rank's earlier
+    /// micro-batches of the step, when it has several.
+    private var accumulated: FloatBuffer?
+
+    init(gradients: FloatBuffer, communicator: any Communicator, bucketBytes: Int, overlap: Bool) {
+        self.communicator = communicator
+        self.gradients = gradients
+        let size = max(1, bucketBytes / 4)
+        buckets = stride(from: 0, to: gradients.count, by: size).map { $0..<min($0 + size, gradients.count) }
+        thread = overlap ? CommunicationThread() : nil
+    }
+
+    /// Seconds the trainer waited for buckets still being reduced after its backward ended.
+    var exposedSeconds: Double { thread?.waitedSeconds ?? 0 }
+
+    /// Starts a step's last backward; `accumulated` holds this rank's earlier micro-batches, if any.
+    func begin(accumulated: FloatBuffer?) {
+        next = buckets.count - 1
+        self.accumulated = accumulated
+    }
+
+    /// The gradients from `offset` to the end of the arena are final.
+    func ready(from offset: Int) {
+        while next >= 0 && buckets[next].lowerBound >= offset {
+            let range = buckets[next]
+            next -= 1
+            if let thread { thread.submit { [self] in try reduce(range) } }
+        }
+    }
+
+    /// After the backward: reduces what is left and waits for every bucket.
+    func finish() throws {
+        if let thread {
+            ready(from: 0)
+            try thread.wait()
+        } else {
+            for range in buckets.reversed() { try reduce(range) }
+        }
+        accumulated = nil
+    }
+
+    private func reduce(_ range: Range<Int>) throws {
+        let g = gradients.pointer + range.lowerBound
+        if let accumulated {
+            let a = accumulated.pointer + range.lowerBound
+            for i in 0..<range.count { g[i] += a[i] }
+        }
+        try communicator.allReduce(g, count: range.count, .sum)
+    }
+}
