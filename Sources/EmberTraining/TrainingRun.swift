@@ -48,6 +48,7 @@ public final class TrainingRun {
         encoder.outputFormatting = [.sortedKeys]
         var handle: FileHandle?
         if leader {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             var log = Data()
             for r in trainer.history { log += try encoder.encode(r) + Data("\n".utf8) }
             try writeFile(log, to: logPath)

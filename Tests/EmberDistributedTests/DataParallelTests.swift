@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+
+/// `ember pretrain` under `mpirun -np 2` against the single process at the same global batch, on a
+/// corpus made here: a 777-token tokenizer (a vocabulary that divides by neither 2 nor 4) learned
+/// from the licenses text, which becomes the data folder.
+struct PreparationError: Error, CustomStringConvertible { let description: String }
+
+enum Runs {
+    static let ember = MPI.products + "/ember"
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let available = MPI.mpirun != nil && FileManager.default.isExecutableFile(atPath: ember)
+    static let reason: Comment = "needs Open MPI's mpirun (scripts/setup.sh installs openmpi-bin) and the ember executable beside the tests"
+
+    static let prepared: Result<String, Error> = Result {
+        let folder = NSTemporaryDirectory() + "ember-parallel-data-\(getpid())"
+        let text = repository + "/Tests/Fixtures/text/licenses.txt"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        // Plain errors: a failed #require here would pass silently in the tests that see it later.
+        for arguments in [["train-tokenizer", "--corpus", text, "--vocab-size", "777", "--special-token", "<|endoftext|>", "--output", folder + "/tokenizer.json"],
+                          ["prepare-data", "--tokenizer", folder + "/tokenizer.json", "--input", text, "--output", folder + "/data", "--val-fraction", "0.1"]] {
+            let (status, output) = try run([ember] + arguments)
+            guard status == 0 else { throw PreparationError(description: "ember \(arguments.joined(separator: " ")) failed:\n\(output)") }
+        }
+        atexit { try? FileManager.default.removeItem(atPath: NSTemporaryDirectory() + "ember-parallel-data-\(getpid())") }
+        return folder + "/data"
+    }
+
+    /// A small LLaMA with grouped-query attention (4 heads, 2 KV heads), 20 steps of 2 micro-batches.
+    static func arguments(output: String, steps: Int = 20) throws -> [String] {
+        ["pretrain", "--preset", "tiny", "--data", try prepared.get(), "--steps", String(steps), "--grad-accum", "2", "--batch-size", "4",
+         "--seq-len", "64", "--eval-every", "10", "--save-every", "10", "--keep", "2", "--output", output]
+    }
+
+    static func single(_ arguments: [String]) throws -> String {
+        let threads = arguments[0] == "pretrain" ? ["--threads", "1"] : []
+        let (status, output) = try run(["timeout", "-k", "5", "300", ember] + arguments + threads, environment: MPI.environment)
+        try #require(status == 0, "ember \(arguments.joined(separator: " ")) failed:\n\(output)")
+        return output
+    }
+
+    static func parallel(_ ranks: Int, _ arguments: [String]) throws -> String {
+        let (status, output) = try MPI.launch(ranks, [ember] + arguments + ["--threads", "1"], seconds: 300)
+        try #require(status == 0, "mpirun -np \(ranks) ember \(arguments.joined(separator: " ")) failed:\n\(output)")
+        return output
+    }
+
+    /// The loss and gradient norm of every step.
+    static func losses(_ run: String) throws -> [[Double]] {
+        try String(contentsOfFile: run + "/log.jsonl", encoding: .utf8).split(separator: "\n").map { line in
+            let record = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return [record["loss"] as! Double, record["grad_norm"] as! Double]
+        }
+    }
+
+    static func weights(_ run: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: run + "/model/model.safetensors")) }
+}
+
+@Suite(.serialized) struct DataParallelTests {
+    /// Two ranks of one micro-batch each sum, in the all-reduce, exactly what one process sums when
+    /// it accumulates the same two micro-batches: losses, gradient norms and weights are equal bit
+    /// for bit, whether the buckets are reduced during the backward or after it.
+    @Test(.enabled(if: Runs.available, Runs.reason))
+    func twoRanksEqualTwoAccumulatedMicroBatches() throws {
+        let folder = NSTemporaryDirectory() + "ember-ddp-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
+        let log = try Runs.parallel(2, try Runs.arguments(output: folder + "/ddp"))
+        _ = try Runs.parallel(2, try Runs.arguments(output: folder + "/ddp-small-buckets") + ["--bucket-mb", "0.05", "--no-overlap"])
+        let single = try Runs.losses(folder + "/single")
+        print("single process, 2 accumulated micro-batches: losses \(single.first![0]) → \(single.last![0])")
+        print(log.split(separator: "\n").filter { $0.contains("data parallel") || $0.contains("exposed") }.joined(separator: "\n"))
+        for run in ["ddp", "ddp-small-buckets"] {
+            let losses = try Runs.losses(folder + "/" + run)
+            let differing = zip(single, losses).filter { $0 != $1 }.count
+            print("\(run): \(losses.count) steps, \(differing) with a different loss or gradient norm; weights \(try Runs.weights(folder + "/" + run) == Runs.weights(folder + "/single") ? "identical" : "DIFFERENT")")
+            #expect(losses == single)
+            #expect(try Runs.weights(folder + "/" + run) == Runs.weights(folder + "/single"))
+        }
+    }
+
+    /// A checkpoint of the two-rank run resumes in one process (and one of a single process on two
+    /// ranks), and the rest of the run is the uninterrupted one.
+    @Test(.enabled(if: Runs.available, Runs.reason))
+    func checkpointsResumeAtAnotherRankCount() throws {
+        let folder = NSTemporaryDirectory() + "ember-ddp-resume-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        _ = try Runs.parallel(2, try Runs.arguments(output: folder + "/ddp"))
+        _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
+        _ = try Runs.single(["pretrain", "--resume", folder + "/ddp/checkpoints/step-000010", "--output", folder + "/ddp-then-single"])
+        _ = try Runs.parallel(2, ["pretrain", "--resume", folder + "/single/checkpoints/step-000010", "--output", folder + "/single-then-ddp"])
+        let straight = try Runs.losses(folder + "/single")
+        for run in ["ddp-then-single", "single-then-ddp"] {
+            let resumed = try Runs.losses(folder + "/" + run)
+            print("\(run): steps 11–20 \(resumed == straight ? "equal" : "DIFFERENT") to the uninterrupted run")
+            #expect(resumed == straight)
+            #expect(try Runs.weights(folder + "/" + run) == Runs.weights(folder + "/single"))
+        }
+    }
+}
