@@ -10,8 +10,6 @@ public final class CommunicationThread: @unchecked Sendable {
     private var running = 0
     private var failure: Error?
     private var stopping = false
-    /// Seconds the caller spent in `wait()` for communication still under way: the exposed part.
-    public private(set) var waitedSeconds = 0.0
 
     public init() {
         let thread = Thread { [unowned self] in self.serve() }
@@ -36,13 +34,11 @@ public final class CommunicationThread: @unchecked Sendable {
 
     /// Blocks until everything submitted has run; rethrows the first failure.
     public func wait() throws {
-        let start = DispatchTime.now().uptimeNanoseconds
         let error: Error? = condition.withLock {
             while !queue.isEmpty || running > 0 { condition.wait() }
             defer { failure = nil }
             return failure
         }
-        waitedSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         if let error { throw error }
     }
 

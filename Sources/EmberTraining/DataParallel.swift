@@ -53,8 +53,9 @@ final class GradientBuckets {
         thread = overlap ? CommunicationThread() : nil
     }
 
-    /// Seconds the trainer waited for buckets still being reduced after its backward ended.
-    var exposedSeconds: Double { thread?.waitedSeconds ?? 0 }
+    /// Seconds the trainer spent on gradient all-reduces after its backward ended: waiting for the
+    /// buckets still being reduced, or reducing them all when nothing overlaps.
+    private(set) var exposedSeconds = 0.0
 
     /// Starts a step's last backward; `accumulated` holds this rank's earlier micro-batches, if any.
     func begin(accumulated: FloatBuffer?) {
@@ -73,13 +74,17 @@ final class GradientBuckets {
 
     /// After the backward: reduces what is left and waits for every bucket.
     func finish() throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer {
+            exposedSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            accumulated = nil
+        }
         if let thread {
             ready(from: 0)
             try thread.wait()
         } else {
             for range in buckets.reversed() { try reduce(range) }
         }
-        accumulated = nil
     }
 
     private func reduce(_ range: Range<Int>) throws {
