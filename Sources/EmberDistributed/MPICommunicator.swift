@@ -61,6 +61,13 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public var traffic: Traffic { lock.withLock { counted } }
 
+    /// Seconds any MPI call may wait before the job is ended with a message naming the call
+    /// (0, the default: no limit).
+    public static var collectiveTimeout: Double {
+        get { CollectiveWatchdog.shared.limit }
+        set { CollectiveWatchdog.shared.limit = newValue }
+    }
+
     /// Runs one MPI call, counts it, and turns a failure into an error naming the call.
     private func call(_ name: String, _ update: (inout Traffic) -> Void, _ body: () -> Int32) throws {
         let sequence = lock.withLock {
@@ -68,7 +75,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             counted.calls += 1
             return counted.calls
         }
+        let watched = CollectiveWatchdog.shared.begin("rank \(rank) of \(size): \(name) (call \(sequence))")
         let rc = body()
+        CollectiveWatchdog.shared.end(watched)
         guard rc == ember_mpi_success() else {
             throw CommunicationError("rank \(rank) of \(size): \(name) (call \(sequence)) failed: \(Self.errorText(rc))")
         }

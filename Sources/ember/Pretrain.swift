@@ -63,6 +63,8 @@ struct Pretrain: ParsableCommand {
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
     @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
+    @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
+    var collectiveTimeout: Double = 600
 
     func validate() throws {
         if resume == nil {
@@ -77,6 +79,7 @@ struct Pretrain: ParsableCommand {
         }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
         guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
+        guard collectiveTimeout >= 0 else { throw ValidationError("--collective-timeout must not be negative") }
     }
 
     enum Preset: String, CaseIterable {
@@ -95,6 +98,7 @@ struct Pretrain: ParsableCommand {
 
     func run() throws {
         ThreadPool.configureShared(threadCount: threads)
+        MPICommunicator.collectiveTimeout = collectiveTimeout
         let world = try worldCommunicator()
         let parallelism = Parallelism(world: world, bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap)
         do {
