@@ -63,7 +63,8 @@ public protocol Communicator: AnyObject, Sendable {
     /// Sums `input` (the sum of `counts` values) over the ranks and leaves rank r's part, the
     /// `counts[r]` values after the first r parts, in `output`.
     func reduceScatter(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, counts: [Int]) throws
-    /// Concatenates every rank's `counts[rank]` values of `input` into `output`, in rank order.
+    /// Concatenates every rank's `counts[rank]` values of `input` into `output`, in rank order;
+    /// `input` may be this rank's own place in `output`.
     func allGather(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, counts: [Int]) throws
     /// Copies `bytes` from `root` into every rank's buffer.
     func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws

@@ -135,8 +135,11 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         }
         guard total <= Int32.max else { throw CommunicationError("all-gather of \(total) values is over MPI's limit") }
         let counts32 = counts.map { Int32($0) }
+        // A rank's part already in its place in the output is gathered in place (MPI forbids overlap otherwise).
+        let inPlace = input == UnsafePointer(output + Int(displacements[rank]))
+        let source: UnsafeRawPointer? = inPlace ? UnsafeRawPointer(ember_mpi_in_place()) : UnsafeRawPointer(input)
         try call("MPI_Allgatherv of \(total) values", { $0.allGather += total * 4 }) {
-            MPI_Allgatherv(input, counts32[rank], ember_mpi_float(), output, counts32, displacements, ember_mpi_float(), handle)
+            MPI_Allgatherv(source, counts32[rank], ember_mpi_float(), output, counts32, displacements, ember_mpi_float(), handle)
         }
     }
 

@@ -26,43 +26,56 @@ public final class AdamW {
     /// Whether each parameter takes weight decay.
     public let decays: [Bool]
     public let settings: Settings
-    /// First and second moments, one view per parameter into `flatMoments` and `flatSquares`, which
-    /// lay them out parameter after parameter (a `ParameterArena`'s order).
-    public let moments: [FloatBuffer]
-    public let squares: [FloatBuffer]
+    /// The part of the flat parameter layout (parameter after parameter, a `ParameterArena`'s
+    /// order) this optimizer updates and keeps moments for: all of it, or one rank's shard (ZeRO),
+    /// which may begin and end inside a tensor.
+    public let range: Range<Int>
+    /// First and second moments of `range`, flat. `moments` and `squares` view them one parameter
+    /// at a time when the optimizer holds the whole model (empty for a shard).
     public let flatMoments: FloatBuffer
     public let flatSquares: FloatBuffer
+    public let moments: [FloatBuffer]
+    public let squares: [FloatBuffer]
+    /// Where each parameter starts in the flat layout.
+    let offsets: [Int]
     /// Steps taken so far.
     public var step = 0
 
-    public init(parameters: [Variable], decays: [Bool], settings: Settings = Settings()) {
+    public init(parameters: [Variable], decays: [Bool], settings: Settings = Settings(), range: Range<Int>? = nil) {
         precondition(parameters.count == decays.count)
         self.parameters = parameters
         self.decays = decays
         self.settings = settings
-        let total = parameters.reduce(0) { $0 + $1.count }
-        flatMoments = FloatBuffer(count: total)
-        flatSquares = FloatBuffer(count: total)
-        var offset = 0, moments: [FloatBuffer] = [], squares: [FloatBuffer] = []
+        var offsets: [Int] = [], total = 0
         for p in parameters {
-            moments.append(FloatBuffer(viewing: flatMoments, offset: offset, count: p.count))
-            squares.append(FloatBuffer(viewing: flatSquares, offset: offset, count: p.count))
-            offset += p.count
+            offsets.append(total)
+            total += p.count
         }
-        self.moments = moments
-        self.squares = squares
+        self.offsets = offsets
+        let range = range ?? 0..<total
+        precondition(range.lowerBound >= 0 && range.upperBound <= total, "range \(range) is outside the \(total) parameters")
+        self.range = range
+        flatMoments = FloatBuffer(count: range.count)
+        flatSquares = FloatBuffer(count: range.count)
+        let whole = range == 0..<total
+        moments = whole ? zip(parameters, offsets).map { [flatMoments] p, o in FloatBuffer(viewing: flatMoments, offset: o, count: p.count) } : []
+        squares = whole ? zip(parameters, offsets).map { [flatSquares] p, o in FloatBuffer(viewing: flatSquares, offset: o, count: p.count) } : []
     }
 
-    /// One update with learning rate `lr` from the parameters' current gradients.
+    /// One update with learning rate `lr` from the parameters' current gradients (of `range` only).
     public func update(learningRate lr: Float, pool: ThreadPool = .shared) {
         step += 1
         let s = settings
         let correction1 = 1 - powf(s.beta1, Float(step)), correction2 = (1 - powf(s.beta2, Float(step))).squareRoot()
         let stepSize = lr / correction1
         for (i, p) in parameters.enumerated() where p.requiresGradient && p.hasGradient {
-            let w = p.pointer, g = p.gradient.pointer, m = moments[i].pointer, v = squares[i].pointer
+            // The part of this parameter inside the range, as offsets into the parameter.
+            let first = max(range.lowerBound, offsets[i]) - offsets[i], end = min(range.upperBound, offsets[i] + p.count) - offsets[i]
+            guard first < end else { continue }
+            let w = p.pointer + first, g = p.gradient.pointer + first
+            let m = flatMoments.pointer + (offsets[i] + first - range.lowerBound), v = flatSquares.pointer + (offsets[i] + first - range.lowerBound)
             let decay: Float = decays[i] ? 1 - lr * s.weightDecay : 1
-            pool.parallelRanges(p.count, minimumChunk: 4096) { r in
+            pool.parallelRanges(end - first, minimumChunk: 4096) { r in
                 for j in r {
                     if decays[i] { w[j] *= decay }
                     m[j] += (g[j] - m[j]) * (1 - s.beta1)

@@ -1,4 +1,5 @@
 import EmberModels
+import EmberTensor
 import Foundation
 
 /// The checkpoints of a run in `output/checkpoints/step-NNNNNN/`, the newest named by `output/latest`.
@@ -15,15 +16,16 @@ public struct CheckpointFolder: Sendable {
     var checkpoints: String { output + "/checkpoints" }
 
     /// Saves `trainer` and returns the checkpoint's path; keeps the newest `keep` checkpoints.
+    /// Under ZeRO every rank gathers `optimizerState` first and rank 0 saves with it.
     @discardableResult
-    public func save(_ trainer: Trainer, keep: Int) throws -> String {
+    public func save(_ trainer: Trainer, keep: Int, optimizerState: (moments: FloatBuffer, squares: FloatBuffer)? = nil) throws -> String {
         let files = FileManager.default
         let name = String(format: "step-%06d", trainer.step)
         let final = checkpoints + "/" + name, partial = checkpoints + "/." + name + ".partial"
         try? files.removeItem(atPath: partial)
         do {
             try files.createDirectory(atPath: partial, withIntermediateDirectories: true)
-            try trainer.writeCheckpoint(into: partial)
+            try trainer.writeCheckpoint(into: partial, optimizerState: optimizerState ?? trainer.optimizerState())
         } catch {
             try? files.removeItem(atPath: partial)
             throw TrainingError("saving the checkpoint for step \(trainer.step) failed (\(error)); the previous checkpoint is intact")

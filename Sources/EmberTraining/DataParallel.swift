@@ -14,12 +14,24 @@ public struct Parallelism: @unchecked Sendable {
     public var bucketBytes: Int
     /// Whether buckets are all-reduced during the backward (on a communication thread) or after it.
     public var overlap: Bool
+    /// ZeRO: 0 replicates everything; 1 partitions the AdamW moments over the data-parallel ranks
+    /// (each rank updates its shard of the parameters, then the shards are all-gathered); 2 also
+    /// reduce-scatters the gradients, so each rank receives only the sum of its shard.
+    public var zeroStage: Int
 
-    public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true) {
+    public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) {
         self.world = world
         data = world
         self.bucketBytes = bucketBytes
         self.overlap = overlap
+        self.zeroStage = zeroStage
+    }
+
+    /// Rank `rank`'s shard of `count` flat values when they are partitioned over the data group.
+    public func shard(of count: Int) -> Range<Int> {
+        let counts = shardCounts(count, parts: data.size)
+        let start = counts[..<data.rank].reduce(0, +)
+        return start..<start + counts[data.rank]
     }
 
     /// One process.

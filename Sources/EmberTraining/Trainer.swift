@@ -158,6 +158,8 @@ public final class Trainer {
     public internal(set) var history: [StepRecord] = []
     public let pool: ThreadPool
     private let buckets: GradientBuckets?
+    /// This rank's part of the flat parameters under ZeRO (what its optimizer updates).
+    public let shard: Range<Int>?
     /// The sum of the step's earlier micro-batches, when a rank runs more than one.
     private lazy var accumulator = FloatBuffer(count: model.arena.count)
 
@@ -165,6 +167,9 @@ public final class Trainer {
                 pool: ThreadPool = .shared) throws {
         try settings.validate()
         let ranks = parallelism.data.size, rows = settings.batchSize * settings.gradientAccumulation
+        guard (0...2).contains(parallelism.zeroStage) else {
+            throw TrainingError("ZeRO stage \(parallelism.zeroStage) is not available (stages 0, 1 and 2 are)")
+        }
         guard rows >= ranks else {
             throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
         }
@@ -174,9 +179,10 @@ public final class Trainer {
         self.parallelism = parallelism
         self.pool = pool
         keepFreedMemory()
+        shard = parallelism.zeroStage >= 1 ? parallelism.shard(of: model.arena.count) : nil
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
-                          settings: .init(weightDecay: settings.weightDecay))
-        buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
+                          settings: .init(weightDecay: settings.weightDecay), range: shard)
+        buckets = ranks > 1 && parallelism.zeroStage < 2 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
                                               bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap) : nil
     }
 
@@ -221,22 +227,69 @@ public final class Trainer {
             loss += l.values[0] / part.divisor
             for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
         }
+        let data = parallelism.data
         if let buckets {
             try buckets.finish()
-            var values = [loss] + metrics.keys.sorted().map { metrics[$0]! }
-            try parallelism.data.allReduce(&values, count: values.count, .sum)
-            loss = values[0]
-            for (name, value) in zip(metrics.keys.sorted(), values.dropFirst()) { metrics[name] = value }
         } else if let sum {
             for i in 0..<arena.count { gradients[i] += sum[i] }
         }
-        let norm = clipGradientNorm(model.parameters, maximum: s.gradientClip)
+        if data.size > 1 {
+            if parallelism.zeroStage == 2, let shard {
+                // Each rank receives the sum of its own shard of the gradients only.
+                let received = FloatBuffer(uninitializedCount: shard.count)
+                try data.reduceScatter(gradients, into: received.pointer, counts: shardCounts(arena.count, parts: data.size))
+                (gradients + shard.lowerBound).update(from: received.pointer, count: shard.count)
+            }
+            var values = [loss] + metrics.keys.sorted().map { metrics[$0]! }
+            try data.allReduce(&values, count: values.count, .sum)
+            loss = values[0]
+            for (name, value) in zip(metrics.keys.sorted(), values.dropFirst()) { metrics[name] = value }
+        }
+        let norm = try shard.map { try clipShard($0, maximum: s.gradientClip) } ?? clipGradientNorm(model.parameters, maximum: s.gradientClip)
         let lr = s.schedule(step)
         optimizer.update(learningRate: lr, pool: pool)
+        if let shard, data.size > 1 {
+            // Every rank updated its shard: gather the whole model back on every rank.
+            try data.allGather(arena.values.pointer + shard.lowerBound, into: arena.values.pointer, counts: shardCounts(arena.count, parts: data.size))
+        }
         step += 1
         let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record
+    }
+
+    /// Global-norm clipping when each rank holds the final gradients of its shard only: the sum of
+    /// squares of each shard (per tensor, as `clipGradientNorm` adds them), summed over the ranks.
+    private func clipShard(_ shard: Range<Int>, maximum: Float) throws -> Float {
+        let arena = model.arena
+        var total = 0.0
+        for (i, p) in arena.parameters.enumerated() where p.requiresGradient {
+            let r = arena.range(of: i).clamped(to: shard)
+            let g = arena.gradients.pointer
+            var sum = 0.0
+            for j in r { sum += Double(g[j]) * Double(g[j]) }
+            total += sum
+        }
+        try parallelism.data.allReduce(&total, count: 1, .sum)
+        let norm = Float(total.squareRoot())
+        let coefficient = maximum / (norm + 1e-6)
+        if coefficient < 1 {
+            let g = arena.gradients.pointer
+            for j in shard { g[j] *= coefficient }
+        }
+        return norm
+    }
+
+    /// The whole model's AdamW moments, flat, for a checkpoint: the optimizer's own buffers, or
+    /// under ZeRO the shards gathered from every rank (each rank of the data group calls it before
+    /// rank 0 writes).
+    public func optimizerState() throws -> (moments: FloatBuffer, squares: FloatBuffer) {
+        guard shard != nil, parallelism.data.size > 1 else { return (optimizer.flatMoments, optimizer.flatSquares) }
+        let counts = shardCounts(model.arena.count, parts: parallelism.data.size)
+        let moments = FloatBuffer(uninitializedCount: model.arena.count), squares = FloatBuffer(uninitializedCount: model.arena.count)
+        try parallelism.data.allGather(optimizer.flatMoments.pointer, into: moments.pointer, counts: counts)
+        try parallelism.data.allGather(optimizer.flatSquares.pointer, into: squares.pointer, counts: counts)
+        return (moments, squares)
     }
 
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
@@ -268,15 +321,16 @@ public final class Trainer {
 
     /// Writes a checkpoint into `directory` (which must exist): the model as a Hugging Face folder
     /// (model.safetensors, config.json, the tokenizer), optimizer.safetensors and trainer_state.json.
-    func writeCheckpoint(into directory: String) throws {
+    func writeCheckpoint(into directory: String, optimizerState state: (moments: FloatBuffer, squares: FloatBuffer)) throws {
         try model.save(to: directory)
         if let tokenizer = objective.tokenizerPath {
             try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
         }
         var tensors: [SafetensorsWriter.Tensor] = []
         for (i, p) in model.parameters.enumerated() {
-            tensors.append(.init(name: "exp_avg." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.moments[i].pointer, count: p.count)))
-            tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.squares[i].pointer, count: p.count)))
+            let offset = model.arena.offsets[i]
+            tensors.append(.init(name: "exp_avg." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: state.moments.pointer + offset, count: p.count)))
+            tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: state.squares.pointer + offset, count: p.count)))
         }
         try SafetensorsWriter.write(tensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
         let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
@@ -299,12 +353,17 @@ public final class Trainer {
                                                settings: settings, samplerSeed: samplerState)
         let trainer = try Trainer(model: model, objective: objective, settings: settings, parallelism: parallelism, pool: pool)
         let moments = try SafetensorsFile(path: checkpoint + "/optimizer.safetensors")
-        for (i, p) in model.parameters.enumerated() {
-            for (prefix, target) in [("exp_avg.", trainer.optimizer.moments[i]), ("exp_avg_sq.", trainer.optimizer.squares[i])] {
+        // The checkpoint holds the whole model's moments; this rank keeps its optimizer's range.
+        let range = trainer.optimizer.range
+        for (prefix, target) in [("exp_avg.", trainer.optimizer.flatMoments), ("exp_avg_sq.", trainer.optimizer.flatSquares)] {
+            for (i, p) in model.parameters.enumerated() {
                 guard let entry = moments.entries[prefix + p.name], entry.dtype == .f32, entry.shape == p.shape else {
                     throw TrainingError("\(checkpoint)/optimizer.safetensors: \(prefix + p.name) is missing or has the wrong shape")
                 }
-                UnsafeMutableRawPointer(target.pointer).copyMemory(from: moments.data(of: entry), byteCount: 4 * p.count)
+                let part = model.arena.range(of: i).clamped(to: range)
+                guard !part.isEmpty else { continue }
+                let source = moments.data(of: entry).advanced(by: 4 * (part.lowerBound - model.arena.offsets[i]))
+                UnsafeMutableRawPointer(target.pointer + (part.lowerBound - range.lowerBound)).copyMemory(from: source, byteCount: 4 * part.count)
             }
         }
         guard let optimizerStep = moments.metadata["step"].flatMap(Int.init) else {

@@ -63,6 +63,8 @@ struct Pretrain: ParsableCommand {
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
     @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
+    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments) or 2 (also reduce-scatter the gradients) (default 0).")
+    var zeroStage: Int = 0
     @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
     var collectiveTimeout: Double = 600
 
@@ -79,6 +81,7 @@ struct Pretrain: ParsableCommand {
         }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
         guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
+        guard (0...2).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1 or 2") }
         guard collectiveTimeout >= 0 else { throw ValidationError("--collective-timeout must not be negative") }
     }
 
@@ -100,9 +103,11 @@ struct Pretrain: ParsableCommand {
         ThreadPool.configureShared(threadCount: threads)
         MPICommunicator.collectiveTimeout = collectiveTimeout
         let world = try worldCommunicator()
-        let parallelism = Parallelism(world: world, bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap)
+        let parallelism = Parallelism(world: world, bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage)
         do {
             try run(parallelism)
+        } catch let stopped as ExitCode {
+            throw stopped  // every rank stopped after the same step (a signal), with a checkpoint
         } catch {
             guard world.size > 1 else { throw error }
             // The other ranks would wait in their next collective forever: end the whole job.
@@ -167,7 +172,10 @@ struct Pretrain: ParsableCommand {
         }
         say("f32 products: \(BLASCore.summary)")
         if world.size > 1 {
-            say("data parallel over \(world.size) ranks (Open MPI), \(threads) threads each; gradients all-reduced in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward")
+            let gradients = zeroStage == 2 ? "gradients reduce-scattered after the backward"
+                : "gradients all-reduced in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
+            let moments = Double(trainer.optimizer.range.count * 8) / 1_048_576
+            say("data parallel over \(world.size) ranks (Open MPI), \(threads) threads each; ZeRO stage \(zeroStage): \(gradients); AdamW moments on rank 0: \(String(format: "%.1f", moments)) MiB")
         }
         try train(trainer, folder: folder)
     }

@@ -27,8 +27,8 @@ enum Runs {
     }
 
     /// A small LLaMA with grouped-query attention (4 heads, 2 KV heads), 20 steps of 2 micro-batches.
-    static func arguments(output: String, steps: Int = 20) throws -> [String] {
-        ["pretrain", "--preset", "tiny", "--data", try prepared.get(), "--steps", String(steps), "--grad-accum", "2", "--batch-size", "4",
+    static func arguments(output: String, steps: Int = 20, microBatches: Int = 2) throws -> [String] {
+        ["pretrain", "--preset", "tiny", "--data", try prepared.get(), "--steps", String(steps), "--grad-accum", String(microBatches), "--batch-size", "4",
          "--seq-len", "64", "--eval-every", "10", "--save-every", "10", "--keep", "2", "--output", output]
     }
 
@@ -79,18 +79,50 @@ enum Runs {
         }
     }
 
-    /// A checkpoint of the two-rank run resumes in one process (and one of a single process on two
-    /// ranks), and the rest of the run is the uninterrupted one.
+    /// ZeRO stages 1 and 2 at two ranks: each rank keeps and updates its half of the AdamW moments
+    /// (stage 2 also receives only its half of the summed gradients), then the halves of the
+    /// parameters are gathered; AdamW works element by element, so the weights, every loss and the
+    /// gathered moments in the checkpoint equal the single process's bit for bit. At three ranks
+    /// (shards of uneven size, 3 micro-batches) stage 1 equals plain data parallelism at three.
+    @Test(.enabled(if: Runs.available, Runs.reason))
+    func zeroStagesEqualTheSingleProcess() throws {
+        let folder = NSTemporaryDirectory() + "ember-zero-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
+        let single = try Runs.losses(folder + "/single")
+        let optimizer = { (run: String) in try Data(contentsOf: URL(fileURLWithPath: folder + "/" + run + "/checkpoints/step-000020/optimizer.safetensors")) }
+        for stage in [1, 2] {
+            let log = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero\(stage)") + ["--zero-stage", String(stage)])
+            print(log.split(separator: "\n").filter { $0.contains("ZeRO") }.joined(separator: "\n"))
+            let losses = try Runs.losses(folder + "/zero\(stage)")
+            let same = try (losses == single, Runs.weights(folder + "/zero\(stage)") == Runs.weights(folder + "/single"), optimizer("zero\(stage)") == optimizer("single"))
+            print("ZeRO-\(stage), 2 ranks: losses \(same.0 ? "equal" : "DIFFERENT"), weights \(same.1 ? "identical" : "DIFFERENT"), moments \(same.2 ? "identical" : "DIFFERENT")")
+            #expect(same.0 && same.1 && same.2)
+        }
+        _ = try Runs.parallel(3, try Runs.arguments(output: folder + "/ddp3", microBatches: 3))
+        _ = try Runs.parallel(3, try Runs.arguments(output: folder + "/zero1-3", microBatches: 3) + ["--zero-stage", "1"])
+        let ddp3 = try Runs.losses(folder + "/ddp3"), zero3 = try Runs.losses(folder + "/zero1-3")
+        print("ZeRO-1 vs data parallel, 3 ranks: losses \(ddp3 == zero3 ? "equal" : "DIFFERENT")")
+        #expect(ddp3 == zero3)
+        #expect(try Runs.weights(folder + "/ddp3") == Runs.weights(folder + "/zero1-3"))
+    }
+
+    /// A checkpoint of the two-rank run (plain or ZeRO-2) resumes in one process, and one of a
+    /// single process on two ranks (plain or ZeRO-1): the rest of the run is the uninterrupted one.
     @Test(.enabled(if: Runs.available, Runs.reason))
     func checkpointsResumeAtAnotherRankCount() throws {
         let folder = NSTemporaryDirectory() + "ember-ddp-resume-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: folder) }
         _ = try Runs.parallel(2, try Runs.arguments(output: folder + "/ddp"))
         _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
+        _ = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero2") + ["--zero-stage", "2"])
         _ = try Runs.single(["pretrain", "--resume", folder + "/ddp/checkpoints/step-000010", "--output", folder + "/ddp-then-single"])
         _ = try Runs.parallel(2, ["pretrain", "--resume", folder + "/single/checkpoints/step-000010", "--output", folder + "/single-then-ddp"])
+        _ = try Runs.single(["pretrain", "--resume", folder + "/zero2/checkpoints/step-000010", "--output", folder + "/zero2-then-single"])
+        _ = try Runs.parallel(2, ["pretrain", "--resume", folder + "/single/checkpoints/step-000010", "--output", folder + "/single-then-zero1",
+                                  "--zero-stage", "1"])
         let straight = try Runs.losses(folder + "/single")
-        for run in ["ddp-then-single", "single-then-ddp"] {
+        for run in ["ddp-then-single", "single-then-ddp", "zero2-then-single", "single-then-zero1"] {
             let resumed = try Runs.losses(folder + "/" + run)
             print("\(run): steps 11–20 \(resumed == straight ? "equal" : "DIFFERENT") to the uninterrupted run")
             #expect(resumed == straight)
