@@ -15,8 +15,9 @@ public struct Parallelism: @unchecked Sendable {
     /// Whether buckets are all-reduced during the backward (on a communication thread) or after it.
     public var overlap: Bool
     /// ZeRO: 0 replicates everything; 1 partitions the AdamW moments over the data-parallel ranks
-    /// (each rank updates its shard of the parameters, then the shards are all-gathered); 2 also
-    /// reduce-scatters the gradients, so each rank receives only the sum of its shard.
+    /// (each rank updates its shard of the parameters, then the shards are all-gathered) and
+    /// reduce-scatters the gradients, so each rank receives only the sum of its shard; 2 is the
+    /// same here (its saving, freeing the gradients outside the shard, is not implemented).
     public var zeroStage: Int
 
     public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) {
@@ -27,11 +28,13 @@ public struct Parallelism: @unchecked Sendable {
         self.zeroStage = zeroStage
     }
 
-    /// Rank `rank`'s shard of `count` flat values when they are partitioned over the data group.
-    public func shard(of count: Int) -> Range<Int> {
-        let counts = shardCounts(count, parts: data.size)
-        let start = counts[..<data.rank].reduce(0, +)
-        return start..<start + counts[data.rank]
+    /// Every rank's shard of `count` flat values partitioned over the data group, in rank order.
+    public func shards(of count: Int) -> [Range<Int>] {
+        var start = 0
+        return shardCounts(count, parts: data.size).map { n in
+            defer { start += n }
+            return start..<start + n
+        }
     }
 
     /// One process.
@@ -41,8 +44,8 @@ public struct Parallelism: @unchecked Sendable {
     public var share: DataShare { DataShare(rank: data.rank, ranks: data.size) }
 }
 
-/// Sums the gradient arena over the data-parallel ranks in buckets, from the end of the arena to
-/// its start, the order in which the backward finishes them: the model reports how far from the
+/// Sums the gradient arena over the data-parallel ranks in buckets (all-reduced, or under ZeRO
+/// reduce-scattered along the ranks' shards), from the end of the arena to its start, the order in which the backward finishes them: the model reports how far from the
 /// end its gradients are final (`ready(from:)`), every bucket wholly past that point is handed to
 /// the communication thread, and the backward goes on. Every rank has the same buckets and the
 /// backward finishes them in the same order, so the ranks call the all-reduces in the same order.
@@ -57,9 +60,14 @@ final class GradientBuckets {
     /// micro-batches of the step, when it has several.
     private var accumulated: FloatBuffer?
 
-    init(gradients: FloatBuffer, communicator: any Communicator, bucketBytes: Int, overlap: Bool) {
+    /// Under ZeRO, every rank's shard of the arena, in rank order: each bucket is reduce-scattered
+    /// along them, so a rank receives the sums of its own shard only.
+    let shards: [Range<Int>]?
+
+    init(gradients: FloatBuffer, communicator: any Communicator, bucketBytes: Int, overlap: Bool, shards: [Range<Int>]? = nil) {
         self.communicator = communicator
         self.gradients = gradients
+        self.shards = shards
         let size = max(1, bucketBytes / 4)
         buckets = stride(from: 0, to: gradients.count, by: size).map { $0..<min($0 + size, gradients.count) }
         thread = overlap ? CommunicationThread() : nil
@@ -105,6 +113,11 @@ final class GradientBuckets {
             let a = accumulated.pointer + range.lowerBound
             for i in 0..<range.count { g[i] += a[i] }
         }
-        try communicator.allReduce(g, count: range.count, .sum)
+        guard let shards else { return try communicator.allReduce(g, count: range.count, .sum) }
+        let parts = shards.map { range.clamped(to: $0) }
+        let mine = parts[communicator.rank]
+        let received = FloatBuffer(uninitializedCount: max(1, mine.count))
+        try communicator.reduceScatter(g, into: received.pointer, counts: parts.map(\.count))
+        (gradients.pointer + mine.lowerBound).update(from: received.pointer, count: mine.count)
     }
 }

@@ -179,11 +179,12 @@ public final class Trainer {
         self.parallelism = parallelism
         self.pool = pool
         keepFreedMemory()
-        shard = parallelism.zeroStage >= 1 ? parallelism.shard(of: model.arena.count) : nil
+        let shards = parallelism.zeroStage >= 1 ? parallelism.shards(of: model.arena.count) : nil
+        shard = shards?[parallelism.data.rank]
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay), range: shard)
-        buckets = ranks > 1 && parallelism.zeroStage < 2 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
-                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap) : nil
+        buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
+                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap, shards: shards) : nil
     }
 
     /// Pretraining: next-token prediction on `dataset`.
@@ -197,14 +198,18 @@ public final class Trainer {
     /// Tokens of the global batch of one step (over every data-parallel rank).
     public var tokensPerStep: Int { settings.batchSize * settings.sequenceLength * settings.gradientAccumulation }
 
-    /// Seconds this rank waited for gradient all-reduces after its backward ended, over the run so far.
+    /// Seconds this rank spent finishing gradient reductions after its backward ended, over the steps of this process.
     public var exposedCommunicationSeconds: Double { buckets?.exposedSeconds ?? 0 }
+    /// Steps this process ran, and the bytes its data-parallel collectives put on the wire in them.
+    public private(set) var stepsRun = 0
+    public private(set) var wireBytes = 0.0
 
     /// Runs one optimizer step and returns its record. Each micro-batch's gradients are made apart
     /// and added to the sum of the earlier ones, so that two ranks of one micro-batch each, summed
     /// by the all-reduce, give the same bits as one process accumulating two.
     public func trainStep() throws -> StepRecord {
         let s = settings
+        let wireBefore = parallelism.data.traffic.wireBytes(size: parallelism.data.size)
         let parts = objective.nextStep(settings: s, share: parallelism.share)
         let arena = model.arena
         let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
@@ -234,12 +239,6 @@ public final class Trainer {
             for i in 0..<arena.count { gradients[i] += sum[i] }
         }
         if data.size > 1 {
-            if parallelism.zeroStage == 2, let shard {
-                // Each rank receives the sum of its own shard of the gradients only.
-                let received = FloatBuffer(uninitializedCount: shard.count)
-                try data.reduceScatter(gradients, into: received.pointer, counts: shardCounts(arena.count, parts: data.size))
-                (gradients + shard.lowerBound).update(from: received.pointer, count: shard.count)
-            }
             var values = [loss] + metrics.keys.sorted().map { metrics[$0]! }
             try data.allReduce(&values, count: values.count, .sum)
             loss = values[0]
@@ -253,6 +252,8 @@ public final class Trainer {
             try data.allGather(arena.values.pointer + shard.lowerBound, into: arena.values.pointer, counts: shardCounts(arena.count, parts: data.size))
         }
         step += 1
+        stepsRun += 1
+        wireBytes += data.traffic.wireBytes(size: data.size) - wireBefore
         let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record

@@ -63,7 +63,7 @@ struct Pretrain: ParsableCommand {
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
     @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
-    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments) or 2 (also reduce-scatter the gradients) (default 0).")
+    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients) or 2 (the same, here) (default 0).")
     var zeroStage: Int = 0
     @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
     var collectiveTimeout: Double = 600
@@ -172,8 +172,7 @@ struct Pretrain: ParsableCommand {
         }
         say("f32 products: \(BLASCore.summary)")
         if world.size > 1 {
-            let gradients = zeroStage == 2 ? "gradients reduce-scattered after the backward"
-                : "gradients all-reduced in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
+            let gradients = "gradients \(zeroStage > 0 ? "reduce-scattered" : "all-reduced") in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
             let moments = Double(trainer.optimizer.range.count * 8) / 1_048_576
             say("data parallel over \(world.size) ranks (Open MPI), \(threads) threads each; ZeRO stage \(zeroStage): \(gradients); AdamW moments on rank 0: \(String(format: "%.1f", moments)) MiB")
         }
@@ -213,9 +212,11 @@ struct Pretrain: ParsableCommand {
                               trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
                               Double(usage.ru_maxrss) / 1024, model, output, run.logPath))
             if trainer.parallelism.world.size > 1 {
-                let traffic = trainer.parallelism.data.traffic
-                printError(String(format: "rank 0: %.1f MB all-reduced; %.2f s waiting for gradient all-reduces after the backward (exposed communication)",
-                                  Double(traffic.allReduce) / 1e6, trainer.exposedCommunicationSeconds))
+                let n = trainer.parallelism.data.size
+                let theory = 2 * Double(n - 1) / Double(n) * Double(4 * trainer.model.parameterCount) / 1e6
+                printError(String(format: "rank 0: %.2f MB on the wire per step (ring algorithms; 2(N−1)/N·Ψ = %.2f MB); %.2f s spent finishing gradient reductions after the backward (exposed communication)",
+                                  trainer.wireBytes / 1e6 / Double(max(1, trainer.stepsRun)), theory,
+                                  trainer.exposedCommunicationSeconds))
             }
         }
     }

@@ -54,6 +54,27 @@ enum Runs {
     }
 
     static func weights(_ run: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: run + "/model/model.safetensors")) }
+
+    /// Rank 0's bytes on the wire per step and the data-parallel theory 2(N−1)/N·Ψ (of 4-byte
+    /// values), as `ember pretrain` reports them at the end of a parallel run.
+    static func wire(_ log: String) -> (measured: Double, theory: Double)? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("on the wire per step") }) else { return nil }
+        let numbers = line.split(whereSeparator: { !"0123456789.".contains($0) }).compactMap { Double($0) }.filter { $0 > 2 }
+        return numbers.count >= 2 ? (numbers[0], numbers[1]) : nil
+    }
+
+    /// ‖a − b‖ / ‖b‖ over every f32 value of two models' model.safetensors (written in the same layout).
+    static func relativeDifference(_ a: String, _ b: String) throws -> Double {
+        func values(_ run: String) throws -> [Float] {
+            let data = try weights(run)
+            let header = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+            return data.dropFirst(8 + header).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+        let x = try values(a), y = try values(b)
+        try #require(x.count == y.count)
+        let difference = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+        return (difference / y.reduce(0.0) { $0 + Double($1) * Double($1) }).squareRoot()
+    }
 }
 
 @Suite(.serialized) struct DataParallelTests {
@@ -70,6 +91,8 @@ enum Runs {
         let single = try Runs.losses(folder + "/single")
         print("single process, 2 accumulated micro-batches: losses \(single.first![0]) → \(single.last![0])")
         print(log.split(separator: "\n").filter { $0.contains("data parallel") || $0.contains("exposed") }.joined(separator: "\n"))
+        let wire = try #require(Runs.wire(log))
+        #expect(abs(wire.measured - wire.theory) <= 0.001 * wire.theory)
         for run in ["ddp", "ddp-small-buckets"] {
             let losses = try Runs.losses(folder + "/" + run)
             let differing = zip(single, losses).filter { $0 != $1 }.count
@@ -83,7 +106,8 @@ enum Runs {
     /// (stage 2 also receives only its half of the summed gradients), then the halves of the
     /// parameters are gathered; AdamW works element by element, so the weights, every loss and the
     /// gathered moments in the checkpoint equal the single process's bit for bit. At three ranks
-    /// (shards of uneven size, 3 micro-batches) stage 1 equals plain data parallelism at three.
+    /// (shards of uneven size, 3 micro-batches) stage 1 matches plain data parallelism at three
+    /// within rounding.
     @Test(.enabled(if: Runs.available, Runs.reason))
     func zeroStagesEqualTheSingleProcess() throws {
         let folder = NSTemporaryDirectory() + "ember-zero-\(UUID().uuidString)"
@@ -93,7 +117,10 @@ enum Runs {
         let optimizer = { (run: String) in try Data(contentsOf: URL(fileURLWithPath: folder + "/" + run + "/checkpoints/step-000020/optimizer.safetensors")) }
         for stage in [1, 2] {
             let log = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero\(stage)") + ["--zero-stage", String(stage)])
-            print(log.split(separator: "\n").filter { $0.contains("ZeRO") }.joined(separator: "\n"))
+            print(log.split(separator: "\n").filter { $0.contains("ZeRO") || $0.contains("wire") }.joined(separator: "\n"))
+            // Reduce-scatter plus all-gather move what one all-reduce does (and a few bytes of loss).
+            let wire = try #require(Runs.wire(log))
+            #expect(abs(wire.measured - wire.theory) <= 0.001 * wire.theory)
             let losses = try Runs.losses(folder + "/zero\(stage)")
             let same = try (losses == single, Runs.weights(folder + "/zero\(stage)") == Runs.weights(folder + "/single"), optimizer("zero\(stage)") == optimizer("single"))
             print("ZeRO-\(stage), 2 ranks: losses \(same.0 ? "equal" : "DIFFERENT"), weights \(same.1 ? "identical" : "DIFFERENT"), moments \(same.2 ? "identical" : "DIFFERENT")")
@@ -101,10 +128,15 @@ enum Runs {
         }
         _ = try Runs.parallel(3, try Runs.arguments(output: folder + "/ddp3", microBatches: 3))
         _ = try Runs.parallel(3, try Runs.arguments(output: folder + "/zero1-3", microBatches: 3) + ["--zero-stage", "1"])
+        // Three ranks sum in another order when they reduce-scatter than when they all-reduce, so
+        // the two differ by rounding: each gradient by about an ulp, which AdamW's normalised steps
+        // carry into the weights at the same relative size, step after step.
         let ddp3 = try Runs.losses(folder + "/ddp3"), zero3 = try Runs.losses(folder + "/zero1-3")
-        print("ZeRO-1 vs data parallel, 3 ranks: losses \(ddp3 == zero3 ? "equal" : "DIFFERENT")")
-        #expect(ddp3 == zero3)
-        #expect(try Runs.weights(folder + "/ddp3") == Runs.weights(folder + "/zero1-3"))
+        let lossDifference = zip(ddp3, zero3).map { abs($0[0] - $1[0]) / $0[0] }.max()!
+        let weights = try Runs.relativeDifference(folder + "/zero1-3", folder + "/ddp3")
+        print("ZeRO-1 vs data parallel, 3 ranks (uneven shards): largest relative loss difference \(lossDifference), relative Frobenius difference of the weights \(weights)")
+        #expect(lossDifference <= 1e-5)
+        #expect(weights <= 1e-5)
     }
 
     /// A checkpoint of the two-rank run (plain or ZeRO-2) resumes in one process, and one of a
