@@ -16,28 +16,42 @@ public struct CheckpointFolder: Sendable {
     var checkpoints: String { output + "/checkpoints" }
 
     /// Saves `trainer` and returns the checkpoint's path; keeps the newest `keep` checkpoints.
-    /// Under ZeRO every rank gathers `optimizerState` first and rank 0 saves with it.
+    /// With several ranks every rank calls it: rank 0 writes the model and trainer state, and under
+    /// ZeRO each rank writes its own shard of the optimizer's moments; the checkpoint is renamed
+    /// into place only after every rank reports its files complete.
     @discardableResult
-    public func save(_ trainer: Trainer, keep: Int, optimizerState: (moments: FloatBuffer, squares: FloatBuffer)? = nil) throws -> String {
+    public func save(_ trainer: Trainer, keep: Int) throws -> String {
         let files = FileManager.default
+        let world = trainer.parallelism.world, leader = trainer.parallelism.isLeader
         let name = String(format: "step-%06d", trainer.step)
         let final = checkpoints + "/" + name, partial = checkpoints + "/." + name + ".partial"
-        try? files.removeItem(atPath: partial)
-        do {
-            try files.createDirectory(atPath: partial, withIntermediateDirectories: true)
-            try trainer.writeCheckpoint(into: partial, optimizerState: optimizerState ?? trainer.optimizerState())
-        } catch {
-            try? files.removeItem(atPath: partial)
-            throw TrainingError("saving the checkpoint for step \(trainer.step) failed (\(error)); the previous checkpoint is intact")
+        /// Every rank learns whether any failed; a failure anywhere leaves the previous checkpoint.
+        func agree(_ attempt: () throws -> Void) throws {
+            var failure: Error?
+            do { try attempt() } catch { failure = error }
+            let failed = world.size > 1 ? try world.sum(failure == nil ? 0 : 1 as Int64) : (failure == nil ? 0 : 1)
+            guard failed > 0 else { return }
+            if leader { try? files.removeItem(atPath: partial) }
+            let reason = failure.map { "\($0)" } ?? "on another rank"
+            throw TrainingError("saving the checkpoint for step \(trainer.step) failed (\(reason)); the previous checkpoint is intact")
         }
-        if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
-        guard rename(partial, final) == 0 else {
-            try? files.removeItem(atPath: partial)
-            throw TrainingError("cannot rename \(partial) to \(final): \(String(cString: strerror(errno)))")
+        try agree {
+            if leader {
+                try? files.removeItem(atPath: partial)
+                try files.createDirectory(atPath: partial, withIntermediateDirectories: true)
+            }
         }
-        try writeFile(Data(("checkpoints/" + name + "\n").utf8), to: output + "/latest")
-        let all = ((try? files.contentsOfDirectory(atPath: checkpoints)) ?? []).filter { $0.hasPrefix("step-") }.sorted()
-        for old in all.dropLast(keep) where old != name { try? files.removeItem(atPath: checkpoints + "/" + old) }
+        try agree { try trainer.writeCheckpoint(into: partial) }
+        try agree {
+            guard leader else { return }
+            if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
+            guard rename(partial, final) == 0 else {
+                throw TrainingError("cannot rename \(partial) to \(final): \(String(cString: strerror(errno)))")
+            }
+            try writeFile(Data(("checkpoints/" + name + "\n").utf8), to: output + "/latest")
+            let all = ((try? files.contentsOfDirectory(atPath: checkpoints)) ?? []).filter { $0.hasPrefix("step-") }.sorted()
+            for old in all.dropLast(keep) where old != name { try? files.removeItem(atPath: checkpoints + "/" + old) }
+        }
         return final
     }
 

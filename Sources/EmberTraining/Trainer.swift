@@ -281,18 +281,6 @@ public final class Trainer {
         return norm
     }
 
-    /// The whole model's AdamW moments, flat, for a checkpoint: the optimizer's own buffers, or
-    /// under ZeRO the shards gathered from every rank (each rank of the data group calls it before
-    /// rank 0 writes).
-    public func optimizerState() throws -> (moments: FloatBuffer, squares: FloatBuffer) {
-        guard shard != nil, parallelism.data.size > 1 else { return (optimizer.flatMoments, optimizer.flatSquares) }
-        let counts = shardCounts(model.arena.count, parts: parallelism.data.size)
-        let moments = FloatBuffer(uninitializedCount: model.arena.count), squares = FloatBuffer(uninitializedCount: model.arena.count)
-        try parallelism.data.allGather(optimizer.flatMoments.pointer, into: moments.pointer, counts: counts)
-        try parallelism.data.allGather(optimizer.flatSquares.pointer, into: squares.pointer, counts: counts)
-        return (moments, squares)
-    }
-
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
     /// spread evenly over the validation split).
     public func evaluate() -> Float { objective.validationLoss(model: model, settings: settings, pool: pool) }
@@ -322,23 +310,38 @@ public final class Trainer {
 
     /// Writes a checkpoint into `directory` (which must exist): the model as a Hugging Face folder
     /// (model.safetensors, config.json, the tokenizer), optimizer.safetensors and trainer_state.json.
-    func writeCheckpoint(into directory: String, optimizerState state: (moments: FloatBuffer, squares: FloatBuffer)) throws {
-        try model.save(to: directory)
-        if let tokenizer = objective.tokenizerPath {
-            try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
+    func writeCheckpoint(into directory: String) throws {
+        if parallelism.isLeader {
+            try model.save(to: directory)
+            if let tokenizer = objective.tokenizerPath {
+                try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
+            }
+            let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeFile(encoder.encode(state), to: directory + "/trainer_state.json")
         }
-        var tensors: [SafetensorsWriter.Tensor] = []
-        for (i, p) in model.parameters.enumerated() {
-            let offset = model.arena.offsets[i]
-            tensors.append(.init(name: "exp_avg." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: state.moments.pointer + offset, count: p.count)))
-            tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: state.squares.pointer + offset, count: p.count)))
+        let range = optimizer.range, ranks = parallelism.data.size
+        if shard != nil && ranks > 1 {
+            // Each rank writes the moments of its shard of the flat parameters.
+            let tensors = [("exp_avg", optimizer.flatMoments), ("exp_avg_sq", optimizer.flatSquares)].map { name, buffer in
+                SafetensorsWriter.Tensor(name: name, shape: [range.count], data: UnsafeBufferPointer(start: buffer.pointer, count: range.count))
+            }
+            let metadata = ["step": String(optimizer.step), "start": String(range.lowerBound), "end": String(range.upperBound), "total": String(model.arena.count)]
+            try SafetensorsWriter.write(tensors, metadata: metadata, to: directory + "/" + Self.shardFile(parallelism.data.rank, of: ranks))
+        } else if parallelism.isLeader {
+            var tensors: [SafetensorsWriter.Tensor] = []
+            for (i, p) in model.parameters.enumerated() {
+                let offset = model.arena.offsets[i]
+                tensors.append(.init(name: "exp_avg." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.flatMoments.pointer + offset, count: p.count)))
+                tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.flatSquares.pointer + offset, count: p.count)))
+            }
+            try SafetensorsWriter.write(tensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
         }
-        try SafetensorsWriter.write(tensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
-        let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeFile(encoder.encode(state), to: directory + "/trainer_state.json")
     }
+
+    /// The file of rank `rank`'s optimizer shard in a checkpoint saved by `ranks` ZeRO ranks.
+    static func shardFile(_ rank: Int, of ranks: Int) -> String { String(format: "optimizer-%05d-of-%05d.safetensors", rank, ranks) }
 
     /// A trainer that continues exactly where `checkpoint` stopped.
     public static func resume(from checkpoint: String, steps: Int? = nil, parallelism: Parallelism = .single, pool: ThreadPool = .shared) throws -> Trainer {
@@ -353,26 +356,65 @@ public final class Trainer {
         let objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
                                                settings: settings, samplerSeed: samplerState)
         let trainer = try Trainer(model: model, objective: objective, settings: settings, parallelism: parallelism, pool: pool)
-        let moments = try SafetensorsFile(path: checkpoint + "/optimizer.safetensors")
-        // The checkpoint holds the whole model's moments; this rank keeps its optimizer's range.
-        let range = trainer.optimizer.range
-        for (prefix, target) in [("exp_avg.", trainer.optimizer.flatMoments), ("exp_avg_sq.", trainer.optimizer.flatSquares)] {
-            for (i, p) in model.parameters.enumerated() {
-                guard let entry = moments.entries[prefix + p.name], entry.dtype == .f32, entry.shape == p.shape else {
-                    throw TrainingError("\(checkpoint)/optimizer.safetensors: \(prefix + p.name) is missing or has the wrong shape")
-                }
-                let part = model.arena.range(of: i).clamped(to: range)
-                guard !part.isEmpty else { continue }
-                let source = moments.data(of: entry).advanced(by: 4 * (part.lowerBound - model.arena.offsets[i]))
-                UnsafeMutableRawPointer(target.pointer + (part.lowerBound - range.lowerBound)).copyMemory(from: source, byteCount: 4 * part.count)
-            }
-        }
-        guard let optimizerStep = moments.metadata["step"].flatMap(Int.init) else {
-            throw TrainingError("\(checkpoint)/optimizer.safetensors: no step in its metadata")
-        }
+        let optimizerStep = try loadMoments(from: checkpoint, into: trainer)
         trainer.optimizer.step = optimizerStep
         trainer.step = state.step
         trainer.history = state.history
         return trainer
     }
+
+    /// Reads this trainer's range of the AdamW moments from a checkpoint, whichever layout saved
+    /// them (one optimizer.safetensors, or one shard file per ZeRO rank); returns the optimizer step.
+    static func loadMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
+        let arena = trainer.model.arena, range = trainer.optimizer.range
+        let targets = [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)]
+        func copy(_ data: UnsafeRawPointer, covering part: Range<Int>, into target: FloatBuffer) {
+            let wanted = part.clamped(to: range)
+            guard !wanted.isEmpty else { return }
+            UnsafeMutableRawPointer(target.pointer + (wanted.lowerBound - range.lowerBound))
+                .copyMemory(from: data + 4 * (wanted.lowerBound - part.lowerBound), byteCount: 4 * wanted.count)
+        }
+        let whole = checkpoint + "/optimizer.safetensors"
+        if FileManager.default.fileExists(atPath: whole) {
+            let file = try SafetensorsFile(path: whole)
+            for (prefix, target) in targets {
+                for (i, p) in trainer.model.parameters.enumerated() {
+                    guard let entry = file.entries[prefix + "." + p.name], entry.dtype == .f32, entry.shape == p.shape else {
+                        throw TrainingError("\(whole): \(prefix + "." + p.name) is missing or has the wrong shape")
+                    }
+                    copy(file.data(of: entry), covering: arena.range(of: i), into: target)
+                }
+            }
+            guard let step = file.metadata["step"].flatMap(Int.init) else { throw TrainingError("\(whole): no step in its metadata") }
+            return step
+        }
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: checkpoint)) ?? []).filter { $0.hasPrefix("optimizer-") }.sorted()
+        guard let first = names.first, let ranks = Int(first.dropFirst("optimizer-00000-of-".count).prefix(5)) else {
+            throw TrainingError("\(checkpoint): no optimizer.safetensors and no optimizer shards")
+        }
+        guard names == (0..<ranks).map({ shardFile($0, of: ranks) }) else {
+            throw TrainingError("\(checkpoint): the optimizer shards are incomplete (\(names.count) files for \(ranks) ranks)")
+        }
+        var covered = 0, step: Int?
+        for name in names {
+            let path = checkpoint + "/" + name
+            let file = try SafetensorsFile(path: path)
+            let m = file.metadata
+            guard let start = m["start"].flatMap(Int.init), let end = m["end"].flatMap(Int.init), m["total"] == String(arena.count),
+                  start == covered, end >= start, let s = m["step"].flatMap(Int.init), step == nil || step == s else {
+                throw TrainingError("\(path): its shard does not continue the shards before it for a model of \(arena.count) parameters")
+            }
+            for (name, target) in targets {
+                guard let entry = file.entries[name], entry.dtype == .f32, entry.shape == [end - start] else {
+                    throw TrainingError("\(path): \(name) is missing or has the wrong shape")
+                }
+                copy(file.data(of: entry), covering: start..<end, into: target)
+            }
+            covered = end
+            step = s
+        }
+        guard covered == arena.count, let step else { throw TrainingError("\(checkpoint): the optimizer shards cover \(covered) of \(arena.count) parameters") }
+        return step
+    }
+
 }

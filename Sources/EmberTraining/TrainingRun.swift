@@ -84,9 +84,7 @@ public final class TrainingRun {
             var stopping = stop?.requested ?? false
             if world.size > 1 { stopping = try world.sum(stopping ? 1 : 0 as Int64) > 0 }
             if (s.saveEvery > 0 && trainer.step % s.saveEvery == 0) || trainer.step == s.steps || stopping {
-                let state = try trainer.optimizerState()
-                lastCheckpoint = try agreed(world, leader ? { [folder, trainer] in try folder.save(trainer, keep: s.keepCheckpoints, optimizerState: state) } : nil,
-                                            "saving the checkpoint")
+                lastCheckpoint = try folder.save(trainer, keep: s.keepCheckpoints)
             }
             if stopping && trainer.step < s.steps { return .stopped(step: trainer.step, checkpoint: lastCheckpoint ?? output) }
         }

@@ -63,6 +63,27 @@ enum Runs {
         return numbers.count >= 2 ? (numbers[0], numbers[1]) : nil
     }
 
+    /// A checkpoint's AdamW first and second moments as two flat arrays in parameter order, from
+    /// optimizer.safetensors (one tensor per parameter) or the ZeRO ranks' shard files.
+    static func flatMoments(_ checkpoint: String) throws -> [[Float]] {
+        func tensors(_ path: String) throws -> [(name: String, values: [Float])] {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            let size = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+            let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<8 + size)) as! [String: Any]
+            let body = data.subdata(in: 8 + size..<data.count)
+            return header.compactMap { name, value -> (String, Int, [Float])? in
+                guard let offsets = (value as? [String: Any])?["data_offsets"] as? [Int] else { return nil }
+                let values = body.subdata(in: offsets[0]..<offsets[1]).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                return (name, offsets[0], values)
+            }.sorted { $0.1 < $1.1 }.map { ($0.0, $0.2) }
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: checkpoint).filter { $0.hasPrefix("optimizer") }.sorted()
+        let all = try files.flatMap { try tensors(checkpoint + "/" + $0) }
+        return ["exp_avg", "exp_avg_sq"].map { kind in
+            all.filter { $0.name == kind || $0.name.hasPrefix(kind + ".") }.flatMap(\.values)
+        }
+    }
+
     /// ‖a − b‖ / ‖b‖ over every f32 value of two models' model.safetensors (written in the same layout).
     static func relativeDifference(_ a: String, _ b: String) throws -> Double {
         func values(_ run: String) throws -> [Float] {
@@ -105,7 +126,7 @@ enum Runs {
     /// ZeRO stages 1 and 2 at two ranks: each rank keeps and updates its half of the AdamW moments
     /// (stage 2 also receives only its half of the summed gradients), then the halves of the
     /// parameters are gathered; AdamW works element by element, so the weights, every loss and the
-    /// gathered moments in the checkpoint equal the single process's bit for bit. At three ranks
+    /// moments in the checkpoint (one shard file per rank) equal the single process's bit for bit. At three ranks
     /// (shards of uneven size, 3 micro-batches) stage 1 matches plain data parallelism at three
     /// within rounding.
     @Test(.enabled(if: Runs.available, Runs.reason))
@@ -114,7 +135,7 @@ enum Runs {
         defer { try? FileManager.default.removeItem(atPath: folder) }
         _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
         let single = try Runs.losses(folder + "/single")
-        let optimizer = { (run: String) in try Data(contentsOf: URL(fileURLWithPath: folder + "/" + run + "/checkpoints/step-000020/optimizer.safetensors")) }
+        let optimizer = { (run: String) in try Runs.flatMoments(folder + "/" + run + "/checkpoints/step-000020") }
         for stage in [1, 2] {
             let log = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero\(stage)") + ["--zero-stage", String(stage)])
             print(log.split(separator: "\n").filter { $0.contains("ZeRO") || $0.contains("wire") }.joined(separator: "\n"))
