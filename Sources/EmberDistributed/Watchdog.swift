@@ -40,10 +40,11 @@ final class CollectiveWatchdog: @unchecked Sendable {
     private func watch() {
         while true {
             usleep(250_000)
-            let now = DispatchTime.now().uptimeNanoseconds
             let late: String? = lock.withLock {
                 guard seconds > 0 else { return nil }
-                return inFlight.values.first { Double(now - $0.since) / 1e9 > seconds }.map {
+                // Read under the lock: a call that begins later cannot have started after `now`.
+                let now = DispatchTime.now().uptimeNanoseconds
+                return inFlight.values.first { now > $0.since && Double(now - $0.since) / 1e9 > seconds }.map {
                     "\($0.what) has not finished after \(String(format: "%g", seconds)) s: another rank has stopped or is stuck"
                 }
             }
