@@ -86,6 +86,17 @@ extension Communicator {
         return v
     }
 
+    /// Runs `attempt` on this rank and tells every rank whether any rank's attempt failed, so that
+    /// none goes on (or waits) without the others: this rank's own error is rethrown, and a rank
+    /// whose attempt succeeded throws when another's failed.
+    public func everyRankSucceeds(_ what: String, _ attempt: () throws -> Void) throws {
+        var failure: Error?
+        do { try attempt() } catch { failure = error }
+        let failed = size > 1 ? try sum(failure == nil ? 0 : 1 as Int64) : 0
+        if let failure { throw failure }
+        if failed > 0 { throw CommunicationError("\(what) failed on another rank") }
+    }
+
     /// Checks that `counts` has one entry per rank, none negative.
     func check(_ counts: [Int], _ operation: String) throws {
         guard counts.count == size, counts.allSatisfy({ $0 >= 0 }) else {

@@ -87,28 +87,6 @@ public final class AdamW {
     }
 }
 
-/// Scales all gradients together so that their global L2 norm is at most `maximum`, as
-/// `torch.nn.utils.clip_grad_norm_` does; returns the norm before clipping.
-@discardableResult
-public func clipGradientNorm(_ parameters: [Variable], maximum: Float) -> Float {
-    var total = 0.0
-    for p in parameters where p.requiresGradient && p.hasGradient {
-        let g = p.gradient.pointer
-        var sum = 0.0
-        for j in 0..<p.count { sum += Double(g[j]) * Double(g[j]) }
-        total += sum
-    }
-    let norm = Float(total.squareRoot())
-    let coefficient = maximum / (norm + 1e-6)
-    if coefficient < 1 {
-        for p in parameters where p.requiresGradient && p.hasGradient {
-            let g = p.gradient.pointer
-            for j in 0..<p.count { g[j] *= coefficient }
-        }
-    }
-    return norm
-}
-
 /// Linear warmup to `maximum` over `warmup` steps, then cosine decay to `minimum` at `total` steps
 /// (and `minimum` after). Step numbers start at 0:
 ///     lr(s) = maximum · (s + 1) / warmup                                      s < warmup

@@ -40,6 +40,28 @@ public final class ParameterArena: @unchecked Sendable {
         p.value.pointer - values.pointer
     }
 
+    /// Scales the gradients so that their global L2 norm is at most `maximum`, as
+    /// `torch.nn.utils.clip_grad_norm_` does, and returns the norm before clipping. With `range`
+    /// (a ZeRO shard) only those gradients are read and scaled, and `total` turns their sum of
+    /// squares into the whole model's (a sum over the ranks). Squares are added in f64 tensor by
+    /// tensor; frozen parameters are left out.
+    @discardableResult
+    public func clipGradients(maximum: Float, in range: Range<Int>? = nil, total: (Double) throws -> Double = { $0 }) rethrows -> Float {
+        let range = range ?? 0..<count, g = gradients.pointer
+        var squares = 0.0
+        for (i, p) in parameters.enumerated() where p.requiresGradient {
+            var sum = 0.0
+            for j in self.range(of: i).clamped(to: range) { sum += Double(g[j]) * Double(g[j]) }
+            squares += sum
+        }
+        let norm = Float(try total(squares).squareRoot())
+        let coefficient = maximum / (norm + 1e-6)
+        if coefficient < 1 {
+            for j in range { g[j] *= coefficient }
+        }
+        return norm
+    }
+
     /// Zeroes every gradient in one pass.
     public func zeroGradients() { gradients.pointer.update(repeating: 0, count: gradients.count) }
 }

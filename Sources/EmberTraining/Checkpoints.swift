@@ -27,13 +27,12 @@ public struct CheckpointFolder: Sendable {
         let final = checkpoints + "/" + name, partial = checkpoints + "/." + name + ".partial"
         /// Every rank learns whether any failed; a failure anywhere leaves the previous checkpoint.
         func agree(_ attempt: () throws -> Void) throws {
-            var failure: Error?
-            do { try attempt() } catch { failure = error }
-            let failed = world.size > 1 ? try world.sum(failure == nil ? 0 : 1 as Int64) : (failure == nil ? 0 : 1)
-            guard failed > 0 else { return }
-            if leader { try? files.removeItem(atPath: partial) }
-            let reason = failure.map { "\($0)" } ?? "on another rank"
-            throw TrainingError("saving the checkpoint for step \(trainer.step) failed (\(reason)); the previous checkpoint is intact")
+            do {
+                try world.everyRankSucceeds("writing it", attempt)
+            } catch {
+                if leader { try? files.removeItem(atPath: partial) }
+                throw TrainingError("saving the checkpoint for step \(trainer.step) failed (\(error)); the previous checkpoint is intact")
+            }
         }
         try agree {
             if leader {

@@ -158,7 +158,8 @@ public final class Trainer {
     public internal(set) var history: [StepRecord] = []
     public let pool: ThreadPool
     private let buckets: GradientBuckets?
-    /// This rank's part of the flat parameters under ZeRO (what its optimizer updates).
+    /// Every rank's part of the flat parameters under ZeRO, and this rank's (what its optimizer updates).
+    private let shards: [Range<Int>]
     public let shard: Range<Int>?
     /// The sum of the step's earlier micro-batches, when a rank runs more than one.
     private lazy var accumulator = FloatBuffer(count: model.arena.count)
@@ -179,12 +180,12 @@ public final class Trainer {
         self.parallelism = parallelism
         self.pool = pool
         keepFreedMemory()
-        let shards = parallelism.zeroStage >= 1 ? parallelism.shards(of: model.arena.count) : nil
-        shard = shards?[parallelism.data.rank]
+        shards = parallelism.zeroStage >= 1 ? parallelism.shards(of: model.arena.count) : []
+        shard = shards.isEmpty ? nil : shards[parallelism.data.rank]
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay), range: shard)
         buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
-                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap, shards: shards) : nil
+                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap, shards: shard == nil ? nil : shards) : nil
     }
 
     /// Pretraining: next-token prediction on `dataset`.
@@ -239,17 +240,22 @@ public final class Trainer {
             for i in 0..<arena.count { gradients[i] += sum[i] }
         }
         if data.size > 1 {
-            var values = [loss] + metrics.keys.sorted().map { metrics[$0]! }
+            let names = metrics.keys.sorted()
+            var values = [loss] + names.map { metrics[$0]! }
             try data.allReduce(&values, count: values.count, .sum)
             loss = values[0]
-            for (name, value) in zip(metrics.keys.sorted(), values.dropFirst()) { metrics[name] = value }
+            for (name, value) in zip(names, values.dropFirst()) { metrics[name] = value }
         }
-        let norm = try shard.map { try clipShard($0, maximum: s.gradientClip) } ?? clipGradientNorm(model.parameters, maximum: s.gradientClip)
+        let norm = try arena.clipGradients(maximum: s.gradientClip, in: shard) { squares in
+            var total = squares
+            if shard != nil { try data.allReduce(&total, count: 1, .sum) }
+            return total
+        }
         let lr = s.schedule(step)
         optimizer.update(learningRate: lr, pool: pool)
         if let shard, data.size > 1 {
             // Every rank updated its shard: gather the whole model back on every rank.
-            try data.allGather(arena.values.pointer + shard.lowerBound, into: arena.values.pointer, counts: shardCounts(arena.count, parts: data.size))
+            try data.allGather(arena.values.pointer + shard.lowerBound, into: arena.values.pointer, counts: shards.map(\.count))
         }
         step += 1
         stepsRun += 1
@@ -257,28 +263,6 @@ public final class Trainer {
         let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record
-    }
-
-    /// Global-norm clipping when each rank holds the final gradients of its shard only: the sum of
-    /// squares of each shard (per tensor, as `clipGradientNorm` adds them), summed over the ranks.
-    private func clipShard(_ shard: Range<Int>, maximum: Float) throws -> Float {
-        let arena = model.arena
-        var total = 0.0
-        for (i, p) in arena.parameters.enumerated() where p.requiresGradient {
-            let r = arena.range(of: i).clamped(to: shard)
-            let g = arena.gradients.pointer
-            var sum = 0.0
-            for j in r { sum += Double(g[j]) * Double(g[j]) }
-            total += sum
-        }
-        try parallelism.data.allReduce(&total, count: 1, .sum)
-        let norm = Float(total.squareRoot())
-        let coefficient = maximum / (norm + 1e-6)
-        if coefficient < 1 {
-            let g = arena.gradients.pointer
-            for j in shard { g[j] *= coefficient }
-        }
-        return norm
     }
 
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows

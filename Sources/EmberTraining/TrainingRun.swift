@@ -88,24 +88,14 @@ public final class TrainingRun {
             }
             if stopping && trainer.step < s.steps { return .stopped(step: trainer.step, checkpoint: lastCheckpoint ?? output) }
         }
-        let publish = { [folder] in try folder.publishModel(from: lastCheckpoint ?? CheckpointFolder.locate(output)) }
-        let model = try agreed(world, leader ? publish : nil, "publishing the model") ?? output + "/model"
+        var model = output + "/model"
+        try world.everyRankSucceeds("publishing the model") {
+            if leader { model = try folder.publishModel(from: lastCheckpoint ?? CheckpointFolder.locate(output)) }
+        }
         if leader {
             try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
         }
         return .finished(model: model)
-    }
-
-    /// Runs `work` on the rank that has it and tells every rank whether it succeeded: the others
-    /// throw too when it failed, rather than going on without it.
-    private func agreed(_ world: any Communicator, _ work: (() throws -> String)?, _ what: String) throws -> String? {
-        var result: Result<String, Error>?
-        if let work { result = Result { try work() } }
-        if world.size > 1 {
-            let failed = try world.sum(result.map { (try? $0.get()) == nil ? 1 : 0 } ?? 0 as Int64)
-            if failed > 0 && result == nil { throw TrainingError("\(what) failed on rank 0") }
-        }
-        return try result?.get()
     }
 }
 

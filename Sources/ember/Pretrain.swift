@@ -131,20 +131,15 @@ struct Pretrain: ParsableCommand {
         } else {
             let output = self.output!
             // Rank 0 checks the folder and prepares the data; the others wait for it.
-            var prepared: Result<String, Error> = .success("")
-            if leader {
-                prepared = Result {
-                    guard !FileManager.default.fileExists(atPath: output + "/latest") else {
-                        throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
-                    }
-                    try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-                    return try data ?? defaultCorpus(into: output + "/data")
+            var dataFolder = data ?? output + "/data"
+            try world.everyRankSucceeds("preparing the run") {
+                guard leader else { return }
+                guard !FileManager.default.fileExists(atPath: output + "/latest") else {
+                    throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
                 }
+                try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+                dataFolder = try data ?? defaultCorpus(into: output + "/data")
             }
-            if world.size > 1, try world.sum((try? prepared.get()) == nil ? 1 : 0 as Int64) > 0, !leader {
-                throw CommandError("rank 0 could not prepare the run")
-            }
-            let dataFolder = try leader ? prepared.get() : data ?? output + "/data"
             let dataset = try TokenDataset(directory: dataFolder)
             let seed = self.seed ?? D.seed
             let model: TrainableLlama

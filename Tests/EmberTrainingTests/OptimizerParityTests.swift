@@ -34,7 +34,7 @@ import Testing
                 tape.backward(loss, seed: 1 / Float(micro))
                 total += loss.values[0] / Float(micro)
             }
-            norms.append(clipGradientNorm(model.parameters, maximum: 0.5))
+            norms.append(try model.arena.clipGradients(maximum: 0.5))
             let lr = schedule(step)
             #expect(abs(lr - expectedRates[step]) <= 1e-6 * expectedRates[step])
             optimizer.update(learningRate: lr)
