@@ -7,9 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 steps=${1:-3}
-[ -x .build/release/ember ] || swift build -c release --product ember >&2
-data=.cache/corpus/data
-[ -f "$data/dataset.json" ] || .build/release/ember pretrain --preset tiny --steps 1 --eval-every 0 --output .cache/corpus >&2
+data=$(scripts/default-corpus.sh)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 vocab=$(sed -n 's/.*"vocab_size" *: *\([0-9]*\).*/\1/p' "$data/dataset.json")

@@ -5,11 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-[ -x .build/release/ember ] || swift build -c release --product ember >&2
 python=$(scripts/python-env.sh torch transformers numpy)
-data=.cache/corpus/data
-if [ ! -f "$data/dataset.json" ]; then
-    .build/release/ember pretrain --preset tiny --steps 1 --eval-every 0 --output .cache/corpus >&2
-fi
+data=$(scripts/default-corpus.sh)
 case " $* " in *" --data "*) exec "$python" bench/train-speed.py "$@" ;; esac
 exec "$python" bench/train-speed.py --data "$data" "$@"

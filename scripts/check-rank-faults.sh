@@ -9,9 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-[ -x .build/release/ember ] || swift build -c release --product ember >&2
-data=.cache/corpus/data
-[ -f "$data/dataset.json" ] || .build/release/ember pretrain --preset tiny --steps 1 --eval-every 0 --output .cache/corpus >&2
+data=$(scripts/default-corpus.sh)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
