@@ -8,6 +8,7 @@ public final class CommunicationThread: @unchecked Sendable {
     private let condition = NSCondition()
     private var queue: [() throws -> Void] = []
     private var running = 0
+    private var submitted = 0, completed = 0
     private var failure: Error?
     private var stopping = false
 
@@ -24,12 +25,24 @@ public final class CommunicationThread: @unchecked Sendable {
         }
     }
 
-    /// Queues `work` after everything queued before it.
-    public func submit(_ work: @escaping () throws -> Void) {
+    /// Queues `work` after everything queued before it; returns its ticket for `wait(for:)`.
+    @discardableResult
+    public func submit(_ work: @escaping () throws -> Void) -> Int {
         condition.withLock {
             queue.append(work)
+            submitted += 1
             condition.broadcast()
+            return submitted
         }
+    }
+
+    /// Blocks until the work of `ticket` (and everything before it) has run; rethrows the first failure.
+    public func wait(for ticket: Int) throws {
+        let error: Error? = condition.withLock {
+            while completed < ticket && failure == nil { condition.wait() }
+            return failure
+        }
+        if let error { throw error }
     }
 
     /// Blocks until everything submitted has run; rethrows the first failure.
@@ -55,6 +68,7 @@ public final class CommunicationThread: @unchecked Sendable {
             do { try work() } catch let e { error = e }
             condition.withLock {
                 running -= 1
+                completed += 1
                 if failure == nil, let error { failure = error }
                 condition.broadcast()
             }

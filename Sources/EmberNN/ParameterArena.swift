@@ -22,8 +22,8 @@ public final class ParameterArena: @unchecked Sendable {
             offsets.append(total)
             total += t.shape.reduce(1, *)
         }
-        values = FloatBuffer(count: total)
-        gradients = FloatBuffer(count: total)
+        values = FloatBuffer(pagedCount: total)
+        gradients = FloatBuffer(pagedCount: total)
         self.offsets = offsets
         parameters = zip(tensors, offsets).map { [values, gradients] t, offset in
             let n = t.shape.reduce(1, *)
@@ -62,6 +62,10 @@ public final class ParameterArena: @unchecked Sendable {
         return norm
     }
 
-    /// Zeroes every gradient in one pass.
-    public func zeroGradients() { gradients.pointer.update(repeating: 0, count: gradients.count) }
+    /// Zeroes every gradient in one pass; with `releasing`, their pages are handed back to the system
+    /// instead (a ZeRO-2/3 rank, whose gradients outside its shard occupy memory only while a
+    /// bucket waits for its reduction).
+    public func zeroGradients(releasing: Bool = false) {
+        if releasing { gradients.zero(0..<count) } else { gradients.pointer.update(repeating: 0, count: gradients.count) }
+    }
 }

@@ -16,8 +16,9 @@ public struct Parallelism: @unchecked Sendable {
     public var overlap: Bool
     /// ZeRO: 0 replicates everything; 1 partitions the AdamW moments over the data-parallel ranks
     /// (each rank updates its shard of the parameters, then the shards are all-gathered) and
-    /// reduce-scatters the gradients, so each rank receives only the sum of its shard; 2 is the
-    /// same here (its saving, freeing the gradients outside the shard, is not implemented).
+    /// reduce-scatters the gradients, so each rank receives only the sum of its shard; 2 also hands
+    /// back the memory of the gradients outside the shard once their bucket is reduced; 3 also
+    /// partitions the parameters (`ParameterPartition`).
     public var zeroStage: Int
 
     public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) {
@@ -55,6 +56,8 @@ final class GradientBuckets {
     /// Contiguous ranges of the arena, in arena order; all-reduced last to first.
     let buckets: [Range<Int>]
     private let thread: CommunicationThread?
+    /// Whether the gradients outside this rank's shard give their memory back once reduced (ZeRO-2/3).
+    private let releasing: Bool
     private var next = 0
     /// Added to the gradients of each bucket before it is reduced: the sum of this rank's earlier
     /// micro-batches of the step, when it has several.
@@ -64,13 +67,15 @@ final class GradientBuckets {
     /// along them, so a rank receives the sums of its own shard only.
     let shards: [Range<Int>]?
 
-    init(gradients: FloatBuffer, communicator: any Communicator, bucketBytes: Int, overlap: Bool, shards: [Range<Int>]? = nil) {
+    init(gradients: FloatBuffer, communicator: any Communicator, bucketBytes: Int, thread: CommunicationThread?,
+         shards: [Range<Int>]? = nil, releasing: Bool = false) {
         self.communicator = communicator
         self.gradients = gradients
         self.shards = shards
+        self.releasing = releasing
         let size = max(1, bucketBytes / 4)
         buckets = stride(from: 0, to: gradients.count, by: size).map { $0..<min($0 + size, gradients.count) }
-        thread = overlap ? CommunicationThread() : nil
+        self.thread = thread
     }
 
     /// Seconds the trainer spent on gradient all-reduces after its backward ended: waiting for the
@@ -119,5 +124,16 @@ final class GradientBuckets {
         let received = FloatBuffer(uninitializedCount: max(1, mine.count))
         try communicator.reduceScatter(g, into: received.pointer, counts: parts.map(\.count))
         (gradients.pointer + mine.lowerBound).update(from: received.pointer, count: mine.count)
+        if releasing {
+            for part in range.outside(shards[communicator.rank]) { gradients.release(part) }
+        }
+    }
+}
+
+extension Range where Bound == Int {
+    /// The parts of this range before and after `other` (empty ones included).
+    func outside(_ other: Range<Int>) -> [Range<Int>] {
+        let low = Swift.min(upperBound, Swift.max(lowerBound, other.lowerBound)), high = Swift.max(lowerBound, Swift.min(upperBound, other.upperBound))
+        return [lowerBound..<low, Swift.max(low, high)..<upperBound]
     }
 }

@@ -29,6 +29,26 @@ public final class TrainableLlama: @unchecked Sendable {
     /// all-reduces those buckets while the backward goes on.
     public var gradientsReady: ((Int) -> Void)?
 
+    /// Told before and after each unit's forward and backward, when set: ZeRO-3 gathers a unit's
+    /// parameters there and releases them after (`units` says which ranges each unit reads).
+    public var residency: (any ParameterResidency)?
+
+    /// The arena ranges each unit of the forward reads, in forward order: the embedding, the
+    /// attention and the feed-forward half of each block (each with its norm), then the final norm
+    /// with the output (the embedding again when tied).
+    public var units: [[Range<Int>]] {
+        func range(_ first: Variable, _ last: Variable) -> Range<Int> { arena.offset(of: first)..<arena.offset(of: last) + last.count }
+        let embed = range(embedding, embedding)
+        return [[embed]]
+            + blocks.flatMap { [[range($0.query, $0.output), range($0.attentionNorm, $0.attentionNorm)],
+                                [range($0.gate, $0.down), range($0.feedForwardNorm, $0.feedForwardNorm)]] }
+            + [[range(finalNorm, finalNorm), head.map { range($0, $0) } ?? embed]]
+    }
+
+    /// Whether each unit's backward reads its parameters (the embedding's does not: it only adds
+    /// the output gradient into the rows the ids picked).
+    public var unitsReadInBackward: [Bool] { [false] + blocks.flatMap { _ in [true, true] } + [true] }
+
     struct Block {
         let query, key, value, output, gate, up, down, attentionNorm, feedForwardNorm: Variable
     }
@@ -133,7 +153,19 @@ public final class TrainableLlama: @unchecked Sendable {
         precondition(B * T == inputs.count && T <= c.maxPositionEmbeddings)
         let positions = (0..<B * T).map { Int32($0 % T) }
         let rope = self.rope
-        var x = tape.embedding(inputs, embedding)
+        let residency = self.residency
+        /// Runs the forward of units `us` (consecutive) between the residency's calls; recorded
+        /// around it, the calls for their backward run before and after their backward steps.
+        func units<T>(_ us: [Int], _ body: () -> T) -> T {
+            guard let residency else { return body() }
+            for u in us { tape.record { residency.afterBackward(u) } }
+            for u in us { residency.beforeForward(u) }
+            let output = body()
+            for u in us.reversed() { residency.afterForward(u, backwardFollows: tape.recording) }
+            for u in us { tape.record { residency.beforeBackward(u) } }
+            return output
+        }
+        var x = units([0]) { tape.embedding(inputs, embedding) }
         // Recorded before a block, a marker runs in the backward after all of that block's steps.
         func markReady(_ first: Variable) {
             if let ready = gradientsReady {
@@ -141,30 +173,49 @@ public final class TrainableLlama: @unchecked Sendable {
                 tape.record { ready(offset) }
             }
         }
-        for block in blocks {
+        for (i, block) in blocks.enumerated() {
             markReady(block.query)
-            let body: (Tape, Variable) -> Variable = { tape, x in
+            let attention: (Tape, Variable) -> Variable = { tape, x in
                 let h = tape.rmsNorm(x, block.attentionNorm, epsilon: c.rmsNormEpsilon)
                 let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: c.headCount, headDim: c.headDim, parameters: rope)
                 let k = tape.rope(tape.linear(h, block.key), positions: positions, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
                 let v = tape.linear(h, block.value)
                 let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
-                let x1 = tape.add(x, tape.linear(a, block.output))
+                return tape.add(x, tape.linear(a, block.output))
+            }
+            let feedForward: (Tape, Variable) -> Variable = { tape, x1 in
                 let h2 = tape.rmsNorm(x1, block.feedForwardNorm, epsilon: c.rmsNormEpsilon)
                 let m = tape.linear(tape.swiglu(tape.linear(h2, block.gate), tape.linear(h2, block.up)), block.down)
                 return tape.add(x1, m)
             }
-            x = recompute == .block ? tape.checkpoint(x, body) : body(tape, x)
+            if recompute == .block {
+                x = units([2 * i + 1, 2 * i + 2]) { tape.checkpoint(x) { tape, x in feedForward(tape, attention(tape, x)) } }
+            } else {
+                x = units([2 * i + 1]) { attention(tape, x) }
+                x = units([2 * i + 2]) { feedForward(tape, x) }
+            }
         }
         markReady(finalNorm)
-        let h = tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon)
-        return tape.linear(h, head ?? embedding)
+        return units([2 * blocks.count + 1]) {
+            let h = tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon)
+            return tape.linear(h, head ?? embedding)
+        }
     }
 
     /// Mean cross-entropy of the logits against `targets` (negative = not scored).
     public func loss(_ tape: Tape, inputs: [Int32], targets: [Int32], batch: Int, recompute: Recompute = .none) -> Variable {
         tape.crossEntropy(logits(tape, inputs: inputs, batch: batch, recompute: recompute), targets: targets)
     }
+}
+
+/// Where a model's parameters must be present during its forward and backward, unit by unit
+/// (`TrainableLlama.units`): the calls come in the order the passes reach the units.
+public protocol ParameterResidency: AnyObject {
+    func beforeForward(_ unit: Int)
+    /// `backwardFollows` is false for a forward whose tape records nothing (evaluation).
+    func afterForward(_ unit: Int, backwardFollows: Bool)
+    func beforeBackward(_ unit: Int)
+    func afterBackward(_ unit: Int)
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder and a rename, so that the

@@ -158,6 +158,8 @@ public final class Trainer {
     public internal(set) var history: [StepRecord] = []
     public let pool: ThreadPool
     private let buckets: GradientBuckets?
+    /// Under ZeRO-3: the parameters outside this rank's shard, gathered unit by unit.
+    private let partition: ParameterPartition?
     /// Every rank's part of the flat parameters under ZeRO, and this rank's (what its optimizer updates).
     private let shards: [Range<Int>]
     public let shard: Range<Int>?
@@ -168,8 +170,8 @@ public final class Trainer {
                 pool: ThreadPool = .shared) throws {
         try settings.validate()
         let ranks = parallelism.data.size, rows = settings.batchSize * settings.gradientAccumulation
-        guard (0...2).contains(parallelism.zeroStage) else {
-            throw TrainingError("ZeRO stage \(parallelism.zeroStage) is not available (stages 0, 1 and 2 are)")
+        guard (0...3).contains(parallelism.zeroStage) else {
+            throw TrainingError("ZeRO stage \(parallelism.zeroStage) does not exist (stages 0, 1, 2 and 3 do)")
         }
         guard rows >= ranks else {
             throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
@@ -184,8 +186,43 @@ public final class Trainer {
         shard = shards.isEmpty ? nil : shards[parallelism.data.rank]
         optimizer = AdamW(parameters: model.parameters, decays: model.parameters.map { settings.decayEverything || TrainableLlama.decays($0.name) },
                           settings: .init(weightDecay: settings.weightDecay), range: shard)
-        buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data,
-                                              bucketBytes: parallelism.bucketBytes, overlap: parallelism.overlap, shards: shard == nil ? nil : shards) : nil
+        let thread = ranks > 1 && parallelism.overlap ? CommunicationThread() : nil
+        buckets = ranks > 1 ? GradientBuckets(gradients: model.arena.gradients, communicator: parallelism.data, bucketBytes: parallelism.bucketBytes,
+                                              thread: thread, shards: shard == nil ? nil : shards, releasing: parallelism.zeroStage >= 2) : nil
+        partition = parallelism.zeroStage == 3 ? ParameterPartition(model: model, communicator: parallelism.data, shards: shards, thread: thread) : nil
+        model.residency = partition
+    }
+
+    /// Bytes of model state this rank holds now: parameters, gradients and AdamW moments that
+    /// occupy memory (resident pages), the figure ZeRO's stages cut.
+    public var modelStateBytes: Int {
+        model.arena.values.residentBytes() + model.arena.gradients.residentBytes() + 8 * optimizer.range.count
+    }
+
+    /// Under ZeRO-3, the most model-state bytes this rank held at once during its steps (parameters
+    /// and gradients sampled at every unit, plus the moments); otherwise `modelStateBytes`.
+    public var peakModelStateBytes: Int {
+        guard let partition else { return modelStateBytes }
+        return partition.peakBytes + 8 * optimizer.range.count
+    }
+
+    /// The bytes one rank's data-parallel collectives put on the wire per step in theory (ring
+    /// algorithms, 4-byte values): 2(N−1)/N·Ψ for an all-reduce or a reduce-scatter and all-gather
+    /// of the gradients; under ZeRO-3, (N−1)/N·(Ψ reduce-scattered + the values gathered per step),
+    /// which is 3(N−1)/N·Ψ less the few weights a backward does not read.
+    public var wireTheory: Double {
+        let n = Double(parallelism.data.size), psi = Double(model.arena.count)
+        if let partition { return (n - 1) / n * 4 * (psi + Double(partition.gatheredPerStep)) }
+        return 2 * (n - 1) / n * 4 * psi
+    }
+
+    /// Runs `body` with every parameter present: under ZeRO-3 the units are gathered first (a
+    /// collective: every rank calls it) and partitioned again after.
+    public func withWholeModel<T>(_ body: () throws -> T) throws -> T {
+        guard let partition else { return try body() }
+        try partition.gatherAll()
+        defer { partition.releaseAll() }
+        return try body()
     }
 
     /// Pretraining: next-token prediction on `dataset`.
@@ -211,16 +248,17 @@ public final class Trainer {
     public func trainStep() throws -> StepRecord {
         let s = settings
         let wireBefore = parallelism.data.traffic.wireBytes(size: parallelism.data.size)
-        let parts = objective.nextStep(settings: s, share: parallelism.share)
+        let parts = objective.nextStep(settings: s, share: parallelism.share), data = parallelism.data
         let arena = model.arena
         let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
-        arena.zeroGradients()
+        let releasing = parallelism.zeroStage >= 2 && data.size > 1
+        arena.zeroGradients(releasing: releasing)
         var loss: Float = 0
         var metrics: [String: Float] = [:]
         for (k, part) in parts.enumerated() {
             if k > 0, let sum {
                 if k == 1 { sum.update(from: gradients, count: arena.count) } else { for i in 0..<arena.count { sum[i] += gradients[i] } }
-                arena.zeroGradients()
+                arena.zeroGradients(releasing: releasing)
             }
             if k == parts.count - 1, let buckets {
                 buckets.begin(accumulated: k > 0 ? accumulator : nil)
@@ -233,7 +271,7 @@ public final class Trainer {
             loss += l.values[0] / part.divisor
             for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
         }
-        let data = parallelism.data
+        try partition?.check()
         if let buckets {
             try buckets.finish()
         } else if let sum {
@@ -253,7 +291,7 @@ public final class Trainer {
         }
         let lr = s.schedule(step)
         optimizer.update(learningRate: lr, pool: pool)
-        if let shard, data.size > 1 {
+        if let shard, data.size > 1, partition == nil {
             // Every rank updated its shard: gather the whole model back on every rank.
             try data.allGather(arena.values.pointer + shard.lowerBound, into: arena.values.pointer, counts: shards.map(\.count))
         }
@@ -267,7 +305,11 @@ public final class Trainer {
 
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
     /// spread evenly over the validation split).
-    public func evaluate() -> Float { objective.validationLoss(model: model, settings: settings, pool: pool) }
+    public func evaluate() throws -> Float {
+        let loss = objective.validationLoss(model: model, settings: settings, pool: pool)
+        try partition?.check()
+        return loss
+    }
 
     /// Notes the validation loss in the last history record.
     public func recordValidation(_ loss: Float) {
@@ -295,7 +337,8 @@ public final class Trainer {
     /// Writes a checkpoint into `directory` (which must exist): the model as a Hugging Face folder
     /// (model.safetensors, config.json, the tokenizer), optimizer.safetensors and trainer_state.json.
     func writeCheckpoint(into directory: String) throws {
-        if parallelism.isLeader {
+        try withWholeModel {
+            guard parallelism.isLeader else { return }
             try model.save(to: directory)
             if let tokenizer = objective.tokenizerPath {
                 try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)

@@ -72,7 +72,7 @@ public final class TrainingRun {
             trainer.recordSpeed(speed)
             var validation: Float?
             if (s.evalEvery > 0 && record.step % s.evalEvery == 0) || record.step == s.steps {
-                validation = trainer.evaluate()
+                validation = try trainer.evaluate()
                 trainer.recordValidation(validation!)
             }
             try handle?.write(contentsOf: encoder.encode(trainer.history.last!) + Data("\n".utf8))

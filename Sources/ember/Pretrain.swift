@@ -63,7 +63,7 @@ struct Pretrain: ParsableCommand {
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
     @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
-    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients) or 2 (the same, here) (default 0).")
+    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs) (default 0).")
     var zeroStage: Int = 0
     @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
     var collectiveTimeout: Double = 600
@@ -81,7 +81,7 @@ struct Pretrain: ParsableCommand {
         }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
         guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
-        guard (0...2).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1 or 2") }
+        guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3") }
         guard collectiveTimeout >= 0 else { throw ValidationError("--collective-timeout must not be negative") }
     }
 
@@ -207,11 +207,17 @@ struct Pretrain: ParsableCommand {
                               trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
                               Double(usage.ru_maxrss) / 1024, model, output, run.logPath))
             if trainer.parallelism.world.size > 1 {
-                let n = trainer.parallelism.data.size
-                let theory = 2 * Double(n - 1) / Double(n) * Double(4 * trainer.model.parameterCount) / 1e6
-                printError(String(format: "rank 0: %.2f MB on the wire per step (ring algorithms; 2(N−1)/N·Ψ = %.2f MB); %.2f s spent finishing gradient reductions after the backward (exposed communication)",
-                                  trainer.wireBytes / 1e6 / Double(max(1, trainer.stepsRun)), theory,
+                let n = trainer.parallelism.data.size, stage = trainer.parallelism.zeroStage
+                let rule = stage == 3 ? "(N−1)/N·(Ψ reduce-scattered + each unit gathered for its forward and backward), ≈ 3(N−1)/N·Ψ"
+                    : "2(N−1)/N·Ψ"
+                printError(String(format: "rank 0: %.2f MB on the wire per step; theory %.2f MB (ring algorithms: %@); %.2f s spent finishing gradient reductions after the backward (exposed communication)",
+                                  trainer.wireBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.wireTheory / 1e6, rule,
                                   trainer.exposedCommunicationSeconds))
+                let p = Double(trainer.model.parameterCount), mib = 1_048_576.0
+                let ideal = [16 * p, 8 * p + 8 * p / Double(n), 4 * p + 12 * p / Double(n), 16 * p / Double(n)][stage]
+                let peak = stage == 3 ? String(format: "peak during a step %.1f MiB (with the units gathered), ", Double(trainer.peakModelStateBytes) / mib) : ""
+                printError(String(format: "rank 0 model state (parameters, gradients, AdamW moments in memory): %@after the last step %.1f MiB; ZeRO-%d theory %.1f MiB (DDP %.1f MiB)",
+                                  peak, Double(trainer.modelStateBytes) / mib, stage, ideal / mib, 16 * p / mib))
             }
         }
     }

@@ -55,12 +55,25 @@ enum Runs {
 
     static func weights(_ run: String) throws -> Data { try Data(contentsOf: URL(fileURLWithPath: run + "/model/model.safetensors")) }
 
-    /// Rank 0's bytes on the wire per step and the data-parallel theory 2(N−1)/N·Ψ (of 4-byte
-    /// values), as `ember pretrain` reports them at the end of a parallel run.
+    /// Rank 0's bytes on the wire per step and the theory (2(N−1)/N·Ψ of 4-byte values, or ZeRO-3's
+    /// gathers and reduce-scatter), as `ember pretrain` reports them at the end of a parallel run.
     static func wire(_ log: String) -> (measured: Double, theory: Double)? {
-        guard let line = log.split(separator: "\n").first(where: { $0.contains("on the wire per step") }) else { return nil }
-        let numbers = line.split(whereSeparator: { !"0123456789.".contains($0) }).compactMap { Double($0) }.filter { $0 > 2 }
-        return numbers.count >= 2 ? (numbers[0], numbers[1]) : nil
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("on the wire per step") }),
+              let measured = line.firstMatch(of: /rank 0: ([0-9.]+) MB on the wire/), let theory = line.firstMatch(of: /theory ([0-9.]+) MB/) else { return nil }
+        return (Double(measured.1)!, Double(theory.1)!)
+    }
+
+    /// Rank 0's model-state MiB as `ember pretrain` reports them: after the last step, the stage's
+    /// theory, DDP's, and under ZeRO-3 the peak during a step.
+    static func modelState(_ log: String) -> (after: Double, theory: Double, ddp: Double, peak: Double?)? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("model state") }),
+              let m = line.firstMatch(of: /after the last step ([0-9.]+) MiB; ZeRO-[0-9] theory ([0-9.]+) MiB \(DDP ([0-9.]+) MiB\)/) else { return nil }
+        return (Double(m.1)!, Double(m.2)!, Double(m.3)!, line.firstMatch(of: /peak during a step ([0-9.]+) MiB/).map { Double($0.1)! })
+    }
+
+    /// Peak resident memory of rank 0's process, MiB, from the final line.
+    static func peakMemory(_ log: String) -> Double? {
+        log.firstMatch(of: /peak memory ([0-9]+) MiB/).map { Double($0.1)! }
     }
 
     /// A checkpoint's AdamW first and second moments as two flat arrays in parameter order, from
@@ -123,8 +136,9 @@ enum Runs {
         }
     }
 
-    /// ZeRO stages 1 and 2 at two ranks: each rank keeps and updates its half of the AdamW moments
-    /// (stage 2 also receives only its half of the summed gradients), then the halves of the
+    /// ZeRO stages 1, 2 and 3 at two ranks: each rank keeps and updates its half of the AdamW moments
+    /// (stage 2 also receives only its half of the summed gradients, stage 3 holds only its half of
+    /// the parameters and gathers each unit when it runs), then the halves of the
     /// parameters are gathered; AdamW works element by element, so the weights, every loss and the
     /// moments in the checkpoint (one shard file per rank) equal the single process's bit for bit. At three ranks
     /// (shards of uneven size, 3 micro-batches) stage 1 matches plain data parallelism at three
@@ -136,10 +150,11 @@ enum Runs {
         _ = try Runs.single(try Runs.arguments(output: folder + "/single"))
         let single = try Runs.losses(folder + "/single")
         let optimizer = { (run: String) in try Runs.flatMoments(folder + "/" + run + "/checkpoints/step-000020") }
-        for stage in [1, 2] {
+        for stage in [1, 2, 3] {
             let log = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero\(stage)") + ["--zero-stage", String(stage)])
             print(log.split(separator: "\n").filter { $0.contains("ZeRO") || $0.contains("wire") }.joined(separator: "\n"))
-            // Reduce-scatter plus all-gather move what one all-reduce does (and a few bytes of loss).
+            // Reduce-scatter plus all-gather move what one all-reduce does (and a few bytes of loss);
+            // ZeRO-3 gathers each unit twice instead of the parameters once, ≈ 3(N−1)/N·Ψ.
             let wire = try #require(Runs.wire(log))
             #expect(abs(wire.measured - wire.theory) <= 0.001 * wire.theory)
             let losses = try Runs.losses(folder + "/zero\(stage)")
@@ -160,6 +175,30 @@ enum Runs {
         #expect(weights <= 1e-5)
     }
 
+    /// Model-state bytes per rank at two ranks on the medium preset, measured as the resident pages
+    /// of the parameters and gradients plus the moments, against fp32 AdamW's theory: DDP 16Ψ,
+    /// ZeRO-1 8Ψ + 8Ψ/N, ZeRO-2 4Ψ + 12Ψ/N, ZeRO-3 16Ψ/N after a step, and during a step 16Ψ/N plus
+    /// the units gathered and the gradients not yet reduced, at most 0.55× DDP.
+    @Test(.enabled(if: Runs.available, Runs.reason))
+    func modelStateMemoryMatchesTheory() throws {
+        let folder = NSTemporaryDirectory() + "ember-zero-memory-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        var ddp = 0.0
+        for stage in 0...3 {
+            let log = try Runs.parallel(2, ["pretrain", "--preset", "medium", "--data", try Runs.prepared.get(), "--steps", "2", "--batch-size", "2",
+                                            "--grad-accum", "2", "--seq-len", "64", "--eval-every", "0", "--save-every", "0", "--bucket-mb", "4",
+                                            "--output", folder + "/zero\(stage)", "--zero-stage", String(stage)])
+            let state = try #require(Runs.modelState(log))
+            let rss = Runs.peakMemory(log) ?? .nan
+            if stage == 0 { ddp = state.after }
+            print(String(format: "ZeRO-%d, 2 ranks: model state %.1f MiB after a step (theory %.1f MiB, %.3f× DDP)%@; peak RSS %.0f MiB", stage, state.after, state.theory,
+                         state.after / state.ddp, state.peak.map { String(format: ", %.1f MiB at its peak during a step (%.3f× DDP)", $0, $0 / state.ddp) } ?? "", rss))
+            // Pages at the shard's and units' edges count whole: a few KiB.
+            #expect(abs(state.after - state.theory) <= 0.002 * state.theory)
+            if let peak = state.peak { #expect(peak <= 0.55 * ddp) }
+        }
+    }
+
     /// A checkpoint of the two-rank run (plain or ZeRO-2) resumes in one process, and one of a
     /// single process on two ranks (plain or ZeRO-1): the rest of the run is the uninterrupted one.
     @Test(.enabled(if: Runs.available, Runs.reason))
@@ -174,12 +213,23 @@ enum Runs {
         _ = try Runs.single(["pretrain", "--resume", folder + "/zero2/checkpoints/step-000010", "--output", folder + "/zero2-then-single"])
         _ = try Runs.parallel(2, ["pretrain", "--resume", folder + "/single/checkpoints/step-000010", "--output", folder + "/single-then-zero1",
                                   "--zero-stage", "1"])
+        _ = try Runs.parallel(2, try Runs.arguments(output: folder + "/zero3") + ["--zero-stage", "3"])
+        _ = try Runs.single(["pretrain", "--resume", folder + "/zero3/checkpoints/step-000010", "--output", folder + "/zero3-then-single"])
+        _ = try Runs.parallel(4, ["pretrain", "--resume", folder + "/zero3/checkpoints/step-000010", "--output", folder + "/zero3-then-4-ranks",
+                                  "--zero-stage", "3"])
         let straight = try Runs.losses(folder + "/single")
-        for run in ["ddp-then-single", "single-then-ddp", "zero2-then-single", "single-then-zero1"] {
+        for run in ["ddp-then-single", "single-then-ddp", "zero2-then-single", "single-then-zero1", "zero3-then-single"] {
             let resumed = try Runs.losses(folder + "/" + run)
             print("\(run): steps 11–20 \(resumed == straight ? "equal" : "DIFFERENT") to the uninterrupted run")
             #expect(resumed == straight)
             #expect(try Runs.weights(folder + "/" + run) == Runs.weights(folder + "/single"))
         }
+        // Four ranks of one 2-row micro-batch each sum the step's gradients in another order than
+        // one process accumulating two 4-row micro-batches: equal within rounding.
+        let four = try Runs.losses(folder + "/zero3-then-4-ranks")
+        let lossDifference = zip(four, straight).map { abs($0[0] - $1[0]) / $1[0] }.max()!
+        let weights = try Runs.relativeDifference(folder + "/zero3-then-4-ranks", folder + "/single")
+        print("zero3-then-4-ranks (ZeRO-3): steps 11–20 largest relative loss difference \(lossDifference), relative Frobenius difference of the weights \(weights)")
+        #expect(four.count == straight.count && lossDifference <= 1e-5 && weights <= 1e-5)
     }
 }

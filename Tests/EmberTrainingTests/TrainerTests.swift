@@ -165,9 +165,9 @@ enum Synthetic {
         let data = try Synthetic.dataset(in: folder.path)
         let trainer = try Trainer(model: TrainableLlama(configuration: Synthetic.configuration, seed: 4), dataset: TokenDataset(directory: data),
                                   settings: Synthetic.settings(data: data, steps: 40))
-        let before = trainer.evaluate()
+        let before = try trainer.evaluate()
         for _ in 0..<40 { _ = try trainer.trainStep() }
-        let after = trainer.evaluate()
+        let after = try trainer.evaluate()
         print("validation loss \(before) → \(after) in 40 steps")
         #expect(after < before - 0.2)
     }
