@@ -44,12 +44,14 @@ public final class ParameterArena: @unchecked Sendable {
     /// `torch.nn.utils.clip_grad_norm_` does, and returns the norm before clipping. With `range`
     /// (a ZeRO shard) only those gradients are read and scaled, and `total` turns their sum of
     /// squares into the whole model's (a sum over the ranks). Squares are added in f64 tensor by
-    /// tensor; frozen parameters are left out.
+    /// tensor; frozen parameters are left out, and so are those `counted` leaves out (a copy that
+    /// another rank counts: a norm replicated over a tensor-parallel group).
     @discardableResult
-    public func clipGradients(maximum: Float, in range: Range<Int>? = nil, total: (Double) throws -> Double = { $0 }) rethrows -> Float {
+    public func clipGradients(maximum: Float, in range: Range<Int>? = nil, counted: (Int) -> Bool = { _ in true },
+                              total: (Double) throws -> Double = { $0 }) rethrows -> Float {
         let range = range ?? 0..<count, g = gradients.pointer
         var squares = 0.0
-        for (i, p) in parameters.enumerated() where p.requiresGradient {
+        for (i, p) in parameters.enumerated() where p.requiresGradient && counted(i) {
             var sum = 0.0
             for j in self.range(of: i).clamped(to: range) { sum += Double(g[j]) * Double(g[j]) }
             squares += sum

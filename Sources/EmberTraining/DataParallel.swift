@@ -3,13 +3,27 @@ import EmberNN
 import EmberTensor
 import Foundation
 
-/// How a run is spread over processes. Today: data parallelism over `data` (every rank holds the
-/// whole model, takes its share of each global batch, and the gradients are summed over ranks).
+/// How a run is spread over processes: the world's ranks form a grid of tensor × data × pipeline
+/// groups (tensor-parallel ranks adjacent, so that a tensor group stays inside a machine, the
+/// pipeline stages outermost). Data-parallel ranks hold the same part of the model, take their
+/// shares of each global batch, and sum their gradients; tensor-parallel ranks hold slices of the
+/// same layers; pipeline stages hold consecutive layers.
 public struct Parallelism: @unchecked Sendable {
     /// Every rank of the job.
     public var world: any Communicator
     /// The data-parallel group.
     public var data: any Communicator
+    /// The tensor-parallel group (a group of one without tensor parallelism).
+    public var tensor: any Communicator
+    /// The pipeline: this rank's counterparts in every stage, in stage order.
+    public var pipeline: any Communicator
+    /// Sequence parallelism inside the tensor group.
+    public var sequenceParallel = false
+    /// Micro-batches a pipeline runs per step (its 1F1B schedule); otherwise unused.
+    public var microBatches = 1
+    /// Whether sequence parallelism sums the norm gradients over the tensor group; false only as
+    /// a negative control, which must break the agreement with the single process.
+    public var reduceNormGradients = true
     /// Gradients are all-reduced in buckets of about this many bytes (PyTorch DDP's default 25 MB).
     public var bucketBytes: Int
     /// Whether buckets are all-reduced during the backward (on a communication thread) or after it.
@@ -24,6 +38,8 @@ public struct Parallelism: @unchecked Sendable {
     public init(world: any Communicator, bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) {
         self.world = world
         data = world
+        tensor = LocalCommunicator()
+        pipeline = LocalCommunicator()
         self.bucketBytes = bucketBytes
         self.overlap = overlap
         self.zeroStage = zeroStage
@@ -37,6 +53,31 @@ public struct Parallelism: @unchecked Sendable {
             return start..<start + n
         }
     }
+
+    /// The world's ranks as `tensorSize` × data × `stages`: world rank w is tensor rank w mod T,
+    /// data rank (w / T) mod D and stage w / (T·D), with D = N / (T·P).
+    public init(world: any Communicator, tensorSize: Int, stages: Int, sequenceParallel: Bool = false, microBatches: Int = 1,
+                bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) throws {
+        let n = world.size
+        guard tensorSize >= 1, stages >= 1, n % (tensorSize * stages) == 0 else {
+            throw TrainingError("\(n) ranks cannot be split into tensor-parallel groups of \(tensorSize) and \(stages) pipeline stages: N must divide by T·P = \(tensorSize * stages)")
+        }
+        guard !sequenceParallel || tensorSize > 1 else { throw TrainingError("sequence parallelism works inside a tensor-parallel group: give --tensor-parallel 2 or more") }
+        guard microBatches >= 1 else { throw TrainingError("a pipeline needs at least one micro-batch") }
+        self.init(world: world, bucketBytes: bucketBytes, overlap: overlap, zeroStage: zeroStage)
+        let d = n / (tensorSize * stages), w = world.rank
+        let t = w % tensorSize, r = (w / tensorSize) % d, p = w / (tensorSize * d)
+        if n > 1 {
+            tensor = tensorSize == 1 ? LocalCommunicator() : try world.split(color: p * d + r, key: t)
+            data = d == n ? world : try world.split(color: p * tensorSize + t, key: r)
+            pipeline = stages == 1 ? LocalCommunicator() : try world.split(color: r * tensorSize + t, key: p)
+        }
+        self.sequenceParallel = sequenceParallel
+        self.microBatches = microBatches
+    }
+
+    /// The part of the model this rank holds.
+    public var layout: ModelLayout { ModelLayout(tensorRank: tensor.rank, tensorSize: tensor.size, stage: pipeline.rank, stages: pipeline.size) }
 
     /// One process.
     public static var single: Parallelism { Parallelism(world: LocalCommunicator()) }

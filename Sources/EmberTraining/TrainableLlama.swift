@@ -13,16 +13,26 @@ import Foundation
 ///         x = x + attention(q, k, v, causal) · Woᵀ
 ///         x = x + (silu(rmsnorm(x)·Wgᵀ) ⊙ rmsnorm(x)·Wuᵀ) · Wdᵀ
 ///     logits = rmsnorm(x) · Woutᵀ                           [B·T, V]   (Wout = embed when tied)
+///
+/// Under tensor or pipeline parallelism (`layout`) a rank's model holds its part only: its slices
+/// of the matrices, and its stage's layers (`ModelLayout`); the forward runs the collectives of
+/// the tensor-parallel group (`tensor`) between the products.
 public final class TrainableLlama: @unchecked Sendable {
     public let configuration: LlamaConfiguration
-    /// Every parameter, in Hugging Face's order and naming: views into `arena`.
+    /// The part of the whole model this one holds.
+    public let layout: ModelLayout
+    /// Every parameter this model holds, in Hugging Face's order and naming: views into `arena`.
     public let parameters: [Variable]
+    /// How each parameter is cut from the whole model's tensor of the same name.
+    public let slices: [(tensor: LlamaTensor, slice: ModelLayout.Slice)]
     /// The parameters and their gradients as two flat buffers.
     public let arena: ParameterArena
-    let embedding: Variable
+    let embedding: Variable?  // the first stage's input
     let blocks: [Block]
-    let finalNorm: Variable
-    let head: Variable?  // nil when the output is tied to the embedding
+    let finalNorm: Variable?  // the last stage's
+    let output: Variable?  // the last stage's: lm_head, or the embedding (or its copy) when tied
+    /// The tensor-parallel group the forward's collectives run in (set by the trainer).
+    public var tensor: TensorGroup?
 
     /// Called during a backward with the arena offset from which on every gradient is final
     /// (after each block's backward, from the last block to the first): data parallelism
@@ -37,12 +47,14 @@ public final class TrainableLlama: @unchecked Sendable {
     /// attention and the feed-forward half of each block (each with its norm), then the final norm
     /// with the output (the embedding again when tied).
     public var units: [[Range<Int>]] {
+        precondition(layout.isWhole, "units are those of a whole model")
+        let embedding = embedding!, finalNorm = finalNorm!, output = output!
         func range(_ first: Variable, _ last: Variable) -> Range<Int> { arena.offset(of: first)..<arena.offset(of: last) + last.count }
         let embed = range(embedding, embedding)
         return [[embed]]
             + blocks.flatMap { [[range($0.query, $0.output), range($0.attentionNorm, $0.attentionNorm)],
                                 [range($0.gate, $0.down), range($0.feedForwardNorm, $0.feedForwardNorm)]] }
-            + [[range(finalNorm, finalNorm), head.map { range($0, $0) } ?? embed]]
+            + [[range(finalNorm, finalNorm), range(output, output)]]
     }
 
     /// Whether each unit's backward reads its parameters (the embedding's does not: it only adds
@@ -60,47 +72,56 @@ public final class TrainableLlama: @unchecked Sendable {
         RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: .neox)
     }
 
-    /// Weights from `values(name, shape)`, asked for in Hugging Face's order, copied into one
-    /// `ParameterArena`.
-    init(configuration c: LlamaConfiguration, values: (String, [Int]) throws -> FloatBuffer) throws {
+    /// Weights from `values(name, shape)`, every tensor of the whole model asked for in Hugging
+    /// Face's order (so that a seeded draw is the same whatever the layout), this layout's cut of
+    /// each copied into one `ParameterArena`.
+    init(configuration c: LlamaConfiguration, layout: ModelLayout = .whole, values: (String, [Int]) throws -> FloatBuffer) throws {
+        try layout.check(c)
         configuration = c
-        let tensors = LlamaTensor.all(c)
-        let arena = ParameterArena(tensors.map { ($0.name(.huggingFace), $0.shape) })
-        for (p, t) in zip(arena.parameters, tensors) {
-            let source = try values(p.name, t.shape)
-            p.pointer.update(from: source.pointer, count: p.count)
+        self.layout = layout
+        let held = LlamaTensor.all(c).compactMap { t in layout.slice(t, shape: t.shape, c).map { (tensor: t, slice: $0) } }
+        let arena = ParameterArena(held.map { ($0.tensor.name(.huggingFace), $0.slice.localShape) })
+        var next = 0
+        for t in LlamaTensor.all(c) {
+            let source = try values(t.name(.huggingFace), t.shape)
+            guard next < held.count, held[next].tensor == t else { continue }
+            ModelLayout.cut(source.pointer, shape: t.shape, held[next].slice, into: arena.parameters[next].pointer)
+            next += 1
         }
         self.arena = arena
-        let byTensor = Dictionary(uniqueKeysWithValues: zip(tensors, arena.parameters))
-        func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable { byTensor[LlamaTensor(role, layer: layer, c)]! }
-        embedding = find(.embedding)
-        blocks = (0..<c.layerCount).map { i in
-            Block(query: find(.query, i), key: find(.key, i), value: find(.value, i), output: find(.attentionOutput, i),
-                  gate: find(.gate, i), up: find(.up, i), down: find(.down, i),
-                  attentionNorm: find(.attentionNorm, i), feedForwardNorm: find(.feedForwardNorm, i))
+        slices = held
+        let byTensor = Dictionary(uniqueKeysWithValues: zip(held.map(\.tensor), arena.parameters))
+        func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable? { byTensor[LlamaTensor(role, layer: layer, c)] }
+        embedding = layout.isFirstStage ? find(.embedding) : nil
+        blocks = layout.layers(c.layerCount).map { i in
+            Block(query: find(.query, i)!, key: find(.key, i)!, value: find(.value, i)!, output: find(.attentionOutput, i)!,
+                  gate: find(.gate, i)!, up: find(.up, i)!, down: find(.down, i)!,
+                  attentionNorm: find(.attentionNorm, i)!, feedForwardNorm: find(.feedForwardNorm, i)!)
         }
         finalNorm = find(.finalNorm)
-        head = c.tieWordEmbeddings ? nil : find(.output)
+        output = layout.isLastStage ? (c.tieWordEmbeddings ? find(.embedding) : find(.output)) : nil
         parameters = arena.parameters
     }
 
     /// A new model: matrices and embeddings drawn from N(0, 0.02²) (Hugging Face's default
-    /// `initializer_range`), norms at 1, from a seeded generator.
-    public convenience init(configuration: LlamaConfiguration, seed: UInt64) throws {
+    /// `initializer_range`), norms at 1, from a seeded generator; under a layout, this rank's
+    /// part of the very model one process would draw.
+    public convenience init(configuration: LlamaConfiguration, seed: UInt64, layout: ModelLayout = .whole) throws {
         try configuration.validate()
         var random = SplitMix64(seed: seed)
-        try self.init(configuration: configuration) { name, shape in
+        try self.init(configuration: configuration, layout: layout) { name, shape in
             let n = shape.reduce(1, *)
             if name.hasSuffix("norm.weight") { return FloatBuffer([Float](repeating: 1, count: n)) }
             return FloatBuffer((0..<n).map { _ in Float(0.02 * random.nextNormal()) })
         }
     }
 
-    /// Loads `config.json` and the safetensors weights (f32, f16 or bf16) of a Hugging Face directory.
-    public convenience init(directory: String) throws {
+    /// Loads `config.json` and the safetensors weights (f32, f16 or bf16) of a Hugging Face
+    /// directory (this layout's part of them).
+    public convenience init(directory: String, layout: ModelLayout = .whole) throws {
         let configuration = try LlamaConfiguration.load(configPath: directory + "/config.json")
         let weights = try SafetensorsCollection(directory: directory)
-        try self.init(configuration: configuration) { name, shape in
+        try self.init(configuration: configuration, layout: layout) { name, shape in
             guard let (file, entry) = weights.entry(name) else { throw FormatError("\(directory): tensor \(name) is missing") }
             guard entry.shape == shape else { throw FormatError("\(directory): tensor \(name) has shape \(entry.shape), expected \(shape)") }
             let buffer = FloatBuffer(count: shape.reduce(1, *))
@@ -113,17 +134,18 @@ public final class TrainableLlama: @unchecked Sendable {
     /// of the matrices): what the training changes, it sees at once. Rollouts and evaluation during
     /// post-training run on it; it uses the Hugging Face RoPE layout the weights are trained in.
     public func inferenceModel() -> Llama {
+        precondition(layout.isWhole, "an inference model needs the whole model")
         func matrix(_ v: Variable) -> WeightMatrix {
             WeightMatrix(type: .f32, rows: v.shape[0], columns: v.shape[1], data: UnsafeRawPointer(v.pointer), owner: v.value)
         }
         let weights = LlamaWeights(
-            embedding: matrix(embedding),
+            embedding: matrix(embedding!),
             blocks: blocks.map { b in
                 LlamaBlockWeights(attentionNorm: b.attentionNorm.values, query: matrix(b.query), key: matrix(b.key), value: matrix(b.value),
                                   output: matrix(b.output), feedForwardNorm: b.feedForwardNorm.values,
                                   gate: matrix(b.gate), up: matrix(b.up), down: matrix(b.down))
             },
-            finalNorm: finalNorm.values, output: matrix(head ?? embedding), ropeMode: .neox)
+            finalNorm: finalNorm!.values, output: matrix(output!), ropeMode: .neox)
         return Llama(configuration: configuration, weights: weights)
     }
 
@@ -135,10 +157,16 @@ public final class TrainableLlama: @unchecked Sendable {
 
     /// Writes `model.safetensors` and `config.json` into `directory` (which must exist).
     public func save(to directory: String) throws {
-        let tensors = parameters.map { p in
-            SafetensorsWriter.Tensor(name: p.name, shape: p.shape, data: UnsafeBufferPointer(start: p.pointer, count: p.count))
-        }
-        try SafetensorsWriter.write(tensors, to: directory + "/model.safetensors")
+        precondition(layout.isWhole, "a part of a model is saved through its trainer, which assembles the whole")
+        try Self.save(parameters.map { p in (p.name, p.shape, UnsafeBufferPointer(start: UnsafePointer(p.pointer), count: p.count)) },
+                      configuration: configuration, to: directory)
+    }
+
+    /// Writes the tensors of a whole model, in Hugging Face's order, and its `config.json`.
+    static func save(_ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)], configuration: LlamaConfiguration,
+                     to directory: String) throws {
+        try SafetensorsWriter.write(tensors.map { SafetensorsWriter.Tensor(name: $0.name, shape: $0.shape, data: $0.values) },
+                                    to: directory + "/model.safetensors")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         var config = configuration
@@ -146,13 +174,26 @@ public final class TrainableLlama: @unchecked Sendable {
         try writeFile(encoder.encode(config), to: directory + "/config.json")
     }
 
-    /// Logits [B·T, V] of `inputs` (B sequences of T tokens, row-major), recording the backward on `tape`.
+    /// Logits [B·T, V] of `inputs` (B sequences of T tokens, row-major), recording the backward on
+    /// `tape`; under tensor parallelism this rank's columns of the (padded) vocabulary.
     public func logits(_ tape: Tape, inputs: [Int32], batch B: Int, recompute: Recompute = .none) -> Variable {
+        forward(tape, inputs: inputs, batch: B, tokens: inputs.count / B, recompute: recompute)
+    }
+
+    /// This stage's part of the forward over B sequences of T tokens: from the token ids (the
+    /// first stage) or the previous stage's output `input`, through this stage's layers, to the
+    /// logits on the last stage (the residual stream [B·T, C] on the others; under sequence
+    /// parallelism, this rank's rows of it).
+    public func forward(_ tape: Tape, inputs: [Int32]? = nil, input: Variable? = nil, batch B: Int, tokens T: Int,
+                        recompute: Recompute = .none) -> Variable {
         let c = configuration
-        let T = inputs.count / B
-        precondition(B * T == inputs.count && T <= c.maxPositionEmbeddings)
+        precondition(T <= c.maxPositionEmbeddings && (inputs == nil || inputs!.count == B * T))
         let positions = (0..<B * T).map { Int32($0 % T) }
-        let rope = self.rope
+        let rope = self.rope, group = tensor
+        let heads = c.headCount / layout.tensorSize, kvHeads = c.kvHeadCount / layout.tensorSize
+        /// Into and out of the tensor-parallel products (nothing without tensor parallelism).
+        func enter(_ tape: Tape, _ x: Variable) -> Variable { group.map { tape.enter(x, rows: B * T, $0) } ?? x }
+        func leave(_ tape: Tape, _ y: Variable) -> Variable { group.map { tape.leave(y, $0) } ?? y }
         let residency = self.residency
         /// Runs the forward of units `us` (consecutive) between the residency's calls; recorded
         /// around it, the calls for their backward run before and after their backward steps.
@@ -165,7 +206,15 @@ public final class TrainableLlama: @unchecked Sendable {
             for u in us { tape.record { residency.beforeBackward(u) } }
             return output
         }
-        var x = units([0]) { tape.embedding(inputs, embedding) }
+        var x: Variable
+        if let embedding {
+            let ids = inputs!
+            x = units([0]) {
+                group.map { tape.vocabularyEmbedding(ids, embedding, first: $0.rank * embedding.shape[0], $0) } ?? tape.embedding(ids, embedding)
+            }
+        } else {
+            x = input!
+        }
         // Recorded before a block, a marker runs in the backward after all of that block's steps.
         func markReady(_ first: Variable) {
             if let ready = gradientsReady {
@@ -176,17 +225,17 @@ public final class TrainableLlama: @unchecked Sendable {
         for (i, block) in blocks.enumerated() {
             markReady(block.query)
             let attention: (Tape, Variable) -> Variable = { tape, x in
-                let h = tape.rmsNorm(x, block.attentionNorm, epsilon: c.rmsNormEpsilon)
-                let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: c.headCount, headDim: c.headDim, parameters: rope)
-                let k = tape.rope(tape.linear(h, block.key), positions: positions, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
+                let h = enter(tape, tape.rmsNorm(x, block.attentionNorm, epsilon: c.rmsNormEpsilon))
+                let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: heads, headDim: c.headDim, parameters: rope)
+                let k = tape.rope(tape.linear(h, block.key), positions: positions, heads: kvHeads, headDim: c.headDim, parameters: rope)
                 let v = tape.linear(h, block.value)
-                let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
-                return tape.add(x, tape.linear(a, block.output))
+                let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: heads, kvHeads: kvHeads, headDim: c.headDim)
+                return tape.add(x, leave(tape, tape.linear(a, block.output)))
             }
             let feedForward: (Tape, Variable) -> Variable = { tape, x1 in
-                let h2 = tape.rmsNorm(x1, block.feedForwardNorm, epsilon: c.rmsNormEpsilon)
+                let h2 = enter(tape, tape.rmsNorm(x1, block.feedForwardNorm, epsilon: c.rmsNormEpsilon))
                 let m = tape.linear(tape.swiglu(tape.linear(h2, block.gate), tape.linear(h2, block.up)), block.down)
-                return tape.add(x1, m)
+                return tape.add(x1, leave(tape, m))
             }
             if recompute == .block {
                 x = units([2 * i + 1, 2 * i + 2]) { tape.checkpoint(x) { tape, x in feedForward(tape, attention(tape, x)) } }
@@ -195,16 +244,25 @@ public final class TrainableLlama: @unchecked Sendable {
                 x = units([2 * i + 2]) { feedForward(tape, x) }
             }
         }
+        guard let finalNorm, let output else { return x }
         markReady(finalNorm)
         return units([2 * blocks.count + 1]) {
-            let h = tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon)
-            return tape.linear(h, head ?? embedding)
+            let h = enter(tape, tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon))
+            return tape.linear(h, output)
         }
     }
 
     /// Mean cross-entropy of the logits against `targets` (negative = not scored).
     public func loss(_ tape: Tape, inputs: [Int32], targets: [Int32], batch: Int, recompute: Recompute = .none) -> Variable {
-        tape.crossEntropy(logits(tape, inputs: inputs, batch: batch, recompute: recompute), targets: targets)
+        loss(tape, logits: logits(tape, inputs: inputs, batch: batch, recompute: recompute), targets: targets)
+    }
+
+    /// Mean cross-entropy of the last stage's logits against `targets`: vocabulary-parallel under
+    /// tensor parallelism, where the padded columns take no part.
+    public func loss(_ tape: Tape, logits: Variable, targets: [Int32]) -> Variable {
+        guard let group = tensor else { return tape.crossEntropy(logits, targets: targets) }
+        let columns = logits.shape.last!
+        return tape.vocabularyParallelCrossEntropy(logits, targets: targets, first: group.rank * columns, vocabulary: configuration.vocabularySize, group)
     }
 }
 

@@ -173,6 +173,12 @@ public final class Trainer {
         guard (0...3).contains(parallelism.zeroStage) else {
             throw TrainingError("ZeRO stage \(parallelism.zeroStage) does not exist (stages 0, 1, 2 and 3 do)")
         }
+        guard model.layout == parallelism.layout else {
+            throw TrainingError("the model holds the part \(model.layout) of the whole, but this rank's part is \(parallelism.layout)")
+        }
+        guard parallelism.zeroStage < 3 || model.layout.isWhole else {
+            throw TrainingError("ZeRO stage 3 partitions whole models; with tensor or pipeline parallelism use stage 1 or 2")
+        }
         guard rows >= ranks else {
             throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
         }
@@ -191,7 +197,13 @@ public final class Trainer {
                                               thread: thread, shards: shard == nil ? nil : shards, releasing: parallelism.zeroStage >= 2) : nil
         partition = parallelism.zeroStage == 3 ? ParameterPartition(model: model, communicator: parallelism.data, shards: shards, thread: thread) : nil
         model.residency = partition
+        model.tensor = parallelism.tensor.size > 1 ? TensorGroup(communicator: parallelism.tensor, sequenceParallel: parallelism.sequenceParallel) : nil
+        replicatedNorms = parallelism.sequenceParallel ? model.slices.indices.filter { model.slices[$0].slice.axis == nil && model.slices[$0].tensor.role != .embedding } : []
     }
+
+    /// Under sequence parallelism: the parameters replicated over the tensor group (the norms),
+    /// whose gradients each rank makes from its own rows only and the group sums.
+    private let replicatedNorms: [Int]
 
     /// Bytes of model state this rank holds now: parameters, gradients and AdamW moments that
     /// occupy memory (resident pages), the figure ZeRO's stages cut.
@@ -241,6 +253,28 @@ public final class Trainer {
     /// Steps this process ran, and the bytes its data-parallel collectives put on the wire in them.
     public private(set) var stepsRun = 0
     public private(set) var wireBytes = 0.0
+    /// The bytes the tensor-parallel group's collectives put on the wire in those steps.
+    public private(set) var tensorWireBytes = 0.0
+
+    /// The tensor-parallel group's bytes on the wire per step in theory (ring algorithms, 4-byte
+    /// values), for R rows (tokens) of C values that this rank's replica computes per step: per
+    /// layer two all-reduces of R·C forward (after the row-parallel O and down) and two backward
+    /// (the gradients entering Q/K/V and gate/up), 8(T−1)/T·R·C values in all; the embedding's
+    /// all-reduce and the output's gradient, R·C each; the cross-entropy's 3R; the clipping's
+    /// sum of squares. Sequence parallelism turns each all-reduce into an all-gather and a
+    /// reduce-scatter of the same total, and adds the norm gradients' all-reduce.
+    public var tensorWireTheory: Double {
+        let t = Double(parallelism.tensor.size)
+        guard t > 1 else { return 0 }
+        let s = settings, rows = parallelism.share.microBatches(rows: s.batchSize * s.gradientAccumulation, micro: s.batchSize).reduce(0) { $0 + $1.count }
+        let R = Double(rows * s.sequenceLength), C = Double(model.configuration.hiddenSize), L = Double(model.blocks.count)
+        let layout = model.layout, f = 2 * (t - 1) / t
+        var values = 4 * L * R * C
+        if layout.isFirstStage { values += R * C }
+        if layout.isLastStage { values += R * C + 3 * R }
+        if parallelism.sequenceParallel && parallelism.reduceNormGradients { values += C * (2 * L + (layout.isLastStage ? 1 : 0)) }
+        return f * (4 * values + 8)
+    }
 
     /// Runs one optimizer step and returns its record. Each micro-batch's gradients are made apart
     /// and added to the sum of the earlier ones, so that two ranks of one micro-batch each, summed
@@ -248,6 +282,7 @@ public final class Trainer {
     public func trainStep() throws -> StepRecord {
         let s = settings
         let wireBefore = parallelism.data.traffic.wireBytes(size: parallelism.data.size)
+        let tensorBefore = parallelism.tensor.traffic.wireBytes(size: parallelism.tensor.size)
         let parts = objective.nextStep(settings: s, share: parallelism.share), data = parallelism.data
         let arena = model.arena
         let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
@@ -272,6 +307,7 @@ public final class Trainer {
             for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
         }
         try partition?.check()
+        try model.tensor?.check()
         if let buckets {
             try buckets.finish()
         } else if let sum {
@@ -284,8 +320,15 @@ public final class Trainer {
             loss = values[0]
             for (name, value) in zip(names, values.dropFirst()) { metrics[name] = value }
         }
-        let norm = try arena.clipGradients(maximum: s.gradientClip, in: shard) { squares in
+        if parallelism.reduceNormGradients && !replicatedNorms.isEmpty { try reduceNormGradients() }
+        // Every parameter counted once: a norm on tensor rank 0, a tied embedding on the first stage.
+        let tensorRank = parallelism.tensor.rank, firstStage = model.layout.isFirstStage
+        let norm = try arena.clipGradients(maximum: s.gradientClip, in: shard, counted: { [slices = model.slices] i in
+            (tensorRank == 0 || slices[i].slice.axis != nil) && (firstStage || slices[i].tensor.role != .embedding)
+        }) { squares in
             var total = squares
+            if parallelism.tensor.size > 1 { try parallelism.tensor.allReduce(&total, count: 1, .sum) }
+            if parallelism.pipeline.size > 1 { try parallelism.pipeline.allReduce(&total, count: 1, .sum) }
             if shard != nil { try data.allReduce(&total, count: 1, .sum) }
             return total
         }
@@ -298,9 +341,25 @@ public final class Trainer {
         step += 1
         stepsRun += 1
         wireBytes += data.traffic.wireBytes(size: data.size) - wireBefore
+        tensorWireBytes += parallelism.tensor.traffic.wireBytes(size: parallelism.tensor.size) - tensorBefore
         let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record
+    }
+
+    /// Sums the gradients of the replicated norms over the tensor group (their parts in this
+    /// rank's shard under ZeRO), one all-reduce for all of them.
+    private func reduceNormGradients() throws {
+        let own = shard ?? 0..<model.arena.count
+        let ranges = replicatedNorms.map { model.arena.range(of: $0).clamped(to: own) }.filter { !$0.isEmpty }
+        var packed = [Float]()
+        let g = model.arena.gradients.pointer
+        for r in ranges { packed += UnsafeBufferPointer(start: g + r.lowerBound, count: r.count) }
+        try parallelism.tensor.allReduce(&packed, count: packed.count, .sum)
+        var k = 0
+        for r in ranges {
+            for j in r { g[j] = packed[k]; k += 1 }
+        }
     }
 
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
@@ -308,6 +367,7 @@ public final class Trainer {
     public func evaluate() throws -> Float {
         let loss = objective.validationLoss(model: model, settings: settings, pool: pool)
         try partition?.check()
+        try model.tensor?.check()
         return loss
     }
 
@@ -337,16 +397,14 @@ public final class Trainer {
     /// Writes a checkpoint into `directory` (which must exist): the model as a Hugging Face folder
     /// (model.safetensors, config.json, the tokenizer), optimizer.safetensors and trainer_state.json.
     func writeCheckpoint(into directory: String) throws {
+        if !model.layout.isWhole { return try writeAssembledCheckpoint(into: directory) }
         try withWholeModel {
             guard parallelism.isLeader else { return }
             try model.save(to: directory)
             if let tokenizer = objective.tokenizerPath {
                 try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
             }
-            let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try writeFile(encoder.encode(state), to: directory + "/trainer_state.json")
+            try writeState(into: directory)
         }
         let range = optimizer.range, ranks = parallelism.data.size
         if shard != nil && ranks > 1 {
@@ -367,6 +425,78 @@ public final class Trainer {
         }
     }
 
+    /// trainer_state.json and the tokenizer (the leader's part of every checkpoint besides the tensors).
+    private func writeState(into directory: String) throws {
+        let state = State(step: step, samplerState: objective.checkpointState, settings: settings, history: history)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeFile(encoder.encode(state), to: directory + "/trainer_state.json")
+    }
+
+    /// A checkpoint of a model split by tensor or pipeline parallelism, in the same files as one
+    /// process writes (so that any layout resumes it): the first data-parallel replica's ranks
+    /// send their parameters and whole AdamW moments (gathered over the data group under ZeRO) to
+    /// rank 0, which puts every slice in its place and writes the whole model and optimizer.
+    private func writeAssembledCheckpoint(into directory: String) throws {
+        let arena = model.arena, count = arena.count, data = parallelism.data
+        var moments = [optimizer.flatMoments, optimizer.flatSquares]
+        if let shard, data.size > 1 {
+            moments = try moments.map { part in
+                let whole = FloatBuffer(uninitializedCount: count)
+                (whole.pointer + shard.lowerBound).update(from: part.pointer, count: shard.count)
+                try data.allGather(whole.pointer + shard.lowerBound, into: whole.pointer, counts: shards.map(\.count))
+                return whole
+            }
+        }
+        guard data.rank == 0 else { return }
+        let world = parallelism.world, c = model.configuration
+        let T = parallelism.tensor.size, P = parallelism.pipeline.size, D = data.size
+        let sources = [arena.values] + moments
+        guard parallelism.isLeader else {
+            for (k, buffer) in sources.enumerated() { try world.send(buffer.pointer, count: count, to: 0, tag: 100 + k) }
+            return
+        }
+        let all = LlamaTensor.all(c)
+        let whole = (0..<3).map { _ in all.map { FloatBuffer(uninitializedCount: $0.shape.reduce(1, *)) } }
+        let index = Dictionary(uniqueKeysWithValues: all.enumerated().map { ($1, $0) })
+        for p in 0..<P {
+            for t in 0..<T {
+                let layout = ModelLayout(tensorRank: t, tensorSize: T, stage: p, stages: P)
+                let held = all.compactMap { tensor in layout.slice(tensor, shape: tensor.shape, c).map { (tensor, $0) } }
+                let total = held.reduce(0) { $0 + $1.1.localShape.reduce(1, *) }
+                let rank = p * T * D + t
+                let received = try sources.enumerated().map { k, own -> FloatBuffer in
+                    if rank == 0 { return own }
+                    let buffer = FloatBuffer(uninitializedCount: total)
+                    try world.receive(buffer.pointer, count: total, from: rank, tag: 100 + k)
+                    return buffer
+                }
+                var offset = 0
+                for (tensor, slice) in held {
+                    let i = index[tensor]!
+                    for k in 0..<3 { ModelLayout.place(received[k].pointer + offset, shape: tensor.shape, slice, into: whole[k][i].pointer) }
+                    offset += slice.localShape.reduce(1, *)
+                }
+            }
+        }
+        func tensors(_ k: Int) -> [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] {
+            zip(all, whole[k]).map { ($0.name(.huggingFace), $0.shape, UnsafeBufferPointer(start: UnsafePointer($1.pointer), count: $1.count)) }
+        }
+        // The pointers below are into `whole`, which must outlive every write.
+        defer { withExtendedLifetime(whole) {} }
+        try TrainableLlama.save(tensors(0), configuration: c, to: directory)
+        if let tokenizer = objective.tokenizerPath {
+            try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
+        }
+        try writeState(into: directory)
+        let (first, second) = (tensors(1), tensors(2))
+        let optimizerTensors = zip(first, second).flatMap { m, v in
+            [SafetensorsWriter.Tensor(name: "exp_avg." + m.name, shape: m.shape, data: m.values),
+             SafetensorsWriter.Tensor(name: "exp_avg_sq." + v.name, shape: v.shape, data: v.values)]
+        }
+        try SafetensorsWriter.write(optimizerTensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
+    }
+
     /// The file of rank `rank`'s optimizer shard in a checkpoint saved by `ranks` ZeRO ranks.
     static func shardFile(_ rank: Int, of ranks: Int) -> String { String(format: "optimizer-%05d-of-%05d.safetensors", rank, ranks) }
 
@@ -379,7 +509,7 @@ public final class Trainer {
         guard let samplerState = UInt64(state.samplerState) else { throw TrainingError("\(statePath): bad sampler_state") }
         var settings = state.settings
         if let steps { settings.steps = steps }
-        let model = try TrainableLlama(directory: checkpoint)
+        let model = try TrainableLlama(directory: checkpoint, layout: parallelism.layout)
         let objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
                                                settings: settings, samplerSeed: samplerState)
         let trainer = try Trainer(model: model, objective: objective, settings: settings, parallelism: parallelism, pool: pool)
@@ -390,58 +520,101 @@ public final class Trainer {
         return trainer
     }
 
-    /// Reads this trainer's range of the AdamW moments from a checkpoint, whichever layout saved
-    /// them (one optimizer.safetensors, or one shard file per ZeRO rank); returns the optimizer step.
+    /// Reads this trainer's part of the AdamW moments from a checkpoint, whichever layout saved
+    /// them (one optimizer.safetensors, or one shard file per ZeRO rank) and whichever this trainer
+    /// has: each of its parameters is cut from the whole tensor, then its range kept; returns the
+    /// optimizer step.
     static func loadMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
-        let arena = trainer.model.arena, range = trainer.optimizer.range
-        let targets = [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)]
-        func copy(_ data: UnsafeRawPointer, covering part: Range<Int>, into target: FloatBuffer) {
-            let wanted = part.clamped(to: range)
-            guard !wanted.isEmpty else { return }
-            UnsafeMutableRawPointer(target.pointer + (wanted.lowerBound - range.lowerBound))
-                .copyMemory(from: data + 4 * (wanted.lowerBound - part.lowerBound), byteCount: 4 * wanted.count)
-        }
-        let whole = checkpoint + "/optimizer.safetensors"
-        if FileManager.default.fileExists(atPath: whole) {
-            let file = try SafetensorsFile(path: whole)
-            for (prefix, target) in targets {
-                for (i, p) in trainer.model.parameters.enumerated() {
-                    guard let entry = file.entries[prefix + "." + p.name], entry.dtype == .f32, entry.shape == p.shape else {
-                        throw TrainingError("\(whole): \(prefix + "." + p.name) is missing or has the wrong shape")
-                    }
-                    copy(file.data(of: entry), covering: arena.range(of: i), into: target)
-                }
+        let model = trainer.model, arena = model.arena, range = trainer.optimizer.range
+        let source = try MomentFiles(checkpoint, configuration: model.configuration)
+        for (prefix, target) in [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)] {
+            for (i, held) in model.slices.enumerated() {
+                let part = arena.range(of: i), wanted = part.clamped(to: range)
+                guard !wanted.isEmpty else { continue }
+                let full = try source.values(prefix, held.tensor)
+                let local = FloatBuffer(uninitializedCount: part.count)
+                full.withUnsafeBufferPointer { ModelLayout.cut($0.baseAddress!, shape: held.tensor.shape, held.slice, into: local.pointer) }
+                (target.pointer + (wanted.lowerBound - range.lowerBound)).update(from: local.pointer + (wanted.lowerBound - part.lowerBound), count: wanted.count)
             }
-            guard let step = file.metadata["step"].flatMap(Int.init) else { throw TrainingError("\(whole): no step in its metadata") }
-            return step
         }
+        return source.step
+    }
+}
+
+/// The AdamW moments of a checkpoint, whole tensor by whole tensor: from optimizer.safetensors
+/// (one tensor per parameter and moment), or from the shard files of ZeRO ranks, each a flat
+/// range of the whole model's parameters in Hugging Face's order.
+struct MomentFiles {
+    let checkpoint: String
+    let configuration: LlamaConfiguration
+    let whole: SafetensorsFile?
+    /// The shard files and the flat range each holds.
+    let shards: [(file: SafetensorsFile, path: String, range: Range<Int>)]
+    let step: Int
+
+    init(_ checkpoint: String, configuration c: LlamaConfiguration) throws {
+        self.checkpoint = checkpoint
+        configuration = c
+        let wholePath = checkpoint + "/optimizer.safetensors"
+        if FileManager.default.fileExists(atPath: wholePath) {
+            let file = try SafetensorsFile(path: wholePath)
+            guard let step = file.metadata["step"].flatMap(Int.init) else { throw TrainingError("\(wholePath): no step in its metadata") }
+            whole = file
+            shards = []
+            self.step = step
+            return
+        }
+        whole = nil
+        let total = LlamaTensor.all(c).reduce(0) { $0 + $1.shape.reduce(1, *) }
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: checkpoint)) ?? []).filter { $0.hasPrefix("optimizer-") }.sorted()
         guard let first = names.first, let ranks = Int(first.dropFirst("optimizer-00000-of-".count).prefix(5)) else {
             throw TrainingError("\(checkpoint): no optimizer.safetensors and no optimizer shards")
         }
-        guard names == (0..<ranks).map({ shardFile($0, of: ranks) }) else {
+        guard names == (0..<ranks).map({ Trainer.shardFile($0, of: ranks) }) else {
             throw TrainingError("\(checkpoint): the optimizer shards are incomplete (\(names.count) files for \(ranks) ranks)")
         }
-        var covered = 0, step: Int?
+        var covered = 0, step: Int?, shards: [(SafetensorsFile, String, Range<Int>)] = []
         for name in names {
             let path = checkpoint + "/" + name
             let file = try SafetensorsFile(path: path)
             let m = file.metadata
-            guard let start = m["start"].flatMap(Int.init), let end = m["end"].flatMap(Int.init), m["total"] == String(arena.count),
+            guard let start = m["start"].flatMap(Int.init), let end = m["end"].flatMap(Int.init), m["total"] == String(total),
                   start == covered, end >= start, let s = m["step"].flatMap(Int.init), step == nil || step == s else {
-                throw TrainingError("\(path): its shard does not continue the shards before it for a model of \(arena.count) parameters")
+                throw TrainingError("\(path): its shard does not continue the shards before it for a model of \(total) parameters")
             }
-            for (name, target) in targets {
-                guard let entry = file.entries[name], entry.dtype == .f32, entry.shape == [end - start] else {
-                    throw TrainingError("\(path): \(name) is missing or has the wrong shape")
+            for moment in ["exp_avg", "exp_avg_sq"] {
+                guard let entry = file.entries[moment], entry.dtype == .f32, entry.shape == [end - start] else {
+                    throw TrainingError("\(path): \(moment) is missing or has the wrong shape")
                 }
-                copy(file.data(of: entry), covering: start..<end, into: target)
             }
+            shards.append((file, path, start..<end))
             covered = end
             step = s
         }
-        guard covered == arena.count, let step else { throw TrainingError("\(checkpoint): the optimizer shards cover \(covered) of \(arena.count) parameters") }
-        return step
+        guard covered == total, let step else { throw TrainingError("\(checkpoint): the optimizer shards cover \(covered) of \(total) parameters") }
+        self.shards = shards
+        self.step = step
     }
 
+    /// The moment `prefix` (exp_avg or exp_avg_sq) of the whole tensor `tensor`.
+    func values(_ prefix: String, _ tensor: LlamaTensor) throws -> [Float] {
+        let name = tensor.name(.huggingFace), count = tensor.shape.reduce(1, *)
+        var out = [Float](repeating: 0, count: count)
+        if let whole {
+            guard let entry = whole.entries[prefix + "." + name], entry.dtype == .f32, entry.shape == tensor.shape else {
+                throw TrainingError("\(checkpoint)/optimizer.safetensors: \(prefix).\(name) is missing or has the wrong shape")
+            }
+            out.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(start: whole.data(of: entry), count: 4 * count)) }
+            return out
+        }
+        let all = LlamaTensor.all(configuration)
+        let start = all.prefix(while: { $0 != tensor }).reduce(0) { $0 + $1.shape.reduce(1, *) }, wanted = start..<start + count
+        for shard in shards {
+            let part = wanted.clamped(to: shard.range)
+            guard !part.isEmpty, let entry = shard.file.entries[prefix] else { continue }
+            let data = shard.file.data(of: entry) + 4 * (part.lowerBound - shard.range.lowerBound)
+            out.withUnsafeMutableBytes { ($0.baseAddress! + 4 * (part.lowerBound - start)).copyMemory(from: data, byteCount: 4 * part.count) }
+        }
+        return out
+    }
 }

@@ -65,6 +65,16 @@ struct Pretrain: ParsableCommand {
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
     @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs) (default 0).")
     var zeroStage: Int = 0
+    @Option(name: .customLong("tensor-parallel"), help: "Tensor parallelism (Megatron): split each block's matrices, the embedding and the output over this many ranks (they must divide the heads, the key/value heads and the feed-forward size; the vocabulary is padded) (default 1).")
+    var tensorParallel: Int = 1
+    @Flag(name: .customLong("sequence-parallel"), help: "With --tensor-parallel: run the norms and residuals on shards of the sequence (all-gather before each split product, reduce-scatter after).")
+    var sequenceParallel = false
+    @Option(name: .customLong("pipeline-parallel"), help: "Pipeline parallelism: split the layers into this many stages, run as a 1F1B schedule over --micro-batches (default 1).")
+    var pipelineParallel: Int = 1
+    @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline (default: --grad-accum, each of --batch-size sequences).")
+    var microBatches: Int?
+    @Flag(name: .customLong("drop-sequence-parallel-norm-reduction"), help: .hidden)
+    var dropNormReduction = false
     @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
     var collectiveTimeout: Double = 600
 
@@ -83,6 +93,9 @@ struct Pretrain: ParsableCommand {
         guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
         guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3") }
         guard collectiveTimeout >= 0 else { throw ValidationError("--collective-timeout must not be negative") }
+        guard tensorParallel >= 1, pipelineParallel >= 1 else { throw ValidationError("--tensor-parallel and --pipeline-parallel must be at least 1") }
+        guard microBatches.map({ $0 >= 1 }) ?? true else { throw ValidationError("--micro-batches must be at least 1") }
+        guard !sequenceParallel || tensorParallel > 1 else { throw ValidationError("--sequence-parallel needs --tensor-parallel 2 or more") }
     }
 
     enum Preset: String, CaseIterable {
@@ -103,8 +116,11 @@ struct Pretrain: ParsableCommand {
         ThreadPool.configureShared(threadCount: threads)
         MPICommunicator.collectiveTimeout = collectiveTimeout
         let world = try worldCommunicator()
-        let parallelism = Parallelism(world: world, bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage)
         do {
+            var parallelism = try Parallelism(world: world, tensorSize: tensorParallel, stages: pipelineParallel, sequenceParallel: sequenceParallel,
+                                              microBatches: microBatches ?? gradAccum ?? D.gradientAccumulation,
+                                              bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage)
+            parallelism.reduceNormGradients = !dropNormReduction
             try run(parallelism)
         } catch let stopped as ExitCode {
             throw stopped  // every rank stopped after the same step (a signal), with a checkpoint
@@ -144,11 +160,12 @@ struct Pretrain: ParsableCommand {
             let seed = self.seed ?? D.seed
             let model: TrainableLlama
             if let preset = preset.flatMap(Preset.init) {
-                model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize), seed: seed)
+                model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize), seed: seed,
+                                           layout: parallelism.layout)
             } else if let config {
-                model = try TrainableLlama(configuration: LlamaConfiguration.load(configPath: config), seed: seed)
+                model = try TrainableLlama(configuration: LlamaConfiguration.load(configPath: config), seed: seed, layout: parallelism.layout)
             } else {
-                model = try TrainableLlama(directory: initial!)
+                model = try TrainableLlama(directory: initial!, layout: parallelism.layout)
             }
             let settings = TrainingSettings(
                 data: URL(fileURLWithPath: dataFolder).standardizedFileURL.path, steps: steps ?? D.steps, batchSize: batchSize ?? D.batchSize,
@@ -169,7 +186,9 @@ struct Pretrain: ParsableCommand {
         if world.size > 1 {
             let gradients = "gradients \(zeroStage > 0 ? "reduce-scattered" : "all-reduced") in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
             let moments = Double(trainer.optimizer.range.count * 8) / 1_048_576
-            say("data parallel over \(world.size) ranks (Open MPI), \(threads) threads each; ZeRO stage \(zeroStage): \(gradients); AdamW moments on rank 0: \(String(format: "%.1f", moments)) MiB")
+            let p = trainer.parallelism
+            say("parallel over \(world.size) ranks (Open MPI), \(threads) threads each: data \(p.data.size) × tensor \(p.tensor.size)\(sequenceParallel ? " (sequence parallel)" : "") × pipeline \(p.pipeline.size); rank 0 holds \(String(format: "%.2f", Double(trainer.model.parameterCount) / 1e6))M parameters")
+            say("data parallel over \(p.data.size) ranks; ZeRO stage \(zeroStage): \(gradients); AdamW moments on rank 0: \(String(format: "%.1f", moments)) MiB")
         }
         try train(trainer, folder: folder)
     }
@@ -213,6 +232,10 @@ struct Pretrain: ParsableCommand {
                 printError(String(format: "rank 0: %.2f MB on the wire per step; theory %.2f MB (ring algorithms: %@); %.2f s spent finishing gradient reductions after the backward (exposed communication)",
                                   trainer.wireBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.wireTheory / 1e6, rule,
                                   trainer.exposedCommunicationSeconds))
+                if trainer.parallelism.tensor.size > 1 {
+                    printError(String(format: "rank 0: tensor-parallel group %.3f MB on the wire per step; tensor theory %.3f MB (ring algorithms: per layer 8(T−1)/T·R·C values for R tokens of C, plus the embedding, the output and the cross-entropy)",
+                                      trainer.tensorWireBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.tensorWireTheory / 1e6))
+                }
                 let p = Double(trainer.model.parameterCount), mib = 1_048_576.0
                 let ideal = [16 * p, 8 * p + 8 * p / Double(n), 4 * p + 12 * p / Double(n), 16 * p / Double(n)][stage]
                 let peak = stage == 3 ? String(format: "peak during a step %.1f MiB (with the units gathered), ", Double(trainer.peakModelStateBytes) / mib) : ""
