@@ -19,8 +19,9 @@ public struct Parallelism: @unchecked Sendable {
     public var pipeline: any Communicator
     /// Sequence parallelism inside the tensor group.
     public var sequenceParallel = false
-    /// Micro-batches a pipeline runs per step (its 1F1B schedule); otherwise unused.
-    public var microBatches = 1
+    /// Micro-batches a pipeline runs per step (its 1F1B schedule), when given: it must be what each
+    /// data-parallel share of the global batch holds (gradient accumulation / data-parallel ranks).
+    public var microBatches: Int?
     /// Whether sequence parallelism sums the norm gradients over the tensor group; false only as
     /// a negative control, which must break the agreement with the single process.
     public var reduceNormGradients = true
@@ -56,14 +57,14 @@ public struct Parallelism: @unchecked Sendable {
 
     /// The world's ranks as `tensorSize` × data × `stages`: world rank w is tensor rank w mod T,
     /// data rank (w / T) mod D and stage w / (T·D), with D = N / (T·P).
-    public init(world: any Communicator, tensorSize: Int, stages: Int, sequenceParallel: Bool = false, microBatches: Int = 1,
+    public init(world: any Communicator, tensorSize: Int, stages: Int, sequenceParallel: Bool = false, microBatches: Int? = nil,
                 bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) throws {
         let n = world.size
         guard tensorSize >= 1, stages >= 1, n % (tensorSize * stages) == 0 else {
             throw TrainingError("\(n) ranks cannot be split into tensor-parallel groups of \(tensorSize) and \(stages) pipeline stages: N must divide by T·P = \(tensorSize * stages)")
         }
         guard !sequenceParallel || tensorSize > 1 else { throw TrainingError("sequence parallelism works inside a tensor-parallel group: give --tensor-parallel 2 or more") }
-        guard microBatches >= 1 else { throw TrainingError("a pipeline needs at least one micro-batch") }
+        guard (microBatches ?? 1) >= 1 else { throw TrainingError("a pipeline needs at least one micro-batch") }
         self.init(world: world, bucketBytes: bucketBytes, overlap: overlap, zeroStage: zeroStage)
         let d = n / (tensorSize * stages), w = world.rank
         let t = w % tensorSize, r = (w / tensorSize) % d, p = w / (tensorSize * d)

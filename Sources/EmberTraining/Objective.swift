@@ -48,10 +48,22 @@ public struct DataShare: Sendable, Equatable {
 public struct MicroBatch {
     public let divisor: Float
     public let loss: (Tape, TrainableLlama) -> (loss: Variable, metrics: [String: Float])
-    public init(divisor: Float, loss: @escaping (Tape, TrainableLlama) -> (loss: Variable, metrics: [String: Float])) {
+    /// The rows of tokens and their targets, when the loss is the mean cross-entropy of the model's
+    /// logits over them: what a pipeline needs to run the micro-batch stage by stage.
+    public let tokens: TokenRows?
+    public init(divisor: Float, tokens: TokenRows? = nil, loss: @escaping (Tape, TrainableLlama) -> (loss: Variable, metrics: [String: Float])) {
         self.divisor = divisor
+        self.tokens = tokens
         self.loss = loss
     }
+}
+
+/// `rows` sequences of tokens (row-major) and the token each position predicts (negative: not scored).
+public struct TokenRows: Sendable {
+    public var inputs: [Int32]
+    public var targets: [Int32]
+    public var rows: Int
+    public var length: Int { inputs.count / rows }
 }
 
 /// Next-token prediction (pretraining): random windows of `sequenceLength + 1` tokens from the
@@ -81,13 +93,22 @@ public final class NextTokenObjective: TrainingObjective {
         let (inputs, targets) = sampler.next(batch: rows, from: dataset.train)
         return share.microBatches(rows: rows, micro: s.batchSize).map { part in
             let range = part.lowerBound * T..<part.upperBound * T
-            return MicroBatch(divisor: Float(rows) / Float(part.count)) { tape, model in
-                (model.loss(tape, inputs: Array(inputs[range]), targets: Array(targets[range]), batch: part.count, recompute: s.recompute), [:])
+            let tokens = TokenRows(inputs: Array(inputs[range]), targets: Array(targets[range]), rows: part.count)
+            return MicroBatch(divisor: Float(rows) / Float(part.count), tokens: tokens) { tape, model in
+                (model.loss(tape, inputs: tokens.inputs, targets: tokens.targets, batch: tokens.rows, recompute: s.recompute), [:])
             }
         }
     }
 
     public func validationLoss(model: TrainableLlama, settings s: TrainingSettings, pool: ThreadPool) -> Float {
+        validationLoss(settings: s) { batch in
+            model.loss(Tape(pool: pool, recording: false), inputs: batch.inputs, targets: batch.targets, batch: batch.rows).values[0]
+        }
+    }
+
+    /// The mean of `loss` over the validation windows, taken in batches of at most `batchSize`
+    /// rows (`loss` gives a batch's mean): one process's forward, or a pipeline's.
+    public func validationLoss(settings s: TrainingSettings, loss: (TokenRows) throws -> Float) rethrows -> Float {
         let windows = min(s.evalWindows, max(1, dataset.validation.count - s.sequenceLength))
         let (inputs, targets) = WindowSampler.evenlySpaced(windows, length: s.sequenceLength, from: dataset.validation)
         var total: Float = 0
@@ -95,8 +116,7 @@ public final class NextTokenObjective: TrainingObjective {
         while done < windows {
             let n = min(s.batchSize, windows - done)
             let range = done * s.sequenceLength..<(done + n) * s.sequenceLength
-            let l = model.loss(Tape(pool: pool, recording: false), inputs: Array(inputs[range]), targets: Array(targets[range]), batch: n)
-            total += l.values[0] * Float(n)
+            total += try loss(TokenRows(inputs: Array(inputs[range]), targets: Array(targets[range]), rows: n)) * Float(n)
             done += n
         }
         return total / Float(windows)

@@ -160,6 +160,8 @@ public final class Trainer {
     private let buckets: GradientBuckets?
     /// Under ZeRO-3: the parameters outside this rank's shard, gathered unit by unit.
     private let partition: ParameterPartition?
+    /// Under pipeline parallelism: this rank's stage and its 1F1B schedule.
+    let pipeline: Pipeline?
     /// Every rank's part of the flat parameters under ZeRO, and this rank's (what its optimizer updates).
     private let shards: [Range<Int>]
     public let shard: Range<Int>?
@@ -179,6 +181,10 @@ public final class Trainer {
         guard parallelism.zeroStage < 3 || model.layout.isWhole else {
             throw TrainingError("ZeRO stage 3 partitions whole models; with tensor or pipeline parallelism use stage 1 or 2")
         }
+        let microBatches = parallelism.share.microBatches(rows: rows, micro: settings.batchSize).count
+        if parallelism.pipeline.size > 1, let wanted = parallelism.microBatches, wanted != microBatches {
+            throw TrainingError("--micro-batches \(wanted) over \(ranks) data-parallel ranks needs --grad-accum \(wanted * ranks) (each micro-batch is --batch-size sequences); now each pipeline runs \(microBatches)")
+        }
         guard rows >= ranks else {
             throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
         }
@@ -197,6 +203,7 @@ public final class Trainer {
                                               thread: thread, shards: shard == nil ? nil : shards, releasing: parallelism.zeroStage >= 2) : nil
         partition = parallelism.zeroStage == 3 ? ParameterPartition(model: model, communicator: parallelism.data, shards: shards, thread: thread) : nil
         model.residency = partition
+        pipeline = parallelism.pipeline.size > 1 ? Pipeline(communicator: parallelism.pipeline) : nil
         model.tensor = parallelism.tensor.size > 1 ? TensorGroup(communicator: parallelism.tensor, sequenceParallel: parallelism.sequenceParallel) : nil
         replicatedNorms = parallelism.sequenceParallel ? model.slices.indices.filter { model.slices[$0].slice.axis == nil && model.slices[$0].tensor.role != .embedding } : []
     }
@@ -283,6 +290,7 @@ public final class Trainer {
         let s = settings
         let wireBefore = parallelism.data.traffic.wireBytes(size: parallelism.data.size)
         let tensorBefore = parallelism.tensor.traffic.wireBytes(size: parallelism.tensor.size)
+        let pipelineBefore = parallelism.pipeline.traffic.sent
         let parts = objective.nextStep(settings: s, share: parallelism.share), data = parallelism.data
         let arena = model.arena
         let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
@@ -290,28 +298,46 @@ public final class Trainer {
         arena.zeroGradients(releasing: releasing)
         var loss: Float = 0
         var metrics: [String: Float] = [:]
-        for (k, part) in parts.enumerated() {
+        /// Before micro-batch k's backward: the earlier ones' gradients are added up apart; before
+        /// the last one, the buckets start (during it, with `overlapping`).
+        func beforeBackward(_ k: Int, overlapping: Bool) {
             if k > 0, let sum {
                 if k == 1 { sum.update(from: gradients, count: arena.count) } else { for i in 0..<arena.count { sum[i] += gradients[i] } }
                 arena.zeroGradients(releasing: releasing)
             }
-            if k == parts.count - 1, let buckets {
+            if overlapping, k == parts.count - 1, let buckets {
                 buckets.begin(accumulated: k > 0 ? accumulator : nil)
                 model.gradientsReady = buckets.ready
             }
-            let tape = Tape(pool: pool)
-            let (l, named) = part.loss(tape, model)
-            tape.backward(l, seed: 1 / part.divisor)
-            model.gradientsReady = nil
-            loss += l.values[0] / part.divisor
-            for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
         }
-        try partition?.check()
-        try model.tensor?.check()
-        if let buckets {
-            try buckets.finish()
-        } else if let sum {
-            for i in 0..<arena.count { gradients[i] += sum[i] }
+        if let pipeline {
+            // Gradient sync waits for the last backward of the schedule.
+            loss = try pipeline.run(parts, model: model, recompute: s.recompute, pool: pool) { beforeBackward($0, overlapping: false) }
+            try model.tensor?.check()
+            if let sum { for i in 0..<arena.count { gradients[i] += sum[i] } }
+            try reduceTiedEmbedding()
+            loss = try parallelism.pipeline.sum(loss)  // the last stage's
+            if let buckets {
+                buckets.begin(accumulated: nil)
+                try buckets.finish()
+            }
+        } else {
+            for (k, part) in parts.enumerated() {
+                beforeBackward(k, overlapping: true)
+                let tape = Tape(pool: pool)
+                let (l, named) = part.loss(tape, model)
+                tape.backward(l, seed: 1 / part.divisor)
+                model.gradientsReady = nil
+                loss += l.values[0] / part.divisor
+                for (name, value) in named { metrics[name, default: 0] += value / part.divisor }
+            }
+            try partition?.check()
+            try model.tensor?.check()
+            if let buckets {
+                try buckets.finish()
+            } else if let sum {
+                for i in 0..<arena.count { gradients[i] += sum[i] }
+            }
         }
         if data.size > 1 {
             let names = metrics.keys.sorted()
@@ -342,10 +368,71 @@ public final class Trainer {
         stepsRun += 1
         wireBytes += data.traffic.wireBytes(size: data.size) - wireBefore
         tensorWireBytes += parallelism.tensor.traffic.wireBytes(size: parallelism.tensor.size) - tensorBefore
+        pipelineSentBytes += Double(parallelism.pipeline.traffic.sent - pipelineBefore)
         let record = StepRecord(step: step, loss: loss, learningRate: lr, gradientNorm: norm, metrics: metrics)
         history.append(record)
         return record
     }
+
+    /// With tied embeddings over several stages: the first stage's embedding (the input) and the
+    /// last stage's copy (the output) receive their gradients apart; each sends its own to the
+    /// other and adds what it receives, so both hold the same sum and stay the same weights.
+    private func reduceTiedEmbedding() throws {
+        guard let pipeline, model.configuration.tieWordEmbeddings, model.layout.isFirstStage || model.layout.isLastStage,
+              let i = model.slices.firstIndex(where: { $0.tensor.role == .embedding }) else { return }
+        let range = model.arena.range(of: i), g = model.arena.gradients.pointer + range.lowerBound
+        let other = FloatBuffer(uninitializedCount: range.count), peer = model.layout.isFirstStage ? pipeline.stages - 1 : 0
+        if model.layout.isFirstStage {
+            try parallelism.pipeline.send(g, count: range.count, to: peer, tag: 3_000_000)
+            try parallelism.pipeline.receive(other.pointer, count: range.count, from: peer, tag: 3_000_000)
+        } else {
+            try parallelism.pipeline.receive(other.pointer, count: range.count, from: peer, tag: 3_000_000)
+            try parallelism.pipeline.send(g, count: range.count, to: peer, tag: 3_000_000)
+        }
+        for j in 0..<range.count { g[j] += other.pointer[j] }
+    }
+
+    /// The bytes this stage sends its neighbours per step in theory: for every micro-batch, its
+    /// output activations to the next stage and the gradient of its input to the previous one
+    /// (R·C values each for R tokens of C; a tensor-parallel-th of that under sequence
+    /// parallelism); with tied embeddings, the first and last stage's embedding gradients.
+    public var pipelineSentTheory: Double {
+        guard pipeline != nil else { return 0 }
+        let s = settings, layout = model.layout, C = model.configuration.hiddenSize
+        let rows = parallelism.share.microBatches(rows: s.batchSize * s.gradientAccumulation, micro: s.batchSize).reduce(0) { $0 + $1.count }
+        var tokens = rows * s.sequenceLength
+        if parallelism.sequenceParallel { tokens = tokens / parallelism.tensor.size + (parallelism.tensor.rank < tokens % parallelism.tensor.size ? 1 : 0) }
+        let neighbours = (layout.isFirstStage ? 0 : 1) + (layout.isLastStage ? 0 : 1)
+        var values = neighbours * tokens * C
+        if model.configuration.tieWordEmbeddings && (layout.isFirstStage || layout.isLastStage),
+           let i = model.slices.firstIndex(where: { $0.tensor.role == .embedding }) { values += model.arena.range(of: i).count }
+        return Double(4 * values)
+    }
+
+    /// The last step's 1F1B schedule on every stage, as lines to print, and as a Chrome trace
+    /// (chrome://tracing, Perfetto: one row per stage); a collective of the pipeline group.
+    public func pipelineReport() throws -> (lines: [String], chromeTrace: Data)? {
+        guard let pipeline else { return nil }
+        let traces = try pipeline.gatherTraces(), P = pipeline.stages, M = traces[0].events.count / 2
+        var lines: [String] = [], events: [[String: Any]] = []
+        for (r, t) in traces.enumerated() {
+            let order = t.events.map { ($0.backward ? "B" : "F") + String($0.micro) }.joined(separator: " ")
+            let busy = t.events.reduce(0) { $0 + $1.end - $1.start }
+            lines.append(String(format: "stage %d: %@; at most %d of %d micro-batches in flight (bound min(P−r, M) = %d); busy %.3f of %.3f s, idle %.1f%%",
+                                r, order, t.mostInFlight, M, min(P - r, M), busy, t.elapsed, 100 * (1 - busy / max(t.elapsed, 1e-9))))
+            for e in t.events {
+                events.append(["name": (e.backward ? "backward " : "forward ") + String(e.micro), "ph": "X", "pid": 0, "tid": r,
+                               "ts": e.start * 1e6, "dur": (e.end - e.start) * 1e6])
+            }
+        }
+        let idle = traces.map { t in 1 - t.events.reduce(0) { $0 + $1.end - $1.start } / max(t.elapsed, 1e-9) }.reduce(0, +) / Double(P)
+        lines.append(String(format: "pipeline bubble: %.1f%% of the step idle on average over the stages; 1F1B with equal stages: (P−1)/(M+P−1) = %.1f%%",
+                            100 * idle, 100 * Pipeline.bubble(stages: P, microBatches: M)))
+        return (lines, try JSONSerialization.data(withJSONObject: ["traceEvents": events], options: [.sortedKeys]))
+    }
+
+    /// Bytes this stage sent its neighbours in the steps of this process.
+    public private(set) var pipelineSentBytes = 0.0
 
     /// Sums the gradients of the replicated norms over the tensor group (their parts in this
     /// rank's shard under ZeRO), one all-reduce for all of them.
@@ -365,6 +452,12 @@ public final class Trainer {
     /// The objective's held-out loss (for pretraining: the mean loss over `evalWindows` windows
     /// spread evenly over the validation split).
     public func evaluate() throws -> Float {
+        if let pipeline {
+            guard let objective = objective as? NextTokenObjective else { throw TrainingError("this objective cannot evaluate in a pipeline") }
+            let loss = try objective.validationLoss(settings: settings) { try pipeline.evaluate($0, model: model, pool: pool) }
+            try model.tensor?.check()
+            return try parallelism.pipeline.sum(loss)
+        }
         let loss = objective.validationLoss(model: model, settings: settings, pool: pool)
         try partition?.check()
         try model.tensor?.check()

@@ -71,7 +71,7 @@ struct Pretrain: ParsableCommand {
     var sequenceParallel = false
     @Option(name: .customLong("pipeline-parallel"), help: "Pipeline parallelism: split the layers into this many stages, run as a 1F1B schedule over --micro-batches (default 1).")
     var pipelineParallel: Int = 1
-    @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline (default: --grad-accum, each of --batch-size sequences).")
+    @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline, each of --batch-size sequences; --grad-accum must be this times the data-parallel ranks (default: --grad-accum over the data-parallel ranks).")
     var microBatches: Int?
     @Flag(name: .customLong("drop-sequence-parallel-norm-reduction"), help: .hidden)
     var dropNormReduction = false
@@ -118,7 +118,7 @@ struct Pretrain: ParsableCommand {
         let world = try worldCommunicator()
         do {
             var parallelism = try Parallelism(world: world, tensorSize: tensorParallel, stages: pipelineParallel, sequenceParallel: sequenceParallel,
-                                              microBatches: microBatches ?? gradAccum ?? D.gradientAccumulation,
+                                              microBatches: microBatches,
                                               bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage)
             parallelism.reduceNormGradients = !dropNormReduction
             try run(parallelism)
@@ -210,6 +210,13 @@ struct Pretrain: ParsableCommand {
             }
         }
         endProgress()
+        let pipeline = try trainer.pipelineReport()  // every rank: the stages' traces are gathered
+        if let pipeline, trainer.parallelism.isLeader {
+            pipeline.lines.forEach { printError($0) }
+            try writeFile(pipeline.chromeTrace, to: output + "/pipeline-trace.json")
+            printError(String(format: "rank 0: pipeline %.3f MB sent to neighbour stages per step; pipeline theory %.3f MB (per micro-batch R·C activations forward and R·C gradients backward per boundary, and the tied embedding's gradient); the last step's schedule is in %@/pipeline-trace.json",
+                              trainer.pipelineSentBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.pipelineSentTheory / 1e6, output))
+        }
         guard trainer.parallelism.isLeader else {
             if case .stopped = outcome { throw ExitCode(130) }
             return

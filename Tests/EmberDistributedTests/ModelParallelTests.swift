@@ -60,6 +60,72 @@ import Testing
         #expect(control.loss > Self.tolerance || control.weights > Self.tolerance)
     }
 
+    /// The same small LLaMA with an untied output, so that no gradient is summed across stages.
+    static func untiedConfig(in folder: String) throws -> String {
+        let path = folder + "/untied.json"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try Data("""
+        {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "vocab_size": 777, "max_position_embeddings": 256, "tie_word_embeddings": false, "rms_norm_eps": 1e-5, "rope_theta": 10000}
+        """.utf8).write(to: URL(fileURLWithPath: path))
+        return path
+    }
+
+    /// Pipeline runs: 4 micro-batches of 2 sequences per step, against one process accumulating
+    /// the same 4. PP=2 (1F1B, M=4) with an untied output computes each stage's layers on the same
+    /// micro-batches in the same order: the losses, the weights and the moments are the same bits.
+    /// With tied embeddings the first and last stage's embedding gradients are added after the
+    /// micro-batches rather than inside each, and DP2×PP2 and TP2×PP2 change the order of sums as
+    /// data and tensor parallelism do: within the bound. Each stage ran the 1F1B order (warm-up of
+    /// P−r−1 forwards, then one forward and one backward, then the cool-down) with at most
+    /// min(P−r, M) micro-batches in flight, and sent its neighbours the bytes the theory says.
+    @Test(.enabled(if: Runs.available, Runs.reason))
+    func pipelineMatchesTheSingleProcess() throws {
+        let folder = NSTemporaryDirectory() + "ember-pp-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let untied = try Self.untiedConfig(in: folder)
+        func arguments(_ run: String, tied: Bool = true) throws -> [String] {
+            var a = try Runs.arguments(output: folder + "/" + run, microBatches: 4)
+            a[a.firstIndex(of: "--batch-size")! + 1] = "2"
+            if !tied { a[a.firstIndex(of: "--preset")!...a.firstIndex(of: "--preset")! + 1] = ["--config", untied] }
+            return a
+        }
+        _ = try Runs.single(try arguments("single"))
+        _ = try Runs.single(try arguments("single-untied", tied: false))
+        let log = try Runs.parallel(2, try arguments("pp2-untied", tied: false) + ["--pipeline-parallel", "2", "--micro-batches", "4"])
+        let moments = { (run: String) in try Runs.flatMoments(folder + "/" + run + "/checkpoints/step-000020") }
+        let same = try (Runs.losses(folder + "/pp2-untied") == Runs.losses(folder + "/single-untied"),
+                        Runs.weights(folder + "/pp2-untied") == Runs.weights(folder + "/single-untied"),
+                        moments("pp2-untied") == moments("single-untied"))
+        print("PP=2, M=4, untied: losses \(same.0 ? "equal" : "DIFFERENT"), weights \(same.1 ? "identical" : "DIFFERENT"), moments \(same.2 ? "identical" : "DIFFERENT")")
+        #expect(same.0 && same.1 && same.2)
+        // The 1F1B trace of the last step, per stage.
+        let lines = log.split(separator: "\n").filter { $0.hasPrefix("stage ") || $0.hasPrefix("pipeline ") || $0.contains("pipeline theory") }
+        print(lines.joined(separator: "\n"))
+        for r in 0..<2 {
+            let expected = r == 0 ? "F0 F1 B0 F2 B1 F3 B2 B3" : "F0 B0 F1 B1 F2 B2 F3 B3"
+            let line = try #require(lines.first { $0.hasPrefix("stage \(r): ") })
+            #expect(line.hasPrefix("stage \(r): \(expected);"))
+            let inFlight = try #require(line.firstMatch(of: /at most ([0-9]+) of/)).1
+            #expect(Int(inFlight)! <= min(2 - r, 4))
+        }
+        let wire = try #require(log.firstMatch(of: /pipeline ([0-9.]+) MB sent to neighbour stages per step; pipeline theory ([0-9.]+) MB/))
+        #expect(abs(Double(wire.1)! - Double(wire.2)!) <= 0.001 * Double(wire.2)!)
+        let runs: [(name: String, ranks: Int, flags: [String])] = [
+            ("pp2", 2, ["--pipeline-parallel", "2", "--micro-batches", "4"]),
+            ("dp2-pp2", 4, ["--pipeline-parallel", "2", "--micro-batches", "2"]),
+            ("dp2-pp2-zero1", 4, ["--pipeline-parallel", "2", "--micro-batches", "2", "--zero-stage", "1"]),
+            ("tp2-pp2", 4, ["--pipeline-parallel", "2", "--micro-batches", "4", "--tensor-parallel", "2"]),
+            ("tp2-pp2-zero2-untied", 4, ["--pipeline-parallel", "2", "--micro-batches", "4", "--tensor-parallel", "2", "--zero-stage", "2"]),
+        ]
+        for run in runs {
+            _ = try Runs.parallel(run.ranks, try arguments(run.name, tied: !run.name.hasSuffix("untied")) + run.flags)
+            let (loss, weights) = try Self.compare(folder, run.name, run.name.hasSuffix("untied") ? "single-untied" : "single")
+            print("\(run.name): largest relative loss difference \(loss), relative Frobenius difference of the weights \(weights)")
+            #expect(loss <= Self.tolerance && weights <= Self.tolerance)
+        }
+    }
+
     /// A layout the model cannot take is refused at once, naming the reason.
     @Test(.enabled(if: Runs.available, Runs.reason))
     func headsThatDoNotDivideAreRefused() throws {
