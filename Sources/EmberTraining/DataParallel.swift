@@ -58,7 +58,7 @@ public struct Parallelism: @unchecked Sendable {
     /// The world's ranks as `tensorSize` × data × `stages`: world rank w is tensor rank w mod T,
     /// data rank (w / T) mod D and stage w / (T·D), with D = N / (T·P).
     public init(world: any Communicator, tensorSize: Int, stages: Int, sequenceParallel: Bool = false, microBatches: Int? = nil,
-                bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0) throws {
+                bucketBytes: Int = 25 << 20, overlap: Bool = true, zeroStage: Int = 0, checkOrder: Bool = false) throws {
         let n = world.size
         guard tensorSize >= 1, stages >= 1, n % (tensorSize * stages) == 0 else {
             throw TrainingError("\(n) ranks cannot be split into tensor-parallel groups of \(tensorSize) and \(stages) pipeline stages: N must divide by T·P = \(tensorSize * stages)")
@@ -72,6 +72,12 @@ public struct Parallelism: @unchecked Sendable {
             tensor = tensorSize == 1 ? LocalCommunicator() : try world.split(color: p * d + r, key: t)
             data = d == n ? world : try world.split(color: p * tensorSize + t, key: r)
             pipeline = stages == 1 ? LocalCommunicator() : try world.split(color: r * tensorSize + t, key: p)
+        }
+        if checkOrder && n > 1 {
+            self.world = OrderCheckedCommunicator(world)
+            data = OrderCheckedCommunicator(data)
+            tensor = OrderCheckedCommunicator(tensor)
+            pipeline = OrderCheckedCommunicator(pipeline)
         }
         self.sequenceParallel = sequenceParallel
         self.microBatches = microBatches

@@ -73,6 +73,8 @@ struct Pretrain: ParsableCommand {
     var pipelineParallel: Int = 1
     @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline, each of --batch-size sequences; --grad-accum must be this times the data-parallel ranks (default: --grad-accum over the data-parallel ranks).")
     var microBatches: Int?
+    @Flag(name: .customLong("check-collective-order"), help: "Parallel runs: before every collective, check that all ranks make the same call (one small all-reduce each; for debugging a hang or a mismatch).")
+    var checkCollectiveOrder = false
     @Flag(name: .customLong("drop-sequence-parallel-norm-reduction"), help: .hidden)
     var dropNormReduction = false
     @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
@@ -119,7 +121,8 @@ struct Pretrain: ParsableCommand {
         do {
             var parallelism = try Parallelism(world: world, tensorSize: tensorParallel, stages: pipelineParallel, sequenceParallel: sequenceParallel,
                                               microBatches: microBatches,
-                                              bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage)
+                                              bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage,
+                                              checkOrder: checkCollectiveOrder)
             parallelism.reduceNormGradients = !dropNormReduction
             try run(parallelism)
         } catch let stopped as ExitCode {

@@ -49,6 +49,16 @@ enum MPI {
         #expect(passed.count == ranks, "\(output)")
     }
 
+    /// Ranks that call collectives of different sizes are stopped by the order check, on every rank, naming the call.
+    @Test(.enabled(if: MPI.mpirun != nil, "Open MPI's mpirun is not installed (scripts/setup.sh installs openmpi-bin)"))
+    func orderCheckCatchesMismatchedCollectives() throws {
+        let (status, output) = try MPI.launch(2, [MPI.products + "/ember-mpi-check", "--order-mismatch"])
+        let caught = output.split(separator: "\n").filter { $0.contains("caught: collective order check") }
+        print(caught.joined(separator: "\n"))
+        #expect(status == 0, "\(output)")
+        #expect(caught.count == 2, "\(output)")
+    }
+
     @Test func shardsDifferByAtMostOne() {
         #expect(shardCounts(10, parts: 3) == [4, 3, 3])
         #expect(shardCounts(2, parts: 3) == [1, 1, 0])
