@@ -23,6 +23,10 @@ struct Pretrain: ParsableCommand {
         Parallel training: the same command under Open MPI's mpirun runs data parallel over its ranks. The global batch stays --batch-size × --grad-accum sequences per step, shared among the ranks, so a run gives the same losses (bit for bit when each rank takes one whole micro-batch) whatever the number of ranks, and its checkpoints resume at any other. Gradients are all-reduced in buckets (--bucket-mb) while the backward goes on. Rank 0 writes the log, checkpoints and model. Each rank uses --threads threads (default: the cores divided among the ranks on the machine).
           mpirun -np 2 --bind-to none ember pretrain --preset small --grad-accum 2 --output runs/dp
           mpirun --hostfile hosts -np 16 ember pretrain --preset medium --grad-accum 16 --output /shared/runs/dp16
+
+        Model parallelism splits the model itself: --zero-stage 1|2|3 partitions the optimizer state, the gradients and the parameters over the data-parallel ranks; --tensor-parallel T splits each block's matrices, the embedding and the output over T ranks (--sequence-parallel also splits the norms' tokens); --pipeline-parallel P splits the layers into P stages run as a 1F1B schedule over --micro-batches. The ranks form tensor × data × pipeline groups (N = T × D × P), and a checkpoint saved in one layout resumes in any other.
+          mpirun -np 2 --bind-to none ember pretrain --preset medium --zero-stage 3 --output runs/z3
+          mpirun -np 4 --oversubscribe --bind-to none ember pretrain --preset small --tensor-parallel 2 --pipeline-parallel 2 --grad-accum 4 --output runs/tp-pp
         """)
 
     @Option(help: ArgumentHelp("Model size: tiny (~1M parameters), small (~10M) or medium (~40M).", valueName: "name"))
@@ -60,7 +64,7 @@ struct Pretrain: ParsableCommand {
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default \(D.saveEvery); 0: only at the end).") var saveEvery: Int?
     @Option(help: "Checkpoints kept (default \(D.keepCheckpoints)).") var keep: Int?
     @Option(help: "Worker threads per rank (default: all cores, divided among the ranks mpirun starts on this machine).")
-    var threads: Int = ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1)
+    var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1))
     @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
     @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs) (default 0).")
