@@ -260,6 +260,12 @@ public final class Trainer {
     /// Steps this process ran, and the bytes its data-parallel collectives put on the wire in them.
     public private(set) var stepsRun = 0
     public private(set) var wireBytes = 0.0
+    /// Tokens of this rank's data-parallel share of a step (what its tensor group and pipeline compute).
+    private var tokensPerReplica: Int {
+        let s = settings
+        return parallelism.share.microBatches(rows: s.batchSize * s.gradientAccumulation, micro: s.batchSize).reduce(0) { $0 + $1.count } * s.sequenceLength
+    }
+
     /// The bytes the tensor-parallel group's collectives put on the wire in those steps.
     public private(set) var tensorWireBytes = 0.0
 
@@ -273,8 +279,7 @@ public final class Trainer {
     public var tensorWireTheory: Double {
         let t = Double(parallelism.tensor.size)
         guard t > 1 else { return 0 }
-        let s = settings, rows = parallelism.share.microBatches(rows: s.batchSize * s.gradientAccumulation, micro: s.batchSize).reduce(0) { $0 + $1.count }
-        let R = Double(rows * s.sequenceLength), C = Double(model.configuration.hiddenSize), L = Double(model.blocks.count)
+        let R = Double(tokensPerReplica), C = Double(model.configuration.hiddenSize), L = Double(model.blocks.count)
         let layout = model.layout, f = 2 * (t - 1) / t
         var values = 4 * L * R * C
         if layout.isFirstStage { values += R * C }
@@ -398,9 +403,8 @@ public final class Trainer {
     /// parallelism); with tied embeddings, the first and last stage's embedding gradients.
     public var pipelineSentTheory: Double {
         guard pipeline != nil else { return 0 }
-        let s = settings, layout = model.layout, C = model.configuration.hiddenSize
-        let rows = parallelism.share.microBatches(rows: s.batchSize * s.gradientAccumulation, micro: s.batchSize).reduce(0) { $0 + $1.count }
-        var tokens = rows * s.sequenceLength
+        let layout = model.layout, C = model.configuration.hiddenSize
+        var tokens = tokensPerReplica
         if parallelism.sequenceParallel { tokens = tokens / parallelism.tensor.size + (parallelism.tensor.rank < tokens % parallelism.tensor.size ? 1 : 0) }
         let neighbours = (layout.isFirstStage ? 0 : 1) + (layout.isLastStage ? 0 : 1)
         var values = neighbours * tokens * C
