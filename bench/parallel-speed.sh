@@ -20,7 +20,7 @@ median() { python3 -c "import json,statistics,sys; print(round(statistics.median
 run() {  # name, then the command
     local name=$1; shift
     "$@" --output "$work/$name" >"$work/$name.out" 2>&1 || { cat "$work/$name.out" >&2; exit 1; }
-    echo "$(median "$work/$name/log.jsonl") $(grep -o '[0-9.]* s waiting' "$work/$name.out" | cut -d' ' -f1)"
+    echo "$(median "$work/$name/log.jsonl") $(grep -o '[0-9.]* s spent finishing' "$work/$name.out" | cut -d' ' -f1)"
 }
 read -r single _ < <(run single .build/release/ember "${common[@]}" --threads 2)
 read -r overlapped exposed < <(run overlapped timeout 1800 mpirun --bind-to none -np 2 .build/release/ember "${common[@]}" --threads 1)
