@@ -33,7 +33,12 @@ $(F32_MODEL)/model.safetensors: | model
 $(TOKENIZERS): | model
 	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/fixtures/tokenizers-reference.py --files-only
 
-test: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS)
+# The f32 model as a whole Hugging Face folder (tokenizer and chat template too): what fine-tuning starts from.
+$(F32_MODEL)/tokenizer_config.json: $(F32_MODEL)/model.safetensors $(TOKENIZERS)
+	"$$(scripts/python-env.sh $(PYTHON_PACKAGES))" scripts/make-safetensors-model.py $(MODEL) $(F32_MODEL) \
+		--tokenizer-json .cache/models/SmolLM2-135M-tokenizer/tokenizer.json >/dev/null
+
+test: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS) $(F32_MODEL)/tokenizer_config.json
 	$(SWIFT_BUILD) --build-tests
 	swift test -c release --skip-build
 	scripts/test-openai.sh

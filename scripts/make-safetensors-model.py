@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Convert a LLaMA GGUF into a float32 Hugging Face LlamaForCausalLM directory.
 
-Usage:  python3 scripts/make-safetensors-model.py GGUF OUTDIR [--force]
+Usage:  python3 scripts/make-safetensors-model.py GGUF OUTDIR [--force] [--tokenizer-json PATH]
 
 Writes OUTDIR/model.safetensors (every tensor dequantized to float32, HF names,
 no lm_head because the embeddings are tied) and OUTDIR/config.json, each through
 a temporary name and a rename, then prints OUTDIR. Does nothing if
 OUTDIR/model.safetensors exists, unless --force.
+
+With --tokenizer-json, the folder also gets that tokenizer.json and a
+tokenizer_config.json made from the GGUF (its chat template, BOS and EOS tokens,
+and whether BOS is added), so that it is a whole Hugging Face model folder that
+fine-tuning starts from; these two are written whenever they are missing.
 
 llama.cpp's converter permuted the rows of q_proj/k_proj (per head, from the
 rotate-half layout into interleaved pairs); this script undoes that permutation
@@ -82,19 +87,43 @@ def config(reader, tied):
     }
 
 
+def tokenizer_files(reader, tokenizer_json, outdir):
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    token = lambda key: tokens[int(field(reader, key))] if key in reader.fields else None
+    settings = {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 8192, "clean_up_tokenization_spaces": False,
+        "bos_token": token("tokenizer.ggml.bos_token_id"), "eos_token": token("tokenizer.ggml.eos_token_id"),
+        "unk_token": token("tokenizer.ggml.unknown_token_id"),
+        "pad_token": token("tokenizer.ggml.padding_token_id") or token("tokenizer.ggml.eos_token_id"),
+        "add_bos_token": bool(field(reader, "tokenizer.ggml.add_bos_token")) if "tokenizer.ggml.add_bos_token" in reader.fields else False,
+        "chat_template": field(reader, "tokenizer.chat_template"),
+    }
+    for name, text in [("tokenizer.json", Path(tokenizer_json).read_text()),
+                       ("tokenizer_config.json", json.dumps(settings, indent=2, ensure_ascii=False) + "\n")]:
+        tmp = outdir / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, outdir / name)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("gguf")
     ap.add_argument("outdir")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--tokenizer-json")
     args = ap.parse_args()
     outdir = Path(args.outdir)
     target = outdir / "model.safetensors"
+    reader = None
+    if args.tokenizer_json and (args.force or not (outdir / "tokenizer_config.json").exists()):
+        outdir.mkdir(parents=True, exist_ok=True)
+        reader = gguf.GGUFReader(args.gguf)
+        tokenizer_files(reader, args.tokenizer_json, outdir)
     if target.exists() and not args.force:
         print(outdir)
         return
     outdir.mkdir(parents=True, exist_ok=True)
-    reader = gguf.GGUFReader(args.gguf)
+    reader = reader or gguf.GGUFReader(args.gguf)
     tensors = convert(reader)
     cfg = config(reader, tied="lm_head.weight" not in tensors)
     tmp = outdir / f".config.json.{os.getpid()}.tmp"

@@ -54,6 +54,24 @@ public struct LoadedModel: Sendable {
         let tensors = try SafetensorsCollection(directory: path)
         let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
                                             format: .huggingFace, ropeMode: .neox)
+        let (tokenizer, settings) = try tokenizerFiles(path)
+        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
+                           chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil)
+    }
+
+    /// The tokenizer, chat template and BOS setting of a Hugging Face model directory, without its
+    /// weights: how training prompts become tokens.
+    public static func prompting(directory path: String) throws -> Prompting {
+        let (tokenizer, settings) = try tokenizerFiles(path)
+        guard let tokenizer else { throw FormatError("\(path): no tokenizer.json in the model directory") }
+        let format: ChatFormat
+        do { format = try ChatFormat(template: settings.chatTemplate, tokenizer: tokenizer) } catch let error as JinjaError {
+            throw FormatError("\(path): the chat template cannot be used: \(error.message)")
+        }
+        return Prompting(tokenizer: tokenizer, chatFormat: format, addBOS: settings.addBOS)
+    }
+
+    private static func tokenizerFiles(_ path: String) throws -> ((any Tokenizer)?, (chatTemplate: String?, addBOS: Bool)) {
         let tokenizerPath = path + "/tokenizer.json"
         var tokenizer: (any Tokenizer)?
         if FileManager.default.fileExists(atPath: tokenizerPath) {
@@ -63,9 +81,7 @@ public struct LoadedModel: Sendable {
                 throw FormatError(error.message)
             }
         }
-        let settings = try tokenizerConfig(path + "/tokenizer_config.json")
-        return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
-                           chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil)
+        return (tokenizer, try tokenizerConfig(path + "/tokenizer_config.json"))
     }
 
     /// The chat template and BOS setting of a Hugging Face `tokenizer_config.json`, when there is one.

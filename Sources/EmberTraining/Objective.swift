@@ -18,8 +18,19 @@ public protocol TrainingObjective: AnyObject {
     func validationLoss(model: TrainableLlama, settings: TrainingSettings, pool: ThreadPool) -> Float
     /// What a checkpoint must keep to continue exactly where the data stopped, as text.
     var checkpointState: String { get }
-    /// The tokenizer file that checkpoints and the published model carry, when there is one.
-    var tokenizerPath: String? { get }
+    /// The tokenizer files (tokenizer.json, tokenizer_config.json) that checkpoints and the
+    /// published model carry.
+    var tokenizerFiles: [String] { get }
+    /// Metrics of the last `validationLoss` besides the loss (logged with a `val_` prefix).
+    var validationMetrics: [String: Float] { get }
+    /// The tokens of the last step's global batch, when they are not batch size × sequence
+    /// length × accumulation (rows of examples, each as long as it is).
+    var lastStepTokens: Int? { get }
+}
+
+extension TrainingObjective {
+    public var validationMetrics: [String: Float] { [:] }
+    public var lastStepTokens: Int? { nil }
 }
 
 /// Which part of each step's global batch a data-parallel rank computes: `rank` of `ranks`.
@@ -58,11 +69,19 @@ public struct MicroBatch {
     }
 }
 
-/// `rows` sequences of tokens (row-major) and the token each position predicts (negative: not scored).
+/// `rows` sequences of tokens (row-major) and the token each position predicts (negative: not scored);
+/// `positions` when rows hold packed sequences (each restarting at 0, seeing only itself).
 public struct TokenRows: Sendable {
     public var inputs: [Int32]
     public var targets: [Int32]
     public var rows: Int
+    public var positions: [Int32]?
+    public init(inputs: [Int32], targets: [Int32], rows: Int, positions: [Int32]? = nil) {
+        self.inputs = inputs
+        self.targets = targets
+        self.rows = rows
+        self.positions = positions
+    }
     public var length: Int { inputs.count / rows }
 }
 
@@ -125,5 +144,5 @@ public final class NextTokenObjective: TrainingObjective {
     /// The sampler's generator state (UInt64 as text: JSON numbers lose bits past 2⁵³).
     public var checkpointState: String { String(sampler.generator.state) }
 
-    public var tokenizerPath: String? { dataset.tokenizerPath }
+    public var tokenizerFiles: [String] { [dataset.tokenizerPath] }
 }

@@ -75,7 +75,8 @@ final class Pipeline {
                 let tape = Tape(pool: pool)
                 let input = first ? nil : try receive(activationsFor: batch, model: model, tag: m)
                 began = now()
-                let output = model.forward(tape, inputs: first ? batch.inputs : nil, input: input, batch: batch.rows, tokens: batch.length, recompute: recompute)
+                let output = model.forward(tape, inputs: first ? batch.inputs : nil, input: input, batch: batch.rows, tokens: batch.length,
+                                           positions: batch.positions, recompute: recompute)
                 if last {
                     let l = model.loss(tape, logits: output, targets: batch.targets)
                     loss += l.values[0] / parts[m].divisor
@@ -123,7 +124,7 @@ final class Pipeline {
     func evaluate(_ batch: TokenRows, model: TrainableLlama, pool: ThreadPool) throws -> Float {
         let tape = Tape(pool: pool, recording: false)
         let input = stage == 0 ? nil : try receive(activationsFor: batch, model: model, tag: 2_000_000)
-        let output = model.forward(tape, inputs: stage == 0 ? batch.inputs : nil, input: input, batch: batch.rows, tokens: batch.length)
+        let output = model.forward(tape, inputs: stage == 0 ? batch.inputs : nil, input: input, batch: batch.rows, tokens: batch.length, positions: batch.positions)
         if stage == stages - 1 { return model.loss(tape, logits: output, targets: batch.targets).values[0] }
         send(output, tag: 2_000_000)
         try sender.wait()

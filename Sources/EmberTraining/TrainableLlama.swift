@@ -184,11 +184,15 @@ public final class TrainableLlama: @unchecked Sendable {
     /// first stage) or the previous stage's output `input`, through this stage's layers, to the
     /// logits on the last stage (the residual stream [B·T, C] on the others; under sequence
     /// parallelism, this rank's rows of it).
+    ///
+    /// `positions` [B·T] are the tokens' positions when rows hold packed sequences: each sequence
+    /// restarts at 0, and attends only within itself (a block-diagonal causal mask).
     public func forward(_ tape: Tape, inputs: [Int32]? = nil, input: Variable? = nil, batch B: Int, tokens T: Int,
-                        recompute: Recompute = .none) -> Variable {
+                        positions packed: [Int32]? = nil, recompute: Recompute = .none) -> Variable {
         let c = configuration
         precondition(T <= c.maxPositionEmbeddings && (inputs == nil || inputs!.count == B * T))
-        let positions = (0..<B * T).map { Int32($0 % T) }
+        let positions = packed ?? (0..<B * T).map { Int32($0 % T) }
+        let segmentStarts = packed.map { Self.segmentStarts(positions: $0, tokens: T) }
         let rope = self.rope, group = tensor
         let heads = c.headCount / layout.tensorSize, kvHeads = c.kvHeadCount / layout.tensorSize
         /// Into and out of the tensor-parallel products (nothing without tensor parallelism).
@@ -229,7 +233,8 @@ public final class TrainableLlama: @unchecked Sendable {
                 let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: heads, headDim: c.headDim, parameters: rope)
                 let k = tape.rope(tape.linear(h, block.key), positions: positions, heads: kvHeads, headDim: c.headDim, parameters: rope)
                 let v = tape.linear(h, block.value)
-                let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: heads, kvHeads: kvHeads, headDim: c.headDim)
+                let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: heads, kvHeads: kvHeads, headDim: c.headDim,
+                                       segmentStarts: segmentStarts)
                 return tape.add(x, leave(tape, tape.linear(a, block.output)))
             }
             let feedForward: (Tape, Variable) -> Variable = { tape, x1 in
@@ -253,8 +258,19 @@ public final class TrainableLlama: @unchecked Sendable {
     }
 
     /// Mean cross-entropy of the logits against `targets` (negative = not scored).
-    public func loss(_ tape: Tape, inputs: [Int32], targets: [Int32], batch: Int, recompute: Recompute = .none) -> Variable {
-        loss(tape, logits: logits(tape, inputs: inputs, batch: batch, recompute: recompute), targets: targets)
+    public func loss(_ tape: Tape, inputs: [Int32], targets: [Int32], batch: Int, positions: [Int32]? = nil, recompute: Recompute = .none) -> Variable {
+        loss(tape, logits: forward(tape, inputs: inputs, batch: batch, tokens: inputs.count / batch, positions: positions, recompute: recompute),
+             targets: targets)
+    }
+
+    /// For each token of rows of T packed tokens, the index within its row where its sequence
+    /// begins (its index less its position).
+    static func segmentStarts(positions: [Int32], tokens T: Int) -> [Int32] {
+        positions.enumerated().map { i, p in
+            let start = i % T - Int(p)
+            precondition(p >= 0 && start >= 0 && (p == 0 || positions[i - 1] == p - 1), "positions restart at 0 and count up within a row")
+            return Int32(start)
+        }
     }
 
     /// Mean cross-entropy of the last stage's logits against `targets`: vocabulary-parallel under

@@ -26,6 +26,8 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public var evalWindows: Int
     public var saveEvery: Int
     public var keepCheckpoints: Int
+    /// Supervised fine-tuning on `data` (a JSONL file) instead of pretraining on a token folder.
+    public var fineTuning: FineTuningSettings?
 
     /// The defaults of every run (and of `ember pretrain`, whose --help prints them from here).
     public static let defaults = TrainingSettings(data: "")
@@ -33,7 +35,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public init(data: String, steps: Int = 1000, batchSize: Int = 16, sequenceLength: Int = 128, gradientAccumulation: Int = 1,
                 learningRate: Float = 3e-3, minimumLearningRate: Float = 3e-4, warmup: Int = 30, weightDecay: Float = 0.1, decayEverything: Bool = false,
                 gradientClip: Float = 1, recompute: TrainableLlama.Recompute = .none, seed: UInt64 = 1, evalEvery: Int = 50,
-                evalWindows: Int = 32, saveEvery: Int = 100, keepCheckpoints: Int = 2) {
+                evalWindows: Int = 32, saveEvery: Int = 100, keepCheckpoints: Int = 2, fineTuning: FineTuningSettings? = nil) {
         self.data = data
         self.steps = steps
         self.batchSize = batchSize
@@ -51,6 +53,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
         self.evalWindows = evalWindows
         self.saveEvery = saveEvery
         self.keepCheckpoints = keepCheckpoints
+        self.fineTuning = fineTuning
     }
 
     public var schedule: LearningRateSchedule {
@@ -253,7 +256,7 @@ public final class Trainer {
     }
 
     /// Tokens of the global batch of one step (over every data-parallel rank).
-    public var tokensPerStep: Int { settings.batchSize * settings.sequenceLength * settings.gradientAccumulation }
+    public var tokensPerStep: Int { objective.lastStepTokens ?? settings.batchSize * settings.sequenceLength * settings.gradientAccumulation }
 
     /// Seconds this rank spent finishing gradient reductions after its backward ended, over the steps of this process.
     public var exposedCommunicationSeconds: Double { buckets?.exposedSeconds ?? 0 }
@@ -468,9 +471,12 @@ public final class Trainer {
         return loss
     }
 
-    /// Notes the validation loss in the last history record.
+    /// Notes the validation loss, and the objective's other validation metrics (`val_` + name),
+    /// in the last history record.
     public func recordValidation(_ loss: Float) {
-        if !history.isEmpty { history[history.count - 1].validationLoss = loss }
+        guard !history.isEmpty else { return }
+        history[history.count - 1].validationLoss = loss
+        for (name, value) in objective.validationMetrics { history[history.count - 1].metrics["val_" + name] = value }
     }
 
     public func recordSpeed(_ tokensPerSecond: Double) {
@@ -498,9 +504,7 @@ public final class Trainer {
         try withWholeModel {
             guard parallelism.isLeader else { return }
             try model.save(to: directory)
-            if let tokenizer = objective.tokenizerPath {
-                try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
-            }
+            try copyTokenizerFiles(into: directory)
             try writeState(into: directory)
         }
         let range = optimizer.range, ranks = parallelism.data.size
@@ -519,6 +523,12 @@ public final class Trainer {
                 tensors.append(.init(name: "exp_avg_sq." + p.name, shape: p.shape, data: UnsafeBufferPointer(start: optimizer.flatSquares.pointer + offset, count: p.count)))
             }
             try SafetensorsWriter.write(tensors, metadata: ["step": String(optimizer.step)], to: directory + "/optimizer.safetensors")
+        }
+    }
+
+    private func copyTokenizerFiles(into directory: String) throws {
+        for file in objective.tokenizerFiles {
+            try FileManager.default.copyItem(atPath: file, toPath: directory + "/" + (file as NSString).lastPathComponent)
         }
     }
 
@@ -582,9 +592,7 @@ public final class Trainer {
         // The pointers below are into `whole`, which must outlive every write.
         defer { withExtendedLifetime(whole) {} }
         try TrainableLlama.save(tensors(0), configuration: c, to: directory)
-        if let tokenizer = objective.tokenizerPath {
-            try FileManager.default.copyItem(atPath: tokenizer, toPath: directory + "/" + (tokenizer as NSString).lastPathComponent)
-        }
+        try copyTokenizerFiles(into: directory)
         try writeState(into: directory)
         let (first, second) = (tensors(1), tensors(2))
         let optimizerTensors = zip(first, second).flatMap { m, v in
@@ -603,12 +611,19 @@ public final class Trainer {
         guard let data = FileManager.default.contents(atPath: statePath) else { throw TrainingError("\(checkpoint): no trainer_state.json; not a checkpoint") }
         let state: State
         do { state = try JSONDecoder().decode(State.self, from: data) } catch { throw TrainingError("\(statePath): not a valid trainer state") }
-        guard let samplerState = UInt64(state.samplerState) else { throw TrainingError("\(statePath): bad sampler_state") }
         var settings = state.settings
         if let steps { settings.steps = steps }
         let model = try TrainableLlama(directory: checkpoint, layout: parallelism.layout)
-        let objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
+        let objective: any TrainingObjective
+        if let fineTuning = settings.fineTuning {
+            let files = ["tokenizer.json", "tokenizer_config.json"].map { checkpoint + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
+            objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: LoadedModel.prompting(directory: checkpoint),
+                                                tokenizerFiles: files, configuration: model.configuration, state: state.samplerState)
+        } else {
+            guard let samplerState = UInt64(state.samplerState) else { throw TrainingError("\(statePath): bad sampler_state") }
+            objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,
                                                settings: settings, samplerSeed: samplerState)
+        }
         let trainer = try Trainer(model: model, objective: objective, settings: settings, parallelism: parallelism, pool: pool)
         let optimizerStep = try loadMoments(from: checkpoint, into: trainer)
         trainer.optimizer.step = optimizerStep

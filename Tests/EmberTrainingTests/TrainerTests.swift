@@ -139,7 +139,7 @@ enum Synthetic {
                 return tape.crossEntropy(model.logits(tape, inputs: inputs, batch: 2), targets: targets).values[0]
             }
             var checkpointState: String { "0" }
-            var tokenizerPath: String? { nil }
+            var tokenizerFiles: [String] { [] }
         }
         let folder = try TemporaryFolder()
         var settings = Synthetic.settings(data: folder.path, steps: 30)

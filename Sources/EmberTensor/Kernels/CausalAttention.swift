@@ -9,9 +9,14 @@ import CKernels
 /// backward can add into the shared dk and dv without races. Queries go in chunks of
 /// `causalChunk` rows, each meeting only the keys it can see, so the products skip most of the
 /// masked half. Products are single-threaded SGEMM; entries past the diagonal are stored as 0.
+///
+/// Packed sequences: with `segmentStarts` [B·T], query i of a row sees only the keys from
+/// `segmentStarts[i]` (an index within its row, ≤ i) to i, a block-diagonal causal mask; the
+/// masked probabilities are stored as 0, so `causalAttentionBackward` needs nothing more.
 public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
-                                   batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int, pool: ThreadPool = .shared) {
+                                   batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int,
+                                   segmentStarts: UnsafePointer<Int32>? = nil, pool: ThreadPool = .shared) {
     BLASCore.prepare()
     let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
     let scale = 1 / Float(D).squareRoot()
@@ -25,11 +30,12 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), scale, qh + rows.lowerBound * qStride, Int32(qStride),
                             kg, Int32(kvStride), 0, p + rows.lowerBound * T, Int32(T))
                 for i in rows {
-                    let row = p + i * T
+                    let row = p + i * T, first = segmentStarts.map { Int($0[b * T + i]) } ?? 0
                     var maximum = -Float.infinity
-                    for j in 0...i where row[j] > maximum { maximum = row[j] }
-                    let inverse = Float(1 / ember_exp_sum(row, maximum, row, i + 1))
-                    for j in 0...i { row[j] *= inverse }
+                    for j in first...i where row[j] > maximum { maximum = row[j] }
+                    let inverse = Float(1 / ember_exp_sum(row + first, maximum, row + first, i + 1 - first))
+                    for j in first...i { row[j] *= inverse }
+                    row.update(repeating: 0, count: first)
                     (row + i + 1).update(repeating: 0, count: T - i - 1)
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Int32(D), n, 1, p + rows.lowerBound * T, Int32(T),

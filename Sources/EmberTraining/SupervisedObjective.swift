@@ -1,0 +1,214 @@
+import EmberModels
+import EmberNN
+import EmberTensor
+import Foundation
+
+/// What a supervised fine-tuning run reads besides `TrainingSettings` (whose `data` is the JSONL
+/// file and `sequenceLength` the maximum length); saved in every checkpoint with them.
+public struct FineTuningSettings: Codable, Sendable, Equatable {
+    /// A JSONL file of held-out examples; without one, `validationFraction` of the data is held out.
+    public var validationData: String?
+    public var validationFraction: Double
+    /// Best-fit-decreasing packing of the examples into rows of the maximum length.
+    public var packing: Bool
+    public var learned: LearnedTokens
+    public var overlong: OverlongExamples
+
+    public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
+                overlong: OverlongExamples = .drop) {
+        self.validationData = validationData
+        self.validationFraction = validationFraction
+        self.packing = packing
+        self.learned = learned
+        self.overlong = overlong
+    }
+}
+
+/// Supervised fine-tuning (TRL's `SFTTrainer`): the examples' sequences, packed or one to a row,
+/// drawn in a seeded shuffle per epoch; the loss is the mean cross-entropy over every learned token
+/// of the step's accumulated batch (each micro-batch's mean weighted by its share of those tokens,
+/// TRL's `num_items_in_batch`). Packed rows restart positions at each sequence, which attends only
+/// to itself, and the first token of a sequence is not predicted from the one before it.
+/// Validation: the masked NLL and the token accuracy (the argmax is the target) over the held-out
+/// examples' learned tokens.
+public final class SupervisedObjective: TrainingObjective {
+    /// One row of a micro-batch: sequences one after another.
+    public struct Row: Sendable {
+        public var inputs: [Int32] = []
+        public var targets: [Int32] = []
+        public var positions: [Int32] = []
+        public var scored: Int { targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+
+        public init(_ sequences: [SupervisedSequence]) {
+            for s in sequences {
+                inputs += s.ids
+                positions += (0..<s.count).map(Int32.init)
+                targets += (0..<s.count).map { t in t + 1 < s.count && s.learned[t + 1] ? s.ids[t + 1] : -1 }
+            }
+        }
+    }
+
+    public let training: [Row]
+    public let validation: [Row]
+    public let skipped: SupervisedTokenizer.Skipped
+    /// The examples (sequences) behind the rows.
+    public let trainingExamples: Int
+    public let packed: Bool
+    let padding: Int32
+    public let tokenizerFiles: [String]
+    /// Position in the data: the epoch and the next row of its shuffled order.
+    public private(set) var epoch = 0, position = 0
+    private var order: [Int] = []
+    private let seed: UInt64
+    public private(set) var validationMetrics: [String: Float] = [:]
+    public private(set) var lastStepTokens: Int?
+
+    /// `state` is a checkpoint's `checkpointState`, to continue where it stopped.
+    public init(settings s: TrainingSettings, fineTuning f: FineTuningSettings, prompting: Prompting, tokenizerFiles: [String],
+                configuration c: LlamaConfiguration, state: String? = nil) throws {
+        guard s.sequenceLength <= c.maxPositionEmbeddings else {
+            throw TrainingError("the maximum length \(s.sequenceLength) is longer than the model's context (\(c.maxPositionEmbeddings))")
+        }
+        guard prompting.tokenizer.vocabularySize <= c.vocabularySize else {
+            throw TrainingError("the tokenizer's vocabulary (\(prompting.tokenizer.vocabularySize)) does not fit the model's (\(c.vocabularySize))")
+        }
+        let tokenizer = SupervisedTokenizer(prompting: prompting, learned: f.learned)
+        let data = try tokenizer.sequences(FineTuningDataset.load(path: s.data), maximumLength: s.sequenceLength, overlong: f.overlong)
+        var train = data.sequences, held: [SupervisedSequence]
+        let skipped = data.skipped
+        if let path = f.validationData {
+            let more = try tokenizer.sequences(FineTuningDataset.load(path: path), maximumLength: s.sequenceLength, overlong: f.overlong)
+            held = more.sequences
+            guard !held.isEmpty else { throw TrainingError("\(path): no example is left to validate on (\(more.skipped))") }
+        } else {
+            guard f.validationFraction > 0, f.validationFraction < 1 else { throw TrainingError("the held-out fraction must be between 0 and 1") }
+            let count = max(1, Int((f.validationFraction * Double(train.count)).rounded()))
+            guard train.count > count else {
+                throw TrainingError("\(s.data): \(train.count) usable examples are too few to hold out \(count) for validation (\(skipped))")
+            }
+            var random = SplitMix64(seed: s.seed ^ 0x5EED_F00D)
+            let chosen = Set(Self.shuffled(train.count, &random).prefix(count))
+            held = chosen.sorted().map { train[$0] }
+            train = train.indices.filter { !chosen.contains($0) }.map { train[$0] }
+        }
+        guard !train.isEmpty else { throw TrainingError("\(s.data): no example is left to train on (\(skipped))") }
+        self.skipped = skipped
+        trainingExamples = train.count
+        packed = f.packing
+        if f.packing {
+            training = packBestFitDecreasing(lengths: train.map(\.count), capacity: s.sequenceLength).map { Row($0.map { train[$0] }) }
+        } else {
+            training = train.map { Row([$0]) }
+        }
+        validation = held.map { Row([$0]) }
+        padding = Int32(prompting.tokenizer.eosTokenID ?? 0)
+        self.tokenizerFiles = tokenizerFiles
+        seed = s.seed
+        if let state {
+            let parts = state.split(separator: " ").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] >= 0, (0...training.count).contains(parts[1]) else {
+                throw TrainingError("the checkpoint's data position '\(state)' does not fit \(training.count) training rows")
+            }
+            (epoch, position) = (parts[0], parts[1])
+        }
+        order = epochOrder(epoch)
+    }
+
+    private static func shuffled(_ n: Int, _ random: inout SplitMix64) -> [Int] {
+        var a = Array(0..<n)
+        for i in stride(from: n - 1, to: 0, by: -1) { a.swapAt(i, Int(random.next() % UInt64(i + 1))) }
+        return a
+    }
+
+    private func epochOrder(_ epoch: Int) -> [Int] {
+        var random = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+        return Self.shuffled(training.count, &random)
+    }
+
+    public var checkpointState: String { "\(epoch) \(position)" }
+
+    /// The step's global batch is batchSize × gradientAccumulation rows in the epoch's order
+    /// (running on into the next epoch).
+    public func nextStep(settings s: TrainingSettings, share: DataShare) -> [MicroBatch] {
+        let count = s.batchSize * s.gradientAccumulation
+        var rows: [Row] = []
+        while rows.count < count {
+            if position == training.count {
+                epoch += 1
+                position = 0
+                order = epochOrder(epoch)
+            }
+            rows.append(training[order[position]])
+            position += 1
+        }
+        let total = rows.reduce(0) { $0 + $1.scored }
+        lastStepTokens = rows.reduce(0) { $0 + $1.inputs.count }
+        return share.microBatches(rows: count, micro: s.batchSize).map { part in
+            let batch = batchRows(Array(rows[part]))
+            let scored = batch.targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+            return MicroBatch(divisor: scored == 0 ? .infinity : Float(total) / Float(scored), tokens: batch) { tape, model in
+                let logits = model.forward(tape, inputs: batch.inputs, batch: batch.rows, tokens: batch.length, positions: batch.positions,
+                                           recompute: s.recompute)
+                let loss = model.loss(tape, logits: logits, targets: batch.targets)
+                var metrics: [String: Float] = ["learned_tokens": Float(total)]
+                if model.tensor == nil { metrics["mean_token_accuracy"] = Self.scores(logits, batch.targets).accuracy }
+                return (loss, metrics)
+            }
+        }
+    }
+
+    /// Rows padded to the longest (padding predicts nothing, and under packing is a sequence of
+    /// its own); positions only for packed rows, whose sequences must not see each other.
+    func batchRows(_ rows: [Row]) -> TokenRows {
+        let T = rows.map(\.inputs.count).max()!
+        var out = TokenRows(inputs: [], targets: [], rows: rows.count, positions: packed ? [] : nil)
+        for r in rows {
+            let pad = T - r.inputs.count
+            out.inputs += r.inputs + [Int32](repeating: padding, count: pad)
+            out.targets += r.targets + [Int32](repeating: -1, count: pad)
+            if packed { out.positions! += r.positions + (0..<pad).map(Int32.init) }
+        }
+        return out
+    }
+
+    /// The summed negative log-likelihood of the scored targets, their count, and the fraction
+    /// whose logit is the largest.
+    static func scores(_ logits: Variable, _ targets: [Int32]) -> (nll: Double, count: Int, accuracy: Float) {
+        let V = logits.shape.last!
+        var nll = 0.0, count = 0, correct = 0
+        for (r, target) in targets.enumerated() where target >= 0 {
+            let row = logits.pointer + r * V
+            var best = 0
+            for j in 1..<V where row[j] > row[best] { best = j }
+            var sum = 0.0
+            for j in 0..<V { sum += exp(Double(row[j] - row[best])) }
+            nll += Double(row[best]) + log(sum) - Double(row[Int(target)])
+            count += 1
+            if row[best] == row[Int(target)] { correct += 1 }
+        }
+        return (nll, count, count == 0 ? 0 : Float(correct) / Float(count))
+    }
+
+    /// The masked NLL over the held-out examples' learned tokens (token-weighted), and their token
+    /// accuracy in `validationMetrics`.
+    public func validationLoss(model: TrainableLlama, settings s: TrainingSettings, pool: ThreadPool) -> Float {
+        var nll = 0.0, count = 0, correct = 0.0
+        for start in stride(from: 0, to: validation.count, by: s.batchSize) {
+            let batch = batchRows(Array(validation[start..<min(start + s.batchSize, validation.count)]))
+            let tape = Tape(pool: pool, recording: false)
+            let logits = model.forward(tape, inputs: batch.inputs, batch: batch.rows, tokens: batch.length, positions: batch.positions)
+            if model.tensor == nil {
+                let r = Self.scores(logits, batch.targets)
+                nll += r.nll
+                count += r.count
+                correct += Double(r.accuracy) * Double(r.count)
+            } else {
+                let n = batch.targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+                nll += Double(model.loss(tape, logits: logits, targets: batch.targets).values[0]) * Double(n)
+                count += n
+            }
+        }
+        validationMetrics = model.tensor == nil ? ["token_accuracy": Float(correct / Double(max(count, 1)))] : [:]
+        return Float(nll / Double(max(count, 1)))
+    }
+}
