@@ -24,10 +24,12 @@ public struct ChatFormat: Sendable {
     public let bosToken: String?
     public let eosToken: String?
 
-    public init(template source: String?, tokenizer: (any Tokenizer)?) throws {
+    /// `bosToken` and `eosToken` name the tokens when the model's settings do (a Hugging Face
+    /// `tokenizer_config.json`); otherwise they are the tokenizer's own.
+    public init(template source: String?, tokenizer: (any Tokenizer)?, bosToken: String? = nil, eosToken: String? = nil) throws {
         template = try ChatTemplate(source ?? Self.chatML)
-        bosToken = tokenizer?.bosTokenID.flatMap { tokenizer?.token($0) }
-        eosToken = tokenizer?.eosTokenID.flatMap { tokenizer?.token($0) }
+        self.bosToken = bosToken ?? tokenizer?.bosTokenID.flatMap { tokenizer?.token($0) }
+        self.eosToken = eosToken ?? tokenizer?.eosTokenID.flatMap { tokenizer?.token($0) }
     }
 
     /// The prompt for `messages`, ending with the opening of the assistant's turn when `addGenerationPrompt`.

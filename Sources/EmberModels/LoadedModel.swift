@@ -14,11 +14,13 @@ public struct LoadedModel: Sendable {
     /// Whether the model expects a beginning-of-sequence token before the text.
     public let addBOS: Bool
     public let gguf: GGUFFile?
+    /// The BOS and EOS tokens a model directory's tokenizer_config.json names.
+    var specialTokens: (bos: String?, eos: String?) = (nil, nil)
 
     /// The model's chat format (its own template, or ChatML when it has none).
     public func chatFormat() throws -> ChatFormat {
         do {
-            return try ChatFormat(template: chatTemplate, tokenizer: tokenizer)
+            return try ChatFormat(template: chatTemplate, tokenizer: tokenizer, bosToken: specialTokens.bos, eosToken: specialTokens.eos)
         } catch let error as JinjaError {
             throw FormatError("\(path): the chat template cannot be used: \(error.message)")
         }
@@ -56,7 +58,7 @@ public struct LoadedModel: Sendable {
                                             format: .huggingFace, ropeMode: .neox)
         let (tokenizer, settings) = try tokenizerFiles(path)
         return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
-                           chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil)
+                           chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil, specialTokens: (settings.bos, settings.eos))
     }
 
     /// The tokenizer, chat template and BOS setting of a Hugging Face model directory, without its
@@ -65,13 +67,15 @@ public struct LoadedModel: Sendable {
         let (tokenizer, settings) = try tokenizerFiles(path)
         guard let tokenizer else { throw FormatError("\(path): no tokenizer.json in the model directory") }
         let format: ChatFormat
-        do { format = try ChatFormat(template: settings.chatTemplate, tokenizer: tokenizer) } catch let error as JinjaError {
+        do {
+            format = try ChatFormat(template: settings.chatTemplate, tokenizer: tokenizer, bosToken: settings.bos, eosToken: settings.eos)
+        } catch let error as JinjaError {
             throw FormatError("\(path): the chat template cannot be used: \(error.message)")
         }
         return Prompting(tokenizer: tokenizer, chatFormat: format, addBOS: settings.addBOS)
     }
 
-    private static func tokenizerFiles(_ path: String) throws -> ((any Tokenizer)?, (chatTemplate: String?, addBOS: Bool)) {
+    private static func tokenizerFiles(_ path: String) throws -> ((any Tokenizer)?, TokenizerSettings) {
         let tokenizerPath = path + "/tokenizer.json"
         var tokenizer: (any Tokenizer)?
         if FileManager.default.fileExists(atPath: tokenizerPath) {
@@ -84,9 +88,11 @@ public struct LoadedModel: Sendable {
         return (tokenizer, try tokenizerConfig(path + "/tokenizer_config.json"))
     }
 
-    /// The chat template and BOS setting of a Hugging Face `tokenizer_config.json`, when there is one.
-    private static func tokenizerConfig(_ path: String) throws -> (chatTemplate: String?, addBOS: Bool) {
-        guard let data = FileManager.default.contents(atPath: path) else { return (nil, false) }
+    typealias TokenizerSettings = (chatTemplate: String?, addBOS: Bool, bos: String?, eos: String?)
+
+    /// The chat template, BOS setting and BOS and EOS tokens of a Hugging Face `tokenizer_config.json`, when there is one.
+    private static func tokenizerConfig(_ path: String) throws -> TokenizerSettings {
+        guard let data = FileManager.default.contents(atPath: path) else { return (nil, false, nil, nil) }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw FormatError("\(path): not a JSON object")
         }
@@ -94,7 +100,9 @@ public struct LoadedModel: Sendable {
         if template == nil, let named = object["chat_template"] as? [[String: Any]] {
             template = (named.first { $0["name"] as? String == "default" } ?? named.first)?["template"] as? String
         }
-        return (template, object["add_bos_token"] as? Bool ?? false)
+        /// A token is its text, or an AddedToken object with "content".
+        func token(_ key: String) -> String? { object[key] as? String ?? (object[key] as? [String: Any])?["content"] as? String }
+        return (template, object["add_bos_token"] as? Bool ?? false, token("bos_token"), token("eos_token"))
     }
 
     /// The tokenizer, or an error saying this model has none Ember can read.

@@ -7,6 +7,11 @@ import Foundation
 public struct SupervisedSequence: Sendable, Equatable {
     public var ids: [Int32]
     public var learned: [Bool]
+    public init(ids: [Int32], learned: [Bool]) {
+        precondition(ids.count == learned.count)
+        self.ids = ids
+        self.learned = learned
+    }
     public var count: Int { ids.count }
     /// Tokens whose prediction the loss scores: learned tokens other than the first.
     public var scoredCount: Int { learned.dropFirst().reduce(0) { $0 + ($1 ? 1 : 0) } }
@@ -101,7 +106,7 @@ public struct SupervisedTokenizer {
                 throw fail("the chat template cannot render this example: \(error.message)")
             }
         }
-        let eos = prompting.tokenizer.eosTokenID.flatMap { prompting.tokenizer.token($0) }
+        let eos = prompting.chatFormat.eosToken
         func withEOS(_ text: String) -> String {
             guard let eos, !text.hasSuffix(eos) else { return text }
             return text + eos

@@ -101,7 +101,7 @@ public final class SupervisedObjective: TrainingObjective {
             training = train.map { Row([$0]) }
         }
         validation = held.map { Row([$0]) }
-        padding = Int32(prompting.tokenizer.eosTokenID ?? 0)
+        padding = Int32(prompting.chatFormat.eosToken.flatMap(prompting.tokenizer.id(of:)) ?? prompting.tokenizer.eosTokenID ?? 0)
         self.tokenizerFiles = tokenizerFiles
         seed = s.seed
         if let state {
@@ -159,7 +159,9 @@ public final class SupervisedObjective: TrainingObjective {
 
     /// Rows padded to the longest (padding predicts nothing, and under packing is a sequence of
     /// its own); positions only for packed rows, whose sequences must not see each other.
-    func batchRows(_ rows: [Row]) -> TokenRows {
+    func batchRows(_ rows: [Row]) -> TokenRows { Self.tokenRows(rows, packed: packed, padding: padding) }
+
+    public static func tokenRows(_ rows: [Row], packed: Bool, padding: Int32) -> TokenRows {
         let T = rows.map(\.inputs.count).max()!
         var out = TokenRows(inputs: [], targets: [], rows: rows.count, positions: packed ? [] : nil)
         for r in rows {

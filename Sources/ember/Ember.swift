@@ -21,8 +21,9 @@ struct Ember: AsyncParsableCommand {
           ember tokenize --tokenizer model.gguf --text "Hello world"
           ember inspect --model model.gguf
           ember pretrain --preset tiny --output runs/tiny
+          ember sft --model base --data train.jsonl --output runs/sft
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, Export.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, Export.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

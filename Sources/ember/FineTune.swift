@@ -1,0 +1,129 @@
+import ArgumentParser
+import EmberModels
+import EmberTensor
+import EmberTraining
+import Foundation
+
+struct FineTune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sft",
+        abstract: "Supervised fine-tuning of a model on JSONL data in TRL's formats.",
+        discussion: """
+        --model is a Hugging Face model folder (config.json, model.safetensors, tokenizer.json and tokenizer_config.json with its chat template). --data is JSONL, one example a line, in one of TRL's formats:
+          {"text": "..."}                                   language modelling: every token is learned
+          {"messages": [{"role": ..., "content": ...}]}     conversations: the assistant's turns are learned
+          {"prompt": ..., "completion": ...}                the completion is learned (strings, or lists of messages)
+        Conversations are rendered with the model's chat template. EOS is appended to plain text and plain completions that lack it. Examples longer than --max-length are dropped and counted (--overlong truncate keeps their start instead); examples with an empty assistant turn or completion are skipped and counted.
+
+        The loss is the mean cross-entropy over the learned tokens of the whole step (--batch-size × --grad-accum examples, or packed rows with --packing), as TRL computes it. --packing puts the examples into rows of --max-length by best-fit decreasing; each example restarts its positions and attends only to itself. The held-out examples (--eval-data, or --eval-fraction of --data) give the validation masked NLL and token accuracy, before training and every --eval-every steps.
+
+        OUTPUT is a training run as `ember pretrain` writes it: checkpoints (with --resume), log.jsonl, loss.svg and model/, which `ember serve --model` and transformers load. The same parallel options work under mpirun.
+
+        Examples:
+          scripts/fetch-sft-data.py      # the Alpaca demo and others into .cache/sft
+          ember sft --model .cache/models/SmolLM2-135M-f32 --data .cache/sft/alpaca.jsonl --output runs/sft
+          ember sft --model base --data chats.jsonl --packing --max-length 2048 --epochs 3 --output runs/chat
+          ember sft --resume runs/sft
+        """)
+
+    @Option(help: ArgumentHelp("The model to fine-tune: a Hugging Face folder with its tokenizer.", valueName: "dir"))
+    var model: String?
+    @Option(help: ArgumentHelp("Training examples, JSONL in TRL's formats.", valueName: "file"))
+    var data: String?
+    @Option(name: .customLong("eval-data"), help: ArgumentHelp("Held-out examples (default: --eval-fraction of --data).", valueName: "file"))
+    var evalData: String?
+    @Option(name: .customLong("eval-fraction"), help: "The fraction of --data held out when there is no --eval-data (default 0.05).")
+    var evalFraction: Double = 0.05
+    @Option(help: ArgumentHelp("Where checkpoints, logs and the final model go.", valueName: "dir"))
+    var output: String?
+    @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
+    var resume: String?
+
+    @Flag(help: "Pack examples into rows of --max-length (best-fit decreasing, one attention block per example).")
+    var packing = false
+    @Option(name: .customLong("loss-on"), help: "completion (the completion or the assistant's turns; all of plain text) or all (every token) (default completion).")
+    var lossOn: LearnedTokens = .completion
+    @Option(help: "Examples longer than --max-length: drop (counted) or truncate (keep the start) (default drop).")
+    var overlong: OverlongExamples = .drop
+    @Option(name: .customLong("max-length"), help: "Tokens of the longest example, or of a packed row (default 1024).")
+    var maxLength: Int = 1024
+
+    @Option(help: "Optimizer steps (default: --epochs over the training examples).") var steps: Int?
+    @Option(help: "Passes over the training data when --steps is not given (default 1).") var epochs: Double = 1
+    @Option(name: .customLong("batch-size"), help: "Examples (or packed rows) per micro-batch (default 4).") var batchSize: Int = 4
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step (default 2).") var gradAccum: Int = 2
+    @Option(help: "Peak learning rate (default 2e-5).") var lr: Float = 2e-5
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default 0).") var minLr: Float = 0
+    @Option(help: "Linear warmup steps (default 0).") var warmup: Int = 0
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices (default 0).") var weightDecay: Float = 0
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default 1).") var gradClip: Float = 1
+    @Option(help: "Activation recomputation: none or block (default none).") var recompute: TrainableLlama.Recompute = .none
+    @Option(help: "Seed of the held-out split and the data order (default 1).") var seed: UInt64 = 1
+    @Option(name: .customLong("eval-every"), help: "Steps between validations (default 50; 0: only at the end).") var evalEvery: Int = 50
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int = 100
+    @Option(help: "Checkpoints kept (default 2).") var keep: Int = 2
+
+    @OptionGroup var parallel: ParallelOptions
+
+    func validate() throws {
+        if resume == nil {
+            guard model != nil, data != nil, output != nil else { throw ValidationError("give --model DIR, --data FILE and --output DIR (or --resume a run)") }
+        } else if model != nil || data != nil || evalData != nil || packing {
+            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --model, --data, --eval-data and --packing")
+        }
+        guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
+        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+        guard evalFraction > 0, evalFraction < 1 else { throw ValidationError("--eval-fraction must be between 0 and 1") }
+    }
+
+    func run() throws {
+        try parallel.run(run)
+    }
+
+    func run(_ parallelism: Parallelism) throws {
+        func say(_ text: String) { if parallelism.isLeader { printError(text) } }
+        let trainer: Trainer, folder: CheckpointFolder
+        if let resume {
+            let checkpoint = try CheckpointFolder.locate(resume)
+            trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
+            guard trainer.objective is SupervisedObjective else { throw CommandError("\(resume) is not a fine-tuning run; continue it with ember pretrain --resume") }
+            let runFolder = FileManager.default.fileExists(atPath: resume + "/latest") ? resume
+                : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
+            folder = CheckpointFolder(output: output ?? runFolder)
+            say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
+        } else {
+            let output = self.output!, model = self.model!
+            guard !FileManager.default.fileExists(atPath: output + "/latest") else {
+                throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+            }
+            let prompting = try LoadedModel.prompting(directory: model)
+            let weights = try TrainableLlama(directory: model, layout: parallelism.layout)
+            let fineTuning = FineTuningSettings(validationData: evalData.map(absolute), validationFraction: evalFraction, packing: packing,
+                                                learned: lossOn, overlong: overlong)
+            var settings = TrainingSettings(
+                data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
+                learningRate: lr, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
+                recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
+            let files = ["tokenizer.json", "tokenizer_config.json"].map { model + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
+            let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting, tokenizerFiles: files,
+                                                    configuration: weights.configuration)
+            let rowsPerStep = batchSize * gradAccum
+            settings.steps = steps ?? max(1, Int((epochs * Double(objective.training.count) / Double(rowsPerStep)).rounded(.up)))
+            trainer = try Trainer(model: weights, objective: objective, settings: settings, parallelism: parallelism)
+            folder = CheckpointFolder(output: output)
+            let c = weights.configuration
+            let skipped = objective.skipped.total > 0 ? "; skipped \(objective.skipped)" : ""
+            say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,
+                       c.hiddenSize, c.layerCount, c.vocabularySize, model))
+            say("data: \(objective.trainingExamples) training examples\(packing ? " packed into \(objective.training.count) rows of \(maxLength)" : ""), \(objective.validation.count) held out\(skipped); \(settings.steps) steps of \(rowsPerStep) \(packing ? "rows" : "examples") (\(String(format: "%.2f", Double(settings.steps * rowsPerStep) / Double(objective.training.count))) epochs)")
+            let before = try trainer.evaluate()
+            say(String(format: "before training: validation masked NLL %.4f, token accuracy %.4f", before, objective.validationMetrics["token_accuracy"] ?? .nan))
+        }
+        try runTraining(trainer, folder: folder, parallel: parallel, resume: "ember sft --resume \(folder.output)")
+    }
+
+    private func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
+}
+
+extension LearnedTokens: ExpressibleByArgument {}
+extension OverlongExamples: ExpressibleByArgument {}

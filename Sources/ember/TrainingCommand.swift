@@ -1,0 +1,139 @@
+import ArgumentParser
+import EmberDistributed
+import EmberTensor
+import EmberTraining
+import Foundation
+
+/// The options of parallel training that every training command shares: threads, and the data,
+/// tensor and pipeline parallelism of a run under mpirun.
+struct ParallelOptions: ParsableArguments {
+    @Option(help: "Worker threads per rank (default: all cores, divided among the ranks mpirun starts on this machine).")
+    var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1))
+    @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
+    @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
+    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs) (default 0).")
+    var zeroStage: Int = 0
+    @Option(name: .customLong("tensor-parallel"), help: "Tensor parallelism (Megatron): split each block's matrices, the embedding and the output over this many ranks (they must divide the heads, the key/value heads and the feed-forward size; the vocabulary is padded) (default 1).")
+    var tensorParallel: Int = 1
+    @Flag(name: .customLong("sequence-parallel"), help: "With --tensor-parallel: run the norms and residuals on shards of the sequence (all-gather before each split product, reduce-scatter after).")
+    var sequenceParallel = false
+    @Option(name: .customLong("pipeline-parallel"), help: "Pipeline parallelism: split the layers into this many stages, run as a 1F1B schedule over --micro-batches (default 1).")
+    var pipelineParallel: Int = 1
+    @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline, each of --batch-size sequences; --grad-accum must be this times the data-parallel ranks (default: --grad-accum over the data-parallel ranks).")
+    var microBatches: Int?
+    @Flag(name: .customLong("check-collective-order"), help: "Parallel runs: before every collective, check that all ranks make the same call (one small all-reduce each; for debugging a hang or a mismatch).")
+    var checkCollectiveOrder = false
+    @Flag(name: .customLong("drop-sequence-parallel-norm-reduction"), help: .hidden)
+    var dropNormReduction = false
+    @Option(name: .customLong("collective-timeout"), help: "Parallel runs: end the job when a collective waits longer than this many seconds, naming it (a stalled rank; default 600, 0: never).")
+    var collectiveTimeout: Double = 600
+
+
+    func validate() throws {
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
+        guard bucketMB > 0 else { throw ValidationError("--bucket-mb must be positive") }
+        guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3") }
+        guard collectiveTimeout >= 0 else { throw ValidationError("--collective-timeout must not be negative") }
+        guard tensorParallel >= 1, pipelineParallel >= 1 else { throw ValidationError("--tensor-parallel and --pipeline-parallel must be at least 1") }
+        guard microBatches.map({ $0 >= 1 }) ?? true else { throw ValidationError("--micro-batches must be at least 1") }
+        guard !sequenceParallel || tensorParallel > 1 else { throw ValidationError("--sequence-parallel needs --tensor-parallel 2 or more") }
+    }
+
+    /// Configures the threads and the MPI world, and runs `body` with this rank's grid; an error on
+    /// one rank of several ends the whole job (the others would wait in their next collective).
+    func run(_ body: (Parallelism) throws -> Void) throws {
+        ThreadPool.configureShared(threadCount: threads)
+        MPICommunicator.collectiveTimeout = collectiveTimeout
+        let world = try worldCommunicator()
+        do {
+            var parallelism = try Parallelism(world: world, tensorSize: tensorParallel, stages: pipelineParallel, sequenceParallel: sequenceParallel,
+                                              microBatches: microBatches,
+                                              bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, zeroStage: zeroStage,
+                                              checkOrder: checkCollectiveOrder)
+            parallelism.reduceNormGradients = !dropNormReduction
+            try body(parallelism)
+        } catch let stopped as ExitCode {
+            throw stopped  // every rank stopped after the same step (a signal), with a checkpoint
+        } catch {
+            guard world.size > 1 else { throw error }
+            // The other ranks would wait in their next collective forever: end the whole job.
+            printError("Error: rank \(world.rank) of \(world.size): \(error)")
+            world.abort(code: 1)
+        }
+    }
+
+    func describe(_ trainer: Trainer) {
+        let world = trainer.parallelism.world
+        func say(_ text: String) { if trainer.parallelism.isLeader { printError(text) } }
+        say("f32 products: \(BLASCore.summary)")
+        if world.size > 1 {
+            let gradients = "gradients \(zeroStage > 0 ? "reduce-scattered" : "all-reduced") in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
+            let moments = Double(trainer.optimizer.range.count * 8) / 1_048_576
+            let p = trainer.parallelism
+            say("parallel over \(world.size) ranks (Open MPI), \(threads) threads each: data \(p.data.size) × tensor \(p.tensor.size)\(sequenceParallel ? " (sequence parallel)" : "") × pipeline \(p.pipeline.size); rank 0 holds \(String(format: "%.2f", Double(trainer.model.parameterCount) / 1e6))M parameters")
+            say("data parallel over \(p.data.size) ranks; ZeRO stage \(zeroStage): \(gradients); AdamW moments on rank 0: \(String(format: "%.1f", moments)) MiB")
+        }
+    }
+}
+
+/// Runs a training run to its end with progress on standard error (a bar when it is a terminal),
+/// then reports the outcome; `resume` is the command that continues the run after a stop.
+func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: ParallelOptions, resume: String) throws {
+    parallel.describe(trainer)
+    let s = trainer.settings, output = folder.output
+    let run = TrainingRun(trainer: trainer, folder: folder)
+    let interactive = interactiveStandardError
+    let outcome = try run.run { p in
+        var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", p.record.step, s.steps, p.record.loss, p.record.learningRate,
+                          p.tokensPerSecond)
+        if let validation = p.validationLoss {
+            line += String(format: " val %.4f", validation)
+            if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
+        }
+        if interactive {
+            let eta = p.elapsed / Double(p.stepsDone) * Double(s.steps - p.record.step)
+            printError(progressBar(Double(p.record.step) / Double(s.steps), line + " ETA " + duration(eta)), terminator: "")
+        }
+    }
+    endProgress()
+    let pipeline = try trainer.pipelineReport()  // every rank: the stages' traces are gathered
+    if let pipeline, trainer.parallelism.isLeader {
+        pipeline.lines.forEach { printError($0) }
+        try writeFile(pipeline.chromeTrace, to: output + "/pipeline-trace.json")
+        printError(String(format: "rank 0: pipeline %.3f MB sent to neighbour stages per step; pipeline theory %.3f MB (per micro-batch R·C activations forward and R·C gradients backward per boundary, and the tied embedding's gradient); the last step's schedule is in %@/pipeline-trace.json",
+                          trainer.pipelineSentBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.pipelineSentTheory / 1e6, output))
+    }
+    guard trainer.parallelism.isLeader else {
+        if case .stopped = outcome { throw ExitCode(130) }
+        return
+    }
+    switch outcome {
+    case .stopped(let step, let checkpoint):
+        printError("stopped at step \(step) of \(s.steps); saved \(checkpoint); continue with: \(resume)")
+        throw ExitCode(130)
+    case .finished(let model):
+        let last = trainer.history.last
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        printError(String(format: "done: step %d, loss %.4f%@; peak memory %.0f MiB; model in %@, loss curve %@/loss.svg, log %@",
+                          trainer.step, last?.loss ?? .nan, last?.validationLoss.map { String(format: ", validation %.4f", $0) } ?? "",
+                          Double(usage.ru_maxrss) / 1024, model, output, run.logPath))
+        if trainer.parallelism.world.size > 1 {
+            let n = trainer.parallelism.data.size, stage = trainer.parallelism.zeroStage
+            let rule = stage == 3 ? "(N−1)/N·(Ψ reduce-scattered + each unit gathered for its forward and backward), ≈ 3(N−1)/N·Ψ"
+                : "2(N−1)/N·Ψ"
+            printError(String(format: "rank 0: %.2f MB on the wire per step; theory %.2f MB (ring algorithms: %@); %.2f s spent finishing gradient reductions after the backward (exposed communication)",
+                              trainer.wireBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.wireTheory / 1e6, rule,
+                              trainer.exposedCommunicationSeconds))
+            if trainer.parallelism.tensor.size > 1 {
+                printError(String(format: "rank 0: tensor-parallel group %.3f MB on the wire per step; tensor theory %.3f MB (ring algorithms: per layer 8(T−1)/T·R·C values for R tokens of C, plus the embedding, the output and the cross-entropy)",
+                                  trainer.tensorWireBytes / 1e6 / Double(max(1, trainer.stepsRun)), trainer.tensorWireTheory / 1e6))
+            }
+            let p = Double(trainer.model.parameterCount), mib = 1_048_576.0
+            let ideal = [16 * p, 8 * p + 8 * p / Double(n), 4 * p + 12 * p / Double(n), 16 * p / Double(n)][stage]
+            let peak = stage == 3 ? String(format: "peak during a step %.1f MiB (with the units gathered), ", Double(trainer.peakModelStateBytes) / mib) : ""
+            printError(String(format: "rank 0 model state (parameters, gradients, AdamW moments in memory): %@after the last step %.1f MiB; ZeRO-%d theory %.1f MiB (DDP %.1f MiB)",
+                              peak, Double(trainer.modelStateBytes) / mib, stage, ideal / mib, 16 * p / mib))
+        }
+    }
+}
