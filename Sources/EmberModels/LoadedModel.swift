@@ -64,6 +64,10 @@ public struct LoadedModel: Sendable {
     /// The tokenizer, chat template and BOS setting of a Hugging Face model directory, without its
     /// weights: how training prompts become tokens.
     public static func prompting(directory path: String) throws -> Prompting {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw FormatError("\(path): no such model directory")
+        }
         let (tokenizer, settings) = try tokenizerFiles(path)
         guard let tokenizer else { throw FormatError("\(path): no tokenizer.json in the model directory") }
         let format: ChatFormat

@@ -83,12 +83,19 @@ func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: Paralle
     let s = trainer.settings, output = folder.output
     let run = TrainingRun(trainer: trainer, folder: folder)
     let interactive = interactiveStandardError
+    var lastLine = 0.0  // when a log (not a terminal) last got a step line
     let outcome = try run.run { p in
         var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", p.record.step, s.steps, p.record.loss, p.record.learningRate,
                           p.tokensPerSecond)
         if let validation = p.validationLoss {
             line += String(format: " val %.4f", validation)
+            if let accuracy = trainer.history.last?.metrics["val_token_accuracy"] { line += String(format: " val accuracy %.4f", accuracy) }
             if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
+            lastLine = p.elapsed
+        } else if !interactive, p.elapsed - lastLine >= 30 {
+            // Slow steps still show progress in a log, at most every 30 seconds.
+            printError(line)
+            lastLine = p.elapsed
         }
         if interactive {
             let eta = p.elapsed / Double(p.stepsDone) * Double(s.steps - p.record.step)
