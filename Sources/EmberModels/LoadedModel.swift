@@ -19,8 +19,12 @@ public struct LoadedModel: Sendable {
 
     /// The model's chat format (its own template, or ChatML when it has none).
     public func chatFormat() throws -> ChatFormat {
+        try Self.chatFormat(path, template: chatTemplate, tokenizer: tokenizer, specialTokens: specialTokens)
+    }
+
+    private static func chatFormat(_ path: String, template: String?, tokenizer: (any Tokenizer)?, specialTokens: (bos: String?, eos: String?)) throws -> ChatFormat {
         do {
-            return try ChatFormat(template: chatTemplate, tokenizer: tokenizer, bosToken: specialTokens.bos, eosToken: specialTokens.eos)
+            return try ChatFormat(template: template, tokenizer: tokenizer, bosToken: specialTokens.bos, eosToken: specialTokens.eos)
         } catch let error as JinjaError {
             throw FormatError("\(path): the chat template cannot be used: \(error.message)")
         }
@@ -70,12 +74,7 @@ public struct LoadedModel: Sendable {
         }
         let (tokenizer, settings) = try tokenizerFiles(path)
         guard let tokenizer else { throw FormatError("\(path): no tokenizer.json in the model directory") }
-        let format: ChatFormat
-        do {
-            format = try ChatFormat(template: settings.chatTemplate, tokenizer: tokenizer, bosToken: settings.bos, eosToken: settings.eos)
-        } catch let error as JinjaError {
-            throw FormatError("\(path): the chat template cannot be used: \(error.message)")
-        }
+        let format = try chatFormat(path, template: settings.chatTemplate, tokenizer: tokenizer, specialTokens: (settings.bos, settings.eos))
         return Prompting(tokenizer: tokenizer, chatFormat: format, addBOS: settings.addBOS)
     }
 

@@ -75,6 +75,13 @@ public struct CheckpointFolder: Sendable {
         return target
     }
 
+    /// The run folder of `path` (a run folder, or `checkpoint`, one of its checkpoints, located
+    /// from it): where a resumed run goes on writing.
+    public static func run(of path: String, checkpoint: String) -> String {
+        FileManager.default.fileExists(atPath: path + "/latest") ? path
+            : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
     /// The checkpoint a path names: a run's output folder (its `latest`) or a checkpoint folder.
     public static func locate(_ path: String) throws -> String {
         let files = FileManager.default

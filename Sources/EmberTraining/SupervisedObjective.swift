@@ -127,6 +127,11 @@ public final class SupervisedObjective: TrainingObjective {
 
     public var checkpointState: String { "\(epoch) \(position)" }
 
+    /// The tokenizer files of a model folder that a fine-tuned model carries on.
+    public static func tokenizerFiles(in directory: String) -> [String] {
+        ["tokenizer.json", "tokenizer_config.json"].map { directory + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
+    }
+
     /// The step's global batch is batchSize × gradientAccumulation rows in the epoch's order
     /// (running on into the next epoch).
     public func nextStep(settings s: TrainingSettings, share: DataShare) -> [MicroBatch] {
@@ -151,7 +156,7 @@ public final class SupervisedObjective: TrainingObjective {
                                            recompute: s.recompute)
                 let loss = model.loss(tape, logits: logits, targets: batch.targets)
                 var metrics: [String: Float] = ["learned_tokens": Float(total)]
-                if model.tensor == nil { metrics["mean_token_accuracy"] = Self.scores(logits, batch.targets).accuracy }
+                if model.tensor == nil { metrics["mean_token_accuracy"] = Self.accuracy(logits, batch.targets).accuracy }
                 return (loss, metrics)
             }
         }
@@ -173,22 +178,18 @@ public final class SupervisedObjective: TrainingObjective {
         return out
     }
 
-    /// The summed negative log-likelihood of the scored targets, their count, and the fraction
-    /// whose logit is the largest.
-    static func scores(_ logits: Variable, _ targets: [Int32]) -> (nll: Double, count: Int, accuracy: Float) {
+    /// The fraction of the scored targets whose logit is the largest of their row, and their count.
+    static func accuracy(_ logits: Variable, _ targets: [Int32]) -> (accuracy: Float, count: Int) {
         let V = logits.shape.last!
-        var nll = 0.0, count = 0, correct = 0
+        var count = 0, correct = 0
         for (r, target) in targets.enumerated() where target >= 0 {
             let row = logits.pointer + r * V
             var best = 0
             for j in 1..<V where row[j] > row[best] { best = j }
-            var sum = 0.0
-            for j in 0..<V { sum += exp(Double(row[j] - row[best])) }
-            nll += Double(row[best]) + log(sum) - Double(row[Int(target)])
             count += 1
             if row[best] == row[Int(target)] { correct += 1 }
         }
-        return (nll, count, count == 0 ? 0 : Float(correct) / Float(count))
+        return (count == 0 ? 0 : Float(correct) / Float(count), count)
     }
 
     /// The masked NLL over the held-out examples' learned tokens (token-weighted), and their token
@@ -199,17 +200,12 @@ public final class SupervisedObjective: TrainingObjective {
             let batch = batchRows(Array(validation[start..<min(start + s.batchSize, validation.count)]))
             let tape = Tape(pool: pool, recording: false)
             let logits = model.forward(tape, inputs: batch.inputs, batch: batch.rows, tokens: batch.length, positions: batch.positions)
-            if model.tensor == nil {
-                let r = Self.scores(logits, batch.targets)
-                nll += r.nll
-                count += r.count
-                correct += Double(r.accuracy) * Double(r.count)
-            } else {
-                let n = batch.targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
-                nll += Double(model.loss(tape, logits: logits, targets: batch.targets).values[0]) * Double(n)
-                count += n
-            }
+            let n = batch.targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+            nll += Double(model.loss(tape, logits: logits, targets: batch.targets).values[0]) * Double(n)
+            count += n
+            if model.tensor == nil { correct += Double(Self.accuracy(logits, batch.targets).accuracy) * Double(n) }
         }
+        // Under tensor parallelism each rank holds a slice of the vocabulary: no accuracy.
         validationMetrics = model.tensor == nil ? ["token_accuracy": Float(correct / Double(max(count, 1)))] : [:]
         return Float(nll / Double(max(count, 1)))
     }

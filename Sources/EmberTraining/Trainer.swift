@@ -616,9 +616,9 @@ public final class Trainer {
         let model = try TrainableLlama(directory: checkpoint, layout: parallelism.layout)
         let objective: any TrainingObjective
         if let fineTuning = settings.fineTuning {
-            let files = ["tokenizer.json", "tokenizer_config.json"].map { checkpoint + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
             objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: LoadedModel.prompting(directory: checkpoint),
-                                                tokenizerFiles: files, configuration: model.configuration, state: state.samplerState)
+                                                tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint),
+                                                configuration: model.configuration, state: state.samplerState)
         } else {
             guard let samplerState = UInt64(state.samplerState) else { throw TrainingError("\(statePath): bad sampler_state") }
             objective = try NextTokenObjective(dataset: TokenDataset(directory: settings.data), configuration: model.configuration,

@@ -87,9 +87,7 @@ struct FineTune: ParsableCommand {
             let checkpoint = try CheckpointFolder.locate(resume)
             trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
             guard trainer.objective is SupervisedObjective else { throw CommandError("\(resume) is not a fine-tuning run; continue it with ember pretrain --resume") }
-            let runFolder = FileManager.default.fileExists(atPath: resume + "/latest") ? resume
-                : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
-            folder = CheckpointFolder(output: output ?? runFolder)
+            folder = CheckpointFolder(output: output ?? CheckpointFolder.run(of: resume, checkpoint: checkpoint))
             say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
         } else {
             let output = self.output!, model = self.model!
@@ -104,9 +102,8 @@ struct FineTune: ParsableCommand {
                 data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
                 learningRate: lr, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
                 recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
-            let files = ["tokenizer.json", "tokenizer_config.json"].map { model + "/" + $0 }.filter { FileManager.default.fileExists(atPath: $0) }
-            let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting, tokenizerFiles: files,
-                                                    configuration: weights.configuration)
+            let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting,
+                                                    tokenizerFiles: SupervisedObjective.tokenizerFiles(in: model), configuration: weights.configuration)
             let rowsPerStep = batchSize * gradAccum
             settings.steps = steps ?? max(1, Int((epochs * Double(objective.training.count) / Double(rowsPerStep)).rounded(.up)))
             trainer = try Trainer(model: weights, objective: objective, settings: settings, parallelism: parallelism)

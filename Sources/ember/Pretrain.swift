@@ -104,9 +104,7 @@ struct Pretrain: ParsableCommand {
         if let resume {
             let checkpoint = try CheckpointFolder.locate(resume)
             trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
-            let runFolder = FileManager.default.fileExists(atPath: resume + "/latest") ? resume
-                : URL(fileURLWithPath: checkpoint).deletingLastPathComponent().deletingLastPathComponent().path
-            folder = CheckpointFolder(output: output ?? runFolder)
+            folder = CheckpointFolder(output: output ?? CheckpointFolder.run(of: resume, checkpoint: checkpoint))
             say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
         } else {
             let output = self.output!
