@@ -46,6 +46,23 @@ public struct LlamaTensor: Sendable, Hashable {
     /// Whether GGUF stores this tensor's rows permuted within each head (Q and K, for RoPE on adjacent pairs).
     public var permutedInGGUF: Bool { role == .query || role == .key }
 
+    /// Rows of each head reordered from Hugging Face's (first half, second half) RoPE pairs to
+    /// GGUF's adjacent pairs (new row 2i + j of a head is old row j · D/2 + i), or back with `inverse`.
+    public static func interleavePairs(_ values: [Float], heads: Int, columns: Int, inverse: Bool = false) -> [Float] {
+        let rows = values.count / columns, D = rows / heads, half = D / 2
+        var out = values
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    var target = (h * D + 2 * i + j) * columns, source = (h * D + j * half + i) * columns
+                    if inverse { swap(&target, &source) }
+                    out[target..<target + columns] = values[source..<source + columns]
+                }
+            }
+        }
+        return out
+    }
+
     /// Heads whose rows `permutedInGGUF` reorders.
     public func heads(_ c: LlamaConfiguration) -> Int { role == .query ? c.headCount : c.kvHeadCount }
 

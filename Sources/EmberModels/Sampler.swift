@@ -1,3 +1,4 @@
+import EmberTensor
 import Foundation
 
 /// How one request's tokens are chosen and when generation stops (OpenAI's parameters).
@@ -136,26 +137,5 @@ public struct Sampler: Sendable {
             best = kept.map { ($0.token, $0.logit - logZ) }
         }
         return TokenLogprob(token: chosen, logprob: logits[chosen] - logZ, top: best)
-    }
-}
-
-/// A small, fast, seedable generator (Steele, Lea & Flood's SplitMix64).
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    /// The whole state: a generator made with `init(seed: state)` continues the same sequence.
-    public private(set) var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
-    /// Standard normal (Box–Muller).
-    public mutating func nextNormal() -> Double {
-        let u = 1 - nextUnit(), v = nextUnit()
-        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
     }
 }

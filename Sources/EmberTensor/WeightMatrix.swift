@@ -129,7 +129,7 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// Each thread expands a slab of weight rows to f32 and multiplies it with SGEMM.
-    private func multiplyByDequantizedSlabs(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
+    func multiplyByDequantizedSlabs(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool) {
         BLASCore.prepare()
         let slabRows = max(16, min(256, (1 << 16) / columns))
         let slabs = (rows + slabRows - 1) / slabRows

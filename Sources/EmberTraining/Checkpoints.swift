@@ -1,3 +1,4 @@
+import EmberFormats
 import EmberModels
 import EmberTensor
 import Foundation
@@ -55,15 +56,17 @@ public struct CheckpointFolder: Sendable {
     }
 
     /// Copies a checkpoint's model files (weights, config, tokenizer) into `output/model`, a folder
-    /// that Hugging Face and `ember generate` load; replaced as a whole.
+    /// that Hugging Face and `ember generate` load, or its adapter files into `output/adapter`, a
+    /// folder that PEFT and `ember serve --lora-modules` load; replaced as a whole.
     public func publishModel(from checkpoint: String) throws -> String {
         let files = FileManager.default
-        let target = output + "/model", partial = output + "/.model.partial"
+        let adapter = files.fileExists(atPath: checkpoint + "/adapter_config.json")
+        let target = output + (adapter ? "/adapter" : "/model"), partial = output + "/.model.partial"
         try? files.removeItem(atPath: partial)
         try files.createDirectory(atPath: partial, withIntermediateDirectories: true)
         do {
             for file in try files.contentsOfDirectory(atPath: checkpoint)
-            where file == "model.safetensors" || file == "config.json" || file.hasPrefix("tokenizer") {
+            where file == "model.safetensors" || file == "config.json" || file.hasPrefix("tokenizer") || file.hasPrefix("adapter_") {
                 try files.copyItem(atPath: checkpoint + "/" + file, toPath: partial + "/" + file)
             }
         } catch {

@@ -1,3 +1,4 @@
+import EmberFormats
 import EmberModels
 import EmberTokenizers
 import Foundation

@@ -74,7 +74,7 @@ public enum GGUFExport {
         let tensors = zip(LlamaTensor.all(c), model.parameters).sorted { rank($0.0) < rank($1.0) }
         for (t, p) in tensors {
             var values = p.values
-            if t.permutedInGGUF { values = interleavePairs(values, heads: t.heads(c), columns: p.shape[1]) }
+            if t.permutedInGGUF { values = LlamaTensor.interleavePairs(values, heads: t.heads(c), columns: p.shape[1]) }
             let tensorType: MatrixType = t.isMatrix ? type : .f32
             let extents = t.isMatrix ? [p.shape[1], p.shape[0]] : [p.count]
             let name = t.name(.gguf)
@@ -85,22 +85,6 @@ public enum GGUFExport {
             }
         }
         try writer.write(to: path)
-    }
-
-    /// Rows of each head reordered from (first half, second half) pairs to adjacent pairs:
-    /// new row 2i + j of a head is old row j · D/2 + i.
-    static func interleavePairs(_ values: [Float], heads: Int, columns: Int) -> [Float] {
-        let rows = values.count / columns, D = rows / heads, half = D / 2
-        var out = values
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    let target = (h * D + 2 * i + j) * columns, source = (h * D + j * half + i) * columns
-                    out[target..<target + columns] = values[source..<source + columns]
-                }
-            }
-        }
-        return out
     }
 
     /// q8_0 blocks of 32 as llama.cpp's reference quantizer makes them: d = max|x| / 127 (stored f16),

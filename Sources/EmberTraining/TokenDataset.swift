@@ -1,5 +1,6 @@
 import EmberFormats
 import EmberModels
+import EmberTensor
 import Foundation
 
 /// A file of token ids (`train.bin`, `val.bin`), written by `ember prepare-data` and read

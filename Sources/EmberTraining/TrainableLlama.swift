@@ -27,10 +27,16 @@ public final class TrainableLlama: @unchecked Sendable {
     public let slices: [(tensor: LlamaTensor, slice: ModelLayout.Slice)]
     /// The parameters and their gradients as two flat buffers.
     public let arena: ParameterArena
-    let embedding: Variable?  // the first stage's input
+    let embedding: Variable?  // the first stage's input (nil with a frozen base)
     let blocks: [Block]
     let finalNorm: Variable?  // the last stage's
-    let output: Variable?  // the last stage's: lm_head, or the embedding (or its copy) when tied
+    let output: Linear?  // the last stage's: lm_head, or the embedding (or its copy) when tied
+    /// With LoRA: the frozen base (any storage type, used where it lies) and the adapter's shape;
+    /// the arena then holds the adapter's A and B matrices only.
+    public let base: LlamaWeights?
+    public let lora: LoRAConfiguration?
+    /// The RoPE pairing the weights are stored for: Hugging Face's, or GGUF's for a GGUF base.
+    let ropeMode: RopeMode
     /// The tensor-parallel group the forward's collectives run in (set by the trainer).
     public var tensor: TensorGroup?
 
@@ -47,13 +53,13 @@ public final class TrainableLlama: @unchecked Sendable {
     /// attention and the feed-forward half of each block (each with its norm), then the final norm
     /// with the output (the embedding again when tied).
     public var units: [[Range<Int>]] {
-        precondition(layout.isWhole, "units are those of a whole model")
-        let embedding = embedding!, finalNorm = finalNorm!, output = output!
+        precondition(layout.isWhole && lora == nil, "units are those of a whole model without adapters")
+        let embedding = embedding!, finalNorm = finalNorm!, output = output!.trained!
         func range(_ first: Variable, _ last: Variable) -> Range<Int> { arena.offset(of: first)..<arena.offset(of: last) + last.count }
         let embed = range(embedding, embedding)
         return [[embed]]
-            + blocks.flatMap { [[range($0.query, $0.output), range($0.attentionNorm, $0.attentionNorm)],
-                                [range($0.gate, $0.down), range($0.feedForwardNorm, $0.feedForwardNorm)]] }
+            + blocks.flatMap { [[range($0.query.trained!, $0.output.trained!), range($0.attentionNorm, $0.attentionNorm)],
+                                [range($0.gate.trained!, $0.down.trained!), range($0.feedForwardNorm, $0.feedForwardNorm)]] }
             + [[range(finalNorm, finalNorm), range(output, output)]]
     }
 
@@ -62,15 +68,49 @@ public final class TrainableLlama: @unchecked Sendable {
     public var unitsReadInBackward: [Bool] { [false] + blocks.flatMap { _ in [true, true] } + [true] }
 
     struct Block {
-        let query, key, value, output, gate, up, down, attentionNorm, feedForwardNorm: Variable
+        let query, key, value, output, gate, up, down: Linear
+        let attentionNorm, feedForwardNorm: Variable
+        var linears: [Linear] { [query, key, value, output, gate, up, down] }
+    }
+
+    /// A matrix of the forward: trained, or frozen (any storage type) with LoRA's A and B when the
+    /// adapter targets it.
+    enum Linear {
+        case trained(Variable)
+        case frozen(WeightMatrix, lora: (a: Variable, b: Variable)?)
+
+        var trained: Variable? { if case .trained(let v) = self { v } else { nil } }
+        /// The first parameter of the arena this layer reads (the weight, or LoRA's A).
+        var firstParameter: Variable? {
+            switch self {
+            case .trained(let v): v
+            case .frozen(_, let lora): lora?.a
+            }
+        }
+    }
+
+    /// x · Wᵀ, plus (α / r) · B · A · dropout(x) on a LoRA target; `seed` draws the dropout mask.
+    func apply(_ tape: Tape, _ x: Variable, _ linear: Linear, seed: UInt64) -> Variable {
+        switch linear {
+        case .trained(let w):
+            return tape.linear(x, w)
+        case .frozen(let w, let lora):
+            let y = tape.frozenLinear(x, w)
+            guard let lora, let settings = self.lora else { return y }
+            let h = tape.linear(tape.dropout(x, rate: settings.dropout, seed: seed), lora.a)
+            return tape.add(y, tape.linear(h, lora.b), scale: settings.scale)
+        }
     }
 
     /// How a block's activations are kept for the backward.
     public enum Recompute: String, Sendable, CaseIterable, Codable { case none, block }
 
     var rope: RopeParameters {
-        RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: .neox)
+        RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: ropeMode)
     }
+
+    /// Draws of dropout masks so far (each forward with LoRA dropout takes one seed per layer).
+    private var dropoutDraws: UInt64 = 0
 
     /// Weights from `values(name, shape)`, every tensor of the whole model asked for in Hugging
     /// Face's order (so that a seeded draw is the same whatever the layout), this layout's cut of
@@ -92,15 +132,103 @@ public final class TrainableLlama: @unchecked Sendable {
         slices = held
         let byTensor = Dictionary(uniqueKeysWithValues: zip(held.map(\.tensor), arena.parameters))
         func find(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Variable? { byTensor[LlamaTensor(role, layer: layer, c)] }
+        func linear(_ role: LlamaTensor.Role, _ layer: Int? = nil) -> Linear { .trained(find(role, layer)!) }
         embedding = layout.isFirstStage ? find(.embedding) : nil
         blocks = layout.layers(c.layerCount).map { i in
-            Block(query: find(.query, i)!, key: find(.key, i)!, value: find(.value, i)!, output: find(.attentionOutput, i)!,
-                  gate: find(.gate, i)!, up: find(.up, i)!, down: find(.down, i)!,
+            Block(query: linear(.query, i), key: linear(.key, i), value: linear(.value, i), output: linear(.attentionOutput, i),
+                  gate: linear(.gate, i), up: linear(.up, i), down: linear(.down, i),
                   attentionNorm: find(.attentionNorm, i)!, feedForwardNorm: find(.feedForwardNorm, i)!)
         }
         finalNorm = find(.finalNorm)
-        output = layout.isLastStage ? (c.tieWordEmbeddings ? find(.embedding) : find(.output)) : nil
+        output = layout.isLastStage ? linear(c.tieWordEmbeddings ? .embedding : .output) : nil
         parameters = arena.parameters
+        base = nil
+        lora = nil
+        ropeMode = .neox
+    }
+
+    /// LoRA over a frozen base: the base's weights stay where they are, in their own storage type
+    /// (f32 from safetensors, or GGUF's quantized blocks: QLoRA), and the arena holds only the
+    /// adapter's A [r, in] and B [out, r] per target, named as PEFT saves them. A new adapter is
+    /// PEFT's initialisation, A uniform in ±1/√in from `seed` and B zero, so the model starts as
+    /// the base; `adapter` continues a saved one.
+    public init(base: LlamaWeights, configuration c: LlamaConfiguration, lora settings: LoRAConfiguration, adapter: LoRAAdapter? = nil,
+                seed: UInt64 = 1) throws {
+        try c.validate()
+        try settings.validate()
+        configuration = c
+        layout = .whole
+        slices = []
+        self.base = base
+        lora = settings
+        ropeMode = base.ropeMode
+        var tensors: [(String, [Int])] = []
+        for layer in 0..<c.layerCount {
+            for target in settings.targets {
+                let (a, b) = LoRAAdapter.shapes(target, rank: settings.rank, c)
+                tensors += [(LoRAConfiguration.tensorName(layer: layer, target, b: false), a), (LoRAConfiguration.tensorName(layer: layer, target, b: true), b)]
+            }
+        }
+        arena = ParameterArena(tensors)
+        parameters = arena.parameters
+        var random = SplitMix64(seed: seed)
+        var next = 0
+        var pairs: [[LoRATarget: (a: Variable, b: Variable)]] = []
+        for layer in 0..<c.layerCount {
+            var row: [LoRATarget: (a: Variable, b: Variable)] = [:]
+            for target in settings.targets {
+                let a = arena.parameters[next], b = arena.parameters[next + 1]
+                next += 2
+                if let adapter {
+                    let (savedA, savedB) = adapter.weights[layer][target]!
+                    a.pointer.update(from: savedA.pointer, count: a.count)
+                    b.pointer.update(from: Self.nativeRows(savedB, target, c, ropeMode, toNative: true).pointer, count: b.count)
+                } else {
+                    let bound = 1 / Double(a.shape[1]).squareRoot()
+                    for i in 0..<a.count { a.pointer[i] = Float((2 * random.nextUnit() - 1) * bound) }
+                }
+                row[target] = (a, b)
+            }
+            pairs.append(row)
+        }
+        func frozenNorm(_ values: [Float], _ name: String) -> Variable {
+            Variable(shape: [values.count], values: values, name: name, requiresGradient: false)
+        }
+        embedding = nil
+        blocks = base.blocks.enumerated().map { i, w in
+            func linear(_ m: WeightMatrix, _ t: LoRATarget) -> Linear { .frozen(m, lora: pairs[i][t]) }
+            return Block(query: linear(w.query, .query), key: linear(w.key, .key), value: linear(w.value, .value), output: linear(w.output, .output),
+                         gate: linear(w.gate, .gate), up: linear(w.up, .up), down: linear(w.down, .down),
+                         attentionNorm: frozenNorm(w.attentionNorm, "attention norm \(i)"), feedForwardNorm: frozenNorm(w.feedForwardNorm, "feed-forward norm \(i)"))
+        }
+        finalNorm = frozenNorm(base.finalNorm, "final norm")
+        output = .frozen(base.output, lora: nil)
+    }
+
+    /// B's rows of a query or key target turned between Hugging Face's RoPE pairing (how adapters
+    /// are saved) and the base's (GGUF's interleaved pairs for a GGUF base); other targets as they are.
+    static func nativeRows(_ b: FloatBuffer, _ target: LoRATarget, _ c: LlamaConfiguration, _ mode: RopeMode, toNative: Bool) -> FloatBuffer {
+        guard mode == .interleaved, target == .query || target == .key else { return b }
+        let values = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
+        return FloatBuffer(LlamaTensor.interleavePairs(values, heads: LlamaTensor(target.role, layer: 0, c).heads(c), columns: b.count / LlamaTensor(target.role, layer: 0, c).shape[0],
+                                                       inverse: !toNative))
+    }
+
+    /// The adapter as it stands, in Hugging Face's row order (what PEFT loads).
+    public func adapter() -> LoRAAdapter {
+        precondition(lora != nil, "a model without LoRA has no adapter")
+        let c = configuration
+        let weights = blocks.map { block in
+            var row: [LoRATarget: (a: FloatBuffer, b: FloatBuffer)] = [:]
+            for (target, linear) in zip(LoRATarget.allCases, block.linears) {
+                guard case .frozen(_, let pair?) = linear else { continue }
+                let b = FloatBuffer(uninitializedCount: pair.b.count)
+                b.pointer.update(from: pair.b.pointer, count: b.count)
+                row[target] = (FloatBuffer(pair.a.values), Self.nativeRows(b, target, c, ropeMode, toNative: false))
+            }
+            return row
+        }
+        return LoRAAdapter(configuration: lora!, weights: weights)
     }
 
     /// A new model: matrices and embeddings drawn from N(0, 0.02²) (Hugging Face's default
@@ -134,30 +262,46 @@ public final class TrainableLlama: @unchecked Sendable {
     /// of the matrices): what the training changes, it sees at once. Rollouts and evaluation during
     /// post-training run on it; it uses the Hugging Face RoPE layout the weights are trained in.
     public func inferenceModel() -> Llama {
-        precondition(layout.isWhole, "an inference model needs the whole model")
+        precondition(layout.isWhole && lora == nil, "an inference model needs the whole model")
         func matrix(_ v: Variable) -> WeightMatrix {
             WeightMatrix(type: .f32, rows: v.shape[0], columns: v.shape[1], data: UnsafeRawPointer(v.pointer), owner: v.value)
         }
         let weights = LlamaWeights(
             embedding: matrix(embedding!),
             blocks: blocks.map { b in
-                LlamaBlockWeights(attentionNorm: b.attentionNorm.values, query: matrix(b.query), key: matrix(b.key), value: matrix(b.value),
-                                  output: matrix(b.output), feedForwardNorm: b.feedForwardNorm.values,
-                                  gate: matrix(b.gate), up: matrix(b.up), down: matrix(b.down))
+                LlamaBlockWeights(attentionNorm: b.attentionNorm.values, query: matrix(b.query.trained!), key: matrix(b.key.trained!),
+                                  value: matrix(b.value.trained!), output: matrix(b.output.trained!), feedForwardNorm: b.feedForwardNorm.values,
+                                  gate: matrix(b.gate.trained!), up: matrix(b.up.trained!), down: matrix(b.down.trained!))
             },
-            finalNorm: finalNorm!.values, output: matrix(output!), ropeMode: .neox)
+            finalNorm: finalNorm!.values, output: matrix(output!.trained!), ropeMode: .neox)
         return Llama(configuration: configuration, weights: weights)
     }
 
-    /// Whether a parameter takes weight decay: the projection matrices and an untied output do;
-    /// norms and the embedding do not.
-    public static func decays(_ name: String) -> Bool { name.hasSuffix("proj.weight") || name == "lm_head.weight" }
+    /// Whether a parameter takes weight decay: the projection matrices, an untied output and LoRA's
+    /// A and B do; norms and the embedding do not.
+    public static func decays(_ name: String) -> Bool { name.hasSuffix("proj.weight") || name == "lm_head.weight" || name.contains(".lora_") }
+
+    /// LoRA over the model at `path`: a Hugging Face folder (its f32, f16 or bf16 weights where
+    /// they lie) or a GGUF file (QLoRA: its quantized weights, never expanded whole). With
+    /// `adapter`, a saved adapter folder to continue (its own configuration is then used).
+    /// Returns the model and the loaded base (its tokenizer and chat format).
+    public static func withLoRA(base path: String, lora: LoRAConfiguration, adapter directory: String? = nil,
+                                seed: UInt64 = 1) throws -> (model: TrainableLlama, base: LoadedModel) {
+        let loaded = try LoadedModel.load(path: path)
+        let c = loaded.model.configuration
+        let adapter = try directory.map { try LoRAAdapter.load(directory: $0, for: c) }
+        var settings = adapter?.configuration ?? lora
+        settings.baseModel = URL(fileURLWithPath: path).standardizedFileURL.path
+        return (try TrainableLlama(base: loaded.model.weights, configuration: c, lora: settings, adapter: adapter, seed: seed), loaded)
+    }
 
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
 
-    /// Writes `model.safetensors` and `config.json` into `directory` (which must exist).
+    /// Writes `model.safetensors` and `config.json` into `directory` (which must exist); with LoRA,
+    /// the adapter (`adapter_model.safetensors`, `adapter_config.json`).
     public func save(to directory: String) throws {
         precondition(layout.isWhole, "a part of a model is saved through its trainer, which assembles the whole")
+        if lora != nil { return try adapter().save(to: directory) }
         try Self.save(parameters.map { p in (p.name, p.shape, UnsafeBufferPointer(start: UnsafePointer(p.pointer), count: p.count)) },
                       configuration: configuration, to: directory)
     }
@@ -216,30 +360,36 @@ public final class TrainableLlama: @unchecked Sendable {
             x = units([0]) {
                 group.map { tape.vocabularyEmbedding(ids, embedding, first: $0.rank * embedding.shape[0], $0) } ?? tape.embedding(ids, embedding)
             }
+        } else if let base, let ids = inputs {
+            x = tape.frozenEmbedding(ids, base.embedding)
         } else {
             x = input!
         }
         // Recorded before a block, a marker runs in the backward after all of that block's steps.
-        func markReady(_ first: Variable) {
+        func markReady(_ first: Variable?) {
             if let ready = gradientsReady {
-                let offset = arena.offset(of: first)
+                let offset = first.map { arena.offset(of: $0) } ?? arena.count
                 tape.record { ready(offset) }
             }
         }
         for (i, block) in blocks.enumerated() {
-            markReady(block.query)
+            markReady(block.linears.lazy.compactMap(\.firstParameter).first)
+            // One dropout seed per layer and forward, drawn here so that a recomputation draws the same masks.
+            let layerSeed = (dropoutDraws &+ UInt64(i)) << 3
+            func seed(_ k: UInt64) -> UInt64 { layerSeed | k }
             let attention: (Tape, Variable) -> Variable = { tape, x in
                 let h = enter(tape, tape.rmsNorm(x, block.attentionNorm, epsilon: c.rmsNormEpsilon))
-                let q = tape.rope(tape.linear(h, block.query), positions: positions, heads: heads, headDim: c.headDim, parameters: rope)
-                let k = tape.rope(tape.linear(h, block.key), positions: positions, heads: kvHeads, headDim: c.headDim, parameters: rope)
-                let v = tape.linear(h, block.value)
+                let q = tape.rope(self.apply(tape, h, block.query, seed: seed(0)), positions: positions, heads: heads, headDim: c.headDim, parameters: rope)
+                let k = tape.rope(self.apply(tape, h, block.key, seed: seed(1)), positions: positions, heads: kvHeads, headDim: c.headDim, parameters: rope)
+                let v = self.apply(tape, h, block.value, seed: seed(2))
                 let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: heads, kvHeads: kvHeads, headDim: c.headDim,
                                        segmentStarts: segmentStarts)
-                return tape.add(x, leave(tape, tape.linear(a, block.output)))
+                return tape.add(x, leave(tape, self.apply(tape, a, block.output, seed: seed(3))))
             }
             let feedForward: (Tape, Variable) -> Variable = { tape, x1 in
                 let h2 = enter(tape, tape.rmsNorm(x1, block.feedForwardNorm, epsilon: c.rmsNormEpsilon))
-                let m = tape.linear(tape.swiglu(tape.linear(h2, block.gate), tape.linear(h2, block.up)), block.down)
+                let m = self.apply(tape, tape.swiglu(self.apply(tape, h2, block.gate, seed: seed(4)), self.apply(tape, h2, block.up, seed: seed(5))),
+                                   block.down, seed: seed(6))
                 return tape.add(x1, leave(tape, m))
             }
             if recompute == .block {
@@ -249,11 +399,12 @@ public final class TrainableLlama: @unchecked Sendable {
                 x = units([2 * i + 2]) { feedForward(tape, x) }
             }
         }
+        if lora != nil, tape.recording { dropoutDraws &+= UInt64(blocks.count) }
         guard let finalNorm, let output else { return x }
-        markReady(finalNorm)
+        markReady(lora == nil ? finalNorm : nil)
         return units([2 * blocks.count + 1]) {
             let h = enter(tape, tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon))
-            return tape.linear(h, output)
+            return self.apply(tape, h, output, seed: 0)
         }
     }
 
@@ -290,18 +441,4 @@ public protocol ParameterResidency: AnyObject {
     func afterForward(_ unit: Int, backwardFollows: Bool)
     func beforeBackward(_ unit: Int)
     func afterBackward(_ unit: Int)
-}
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename, so that the
-/// file is either the old one or the whole new one. Errors (a full disk) are thrown.
-public func writeFile(_ data: Data, to path: String) throws {
-    let url = URL(fileURLWithPath: path)
-    let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-    do {
-        try data.write(to: temporary)
-        guard rename(temporary.path, path) == 0 else { throw FormatError(String(cString: strerror(errno))) }
-    } catch {
-        try? FileManager.default.removeItem(at: temporary)
-        throw FormatError("\(path): writing failed: \(error.localizedDescription)")
-    }
 }

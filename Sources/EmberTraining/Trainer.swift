@@ -181,6 +181,9 @@ public final class Trainer {
         guard model.layout == parallelism.layout else {
             throw TrainingError("the model holds the part \(model.layout) of the whole, but this rank's part is \(parallelism.layout)")
         }
+        guard model.lora == nil || (parallelism.layout.isWhole && parallelism.zeroStage == 0) else {
+            throw TrainingError("LoRA trains with plain data parallelism (its state is small): leave out tensor, pipeline and ZeRO parallelism")
+        }
         guard parallelism.zeroStage < 3 || model.layout.isWhole else {
             throw TrainingError("ZeRO stage 3 partitions whole models; with tensor or pipeline parallelism use stage 1 or 2")
         }
@@ -358,7 +361,7 @@ public final class Trainer {
         // Every parameter counted once: a norm on tensor rank 0, a tied embedding on the first stage.
         let tensorRank = parallelism.tensor.rank, firstStage = model.layout.isFirstStage
         let norm = try arena.clipGradients(maximum: s.gradientClip, in: shard, counted: { [slices = model.slices] i in
-            (tensorRank == 0 || slices[i].slice.axis != nil) && (firstStage || slices[i].tensor.role != .embedding)
+            slices.isEmpty || (tensorRank == 0 || slices[i].slice.axis != nil) && (firstStage || slices[i].tensor.role != .embedding)
         }) { squares in
             var total = squares
             if parallelism.tensor.size > 1 { try parallelism.tensor.allReduce(&total, count: 1, .sum) }
@@ -613,10 +616,19 @@ public final class Trainer {
         do { state = try JSONDecoder().decode(State.self, from: data) } catch { throw TrainingError("\(statePath): not a valid trainer state") }
         var settings = state.settings
         if let steps { settings.steps = steps }
-        let model = try TrainableLlama(directory: checkpoint, layout: parallelism.layout)
+        let model: TrainableLlama, prompting: () throws -> Prompting
+        if FileManager.default.fileExists(atPath: checkpoint + "/adapter_config.json") {
+            let lora = try LoRAConfiguration.load(path: checkpoint + "/adapter_config.json")
+            let adapted = try TrainableLlama.withLoRA(base: lora.baseModel, lora: lora, adapter: checkpoint)
+            model = adapted.model
+            prompting = adapted.base.prompting
+        } else {
+            model = try TrainableLlama(directory: checkpoint, layout: parallelism.layout)
+            prompting = { try LoadedModel.prompting(directory: checkpoint) }
+        }
         let objective: any TrainingObjective
         if let fineTuning = settings.fineTuning {
-            objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: LoadedModel.prompting(directory: checkpoint),
+            objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting(),
                                                 tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint),
                                                 configuration: model.configuration, state: state.samplerState)
         } else {
@@ -638,6 +650,7 @@ public final class Trainer {
     /// optimizer step.
     static func loadMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
         let model = trainer.model, arena = model.arena, range = trainer.optimizer.range
+        if model.lora != nil { return try loadAdapterMoments(from: checkpoint, into: trainer) }
         let source = try MomentFiles(checkpoint, configuration: model.configuration)
         for (prefix, target) in [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)] {
             for (i, held) in model.slices.enumerated() {
@@ -650,6 +663,24 @@ public final class Trainer {
             }
         }
         return source.step
+    }
+}
+
+extension Trainer {
+    /// An adapter's AdamW moments (one process's optimizer.safetensors, tensor by tensor, by name).
+    static func loadAdapterMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
+        let path = checkpoint + "/optimizer.safetensors"
+        let file = try SafetensorsFile(path: path)
+        guard let step = file.metadata["step"].flatMap(Int.init) else { throw TrainingError("\(path): no step in its metadata") }
+        for (prefix, target) in [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)] {
+            for (i, p) in trainer.model.parameters.enumerated() {
+                guard let entry = file.entries[prefix + "." + p.name], entry.dtype == .f32, entry.shape == p.shape else {
+                    throw TrainingError("\(path): \(prefix).\(p.name) is missing or has the wrong shape")
+                }
+                (target.pointer + trainer.model.arena.offsets[i]).update(from: file.data(of: entry).assumingMemoryBound(to: Float.self), count: p.count)
+            }
+        }
+        return step
     }
 }
 

@@ -1,3 +1,4 @@
+import EmberFormats
 import Dispatch
 import EmberDistributed
 import EmberNN

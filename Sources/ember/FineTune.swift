@@ -9,7 +9,7 @@ struct FineTune: ParsableCommand {
         commandName: "sft",
         abstract: "Supervised fine-tuning of a model on JSONL data in TRL's formats.",
         discussion: """
-        --model is a Hugging Face model folder (config.json, model.safetensors, tokenizer.json and tokenizer_config.json with its chat template). --data is JSONL, one example a line, in one of TRL's formats:
+        --model is a Hugging Face model folder (config.json, model.safetensors, tokenizer.json and tokenizer_config.json with its chat template), or with --lora-rank also a GGUF file (QLoRA). --data is JSONL, one example a line, in one of TRL's formats:
           {"text": "..."}                                   language modelling: every token is learned
           {"messages": [{"role": ..., "content": ...}]}     conversations: the assistant's turns are learned
           {"prompt": ..., "completion": ...}                the completion is learned (strings, or lists of messages)
@@ -17,12 +17,16 @@ struct FineTune: ParsableCommand {
 
         The loss is the mean cross-entropy over the learned tokens of the whole step (--batch-size × --grad-accum examples, or packed rows with --packing), as TRL computes it. --packing puts the examples into rows of --max-length by best-fit decreasing; each example restarts its positions and attends only to itself. The held-out examples (--eval-data, or --eval-fraction of --data) give the validation masked NLL and token accuracy, before training and every --eval-every steps.
 
-        OUTPUT is a training run as `ember pretrain` writes it: checkpoints (with --resume), log.jsonl, loss.svg and model/, which `ember serve --model` and transformers load. The same parallel options work under mpirun.
+        With --lora-rank only a LoRA adapter trains (PEFT's initialisation: the model starts as the base); the base stays frozen where it lies: f32 from a folder, or a GGUF file's quantized blocks (QLoRA), expanded a tile at a time in the products.
+
+        OUTPUT is a training run as `ember pretrain` writes it: checkpoints (with --resume), log.jsonl, loss.svg and model/, which `ember serve --model` and transformers load; with LoRA, adapter/ (adapter_model.safetensors and adapter_config.json), which PEFT and `ember serve --lora-modules` load. The same parallel options work under mpirun.
 
         Examples:
           scripts/fetch-sft-data.py      # the Alpaca demo and others into .cache/sft
           ember sft --model .cache/models/SmolLM2-135M-f32 --data .cache/sft/alpaca.jsonl --output runs/sft
           ember sft --model base --data chats.jsonl --packing --max-length 2048 --epochs 3 --output runs/chat
+          ember sft --model .cache/models/SmolLM2-135M-f32 --data .cache/sft/alpaca.jsonl --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --lr 2e-4 --output runs/lora
+          ember sft --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --data .cache/sft/alpaca.jsonl --lora-rank 16 --lr 2e-4 --output runs/qlora
           ember sft --resume runs/sft
         """)
 
@@ -63,13 +67,14 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int = 100
     @Option(help: "Checkpoints kept (default 2).") var keep: Int = 2
 
+    @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var parallel: ParallelOptions
 
     func validate() throws {
         if resume == nil {
             guard model != nil, data != nil, output != nil else { throw ValidationError("give --model DIR, --data FILE and --output DIR (or --resume a run)") }
-        } else if model != nil || data != nil || evalData != nil || packing {
-            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --model, --data, --eval-data and --packing")
+        } else if model != nil || data != nil || evalData != nil || packing || loraOptions.rank != nil {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --model, --data, --eval-data, --packing and --lora-rank")
         }
         guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
@@ -94,8 +99,20 @@ struct FineTune: ParsableCommand {
             guard !FileManager.default.fileExists(atPath: output + "/latest") else {
                 throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
             }
-            let prompting = try LoadedModel.prompting(directory: model)
-            let weights = try TrainableLlama(directory: model, layout: parallelism.layout)
+            let weights: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]
+            if let lora = try loraOptions.configuration() {
+                let adapted = try TrainableLlama.withLoRA(base: model, lora: lora, seed: seed)
+                weights = adapted.model
+                prompting = try adapted.base.prompting()
+                tokenizerFiles = adapted.base.gguf == nil ? SupervisedObjective.tokenizerFiles(in: model) : []
+            } else {
+                guard !model.hasSuffix(".gguf") else {
+                    throw CommandError("\(model): a GGUF model trains through an adapter only (QLoRA: give --lora-rank); full fine-tuning starts from a Hugging Face folder")
+                }
+                prompting = try LoadedModel.prompting(directory: model)
+                weights = try TrainableLlama(directory: model, layout: parallelism.layout)
+                tokenizerFiles = SupervisedObjective.tokenizerFiles(in: model)
+            }
             let fineTuning = FineTuningSettings(validationData: evalData.map(absolute), validationFraction: evalFraction, packing: packing,
                                                 learned: lossOn, overlong: overlong)
             var settings = TrainingSettings(
@@ -103,15 +120,22 @@ struct FineTune: ParsableCommand {
                 learningRate: lr, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
                 recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
             let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting,
-                                                    tokenizerFiles: SupervisedObjective.tokenizerFiles(in: model), configuration: weights.configuration)
+                                                    tokenizerFiles: tokenizerFiles, configuration: weights.configuration)
             let rowsPerStep = batchSize * gradAccum
             settings.steps = steps ?? max(1, Int((epochs * Double(objective.training.count) / Double(rowsPerStep)).rounded(.up)))
             trainer = try Trainer(model: weights, objective: objective, settings: settings, parallelism: parallelism)
             folder = CheckpointFolder(output: output)
             let c = weights.configuration
             let skipped = objective.skipped.total > 0 ? "; skipped \(objective.skipped)" : ""
-            say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,
-                       c.hiddenSize, c.layerCount, c.vocabularySize, model))
+            if let lora = weights.lora, let base = weights.base {
+                let types = Set(base.blocks.flatMap { [$0.query.type, $0.gate.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
+                say(String(format: "model: LoRA rank %d, alpha %g on %@: %.2fM trained parameters over the frozen %@ base (hidden %d, %d layers) from %@",
+                           lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","), Double(weights.parameterCount) / 1e6, types,
+                           c.hiddenSize, c.layerCount, model))
+            } else {
+                say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,
+                           c.hiddenSize, c.layerCount, c.vocabularySize, model))
+            }
             say("data: \(objective.trainingExamples) training examples\(packing ? " packed into \(objective.training.count) rows of \(maxLength)" : ""), \(objective.validation.count) held out\(skipped); \(settings.steps) steps of \(rowsPerStep) \(packing ? "rows" : "examples") (\(String(format: "%.2f", Double(settings.steps * rowsPerStep) / Double(objective.training.count))) epochs)")
             let before = try trainer.evaluate()
             say(String(format: "before training: validation masked NLL %.4f, token accuracy %.4f", before, objective.validationMetrics["token_accuracy"] ?? .nan))

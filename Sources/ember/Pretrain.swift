@@ -1,3 +1,4 @@
+import EmberFormats
 import ArgumentParser
 import EmberDistributed
 import EmberModels

@@ -1,8 +1,29 @@
+import EmberFormats
 import ArgumentParser
 import EmberDistributed
+import EmberModels
 import EmberTensor
 import EmberTraining
 import Foundation
+
+/// LoRA: the options every trainer of a model shares. Given a rank, only the adapter trains,
+/// over the frozen base.
+struct LoRAOptions: ParsableArguments {
+    @Option(name: .customLong("lora-rank"), help: "Train a LoRA adapter of this rank over the frozen model instead of the whole model (a GGUF --model is QLoRA: its quantized weights stay as they are).")
+    var rank: Int?
+    @Option(name: .customLong("lora-alpha"), help: "LoRA's α: the update is scaled by α / rank (default 8, PEFT's).") var alpha: Float = 8
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on LoRA's input during training (default 0).") var dropout: Float = 0
+    @Option(name: .customLong("lora-targets"), help: "The adapted layers: module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear (default q_proj,v_proj, PEFT's for LLaMA).")
+    var targets: String = "q_proj,v_proj"
+
+    /// The adapter's shape, when a rank is given.
+    func configuration() throws -> LoRAConfiguration? {
+        guard let rank else { return nil }
+        let settings = LoRAConfiguration(rank: rank, alpha: alpha, dropout: dropout, targets: try LoRATarget.parse(targets))
+        try settings.validate()
+        return settings
+    }
+}
 
 /// The options of parallel training that every training command shares: threads, and the data,
 /// tensor and pipeline parallelism of a run under mpirun.
