@@ -108,6 +108,56 @@ import Testing
         #expect(difference < 1e-6)
     }
 
+    /// A frozen f32 matrix [24, 64] as a weight of any storage type would be used.
+    static func frozenMatrix(seed: UInt64) -> WeightMatrix {
+        let w = variable([24, 64], seed: seed, scale: 0.5)
+        return WeightMatrix(type: .f32, rows: 24, columns: 64, data: UnsafeRawPointer(w.pointer), owner: w.value)
+    }
+
+    /// The LoRA linear y = x·Wᵀ + s·B·A·dropout(x), W frozen: gradients of x, A and B.
+    @Test func loraLinear() {
+        let w = Self.frozenMatrix(seed: 31)
+        for rate: Float in [0, 0.25] {
+            let x = Self.variable([5, 64], seed: 32), a = Self.variable([4, 64], seed: 33, scale: 0.3), b = Self.variable([24, 4], seed: 34)
+            Self.check("LoRA linear, dropout \(rate)", [x, a, b]) { tape, v in
+                tape.add(tape.frozenLinear(v[0], w), tape.linear(tape.linear(tape.dropout(v[0], rate: rate, seed: 7), v[1]), v[2]), scale: 2)
+            }
+        }
+    }
+
+    /// q8_0 weights in the frozen products: forward and input gradient equal those of the weights
+    /// expanded to f32 beforehand (what "without dequantizing in memory" must not change).
+    @Test func frozenQuantizedProducts() {
+        var random = Random(state: 41)
+        let rows = 300, columns = 96, m = 7, blocks = columns / 32
+        var bytes: [UInt8] = []
+        for _ in 0..<rows * blocks {
+            let scale = Float16(0.01 + 0.02 * abs(random.next()))
+            withUnsafeBytes(of: scale.bitPattern.littleEndian) { bytes += $0 }
+            for _ in 0..<32 { bytes.append(UInt8(bitPattern: Int8(random.next() * 127))) }
+        }
+        let storage = FloatBuffer(count: bytes.count / 4 + 1)
+        UnsafeMutableRawPointer(storage.pointer).copyMemory(from: bytes, byteCount: bytes.count)
+        let q = WeightMatrix(type: .q8_0, rows: rows, columns: columns, data: UnsafeRawPointer(storage.pointer), owner: storage)
+        let expanded = FloatBuffer(count: rows * columns)
+        dequantize(.q8_0, from: q.data, to: expanded.pointer, count: rows * columns)
+        let f = WeightMatrix(type: .f32, rows: rows, columns: columns, data: UnsafeRawPointer(expanded.pointer), owner: expanded)
+        let x = Self.variable([m, columns], seed: 42), dy = random.values(m * rows)
+        var outputs: [[Float]] = [], gradients: [[Float]] = []
+        for w in [q, f] {
+            x.zeroGradient()
+            let tape = Tape()
+            let y = tape.frozenLinear(x, w)
+            y.gradient.pointer.update(from: dy, count: dy.count)
+            tape.backward()
+            outputs.append(y.values)
+            gradients.append(x.gradient.values)
+        }
+        let forward = zip(outputs[0], outputs[1]).map { abs($0 - $1) }.max()!, backward = zip(gradients[0], gradients[1]).map { abs($0 - $1) }.max()!
+        print("frozen q8_0 products against the f32 expansion: forward max difference \(forward), input gradient \(backward)")
+        #expect(forward < 1e-4 && backward < 1e-4)
+    }
+
     @Test func swiglu() {
         Self.check("swiglu", [Self.variable([20], seed: 9, scale: 3), Self.variable([20], seed: 10)]) { $0.swiglu($1[0], $1[1]) }
     }
