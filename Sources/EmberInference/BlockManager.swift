@@ -20,6 +20,8 @@ public struct BlockManager: Sendable {
 
     private var referenceCounts: [Int]
     private var hashes: [UInt64?]
+    /// The root of each sequence's chain of block keys (its adapter's key; 0 for the base).
+    private var roots: [SequenceID: UInt64] = [:]
     private var cached: [UInt64: Int] = [:]
     // Doubly linked free queue over block ids (-1 ends).
     private var previous: [Int], next: [Int]
@@ -55,12 +57,16 @@ public struct BlockManager: Sendable {
 
     /// Starts `sequence` on the cached blocks matching the longest prefix of `tokens` (whole
     /// blocks, and never the last token, whose logits are needed). Returns the cached token count.
-    public mutating func admit(_ sequence: SequenceID, tokens: [Int]) -> Int {
+    ///
+    /// `key` roots the chain of block keys: sequences under another LoRA adapter (another key)
+    /// hold other keys and values for the same tokens, so they share no blocks.
+    public mutating func admit(_ sequence: SequenceID, tokens: [Int], key: UInt64 = 0) -> Int {
         precondition(tables[sequence] == nil, "sequence \(sequence) is already admitted")
         var table: [Int] = [], chain: [UInt64] = []
+        roots[sequence] = key
         if prefixCaching {
             let usable = (tokens.count - 1) / blockSize
-            var parent: UInt64 = 0
+            var parent: UInt64 = key
             for i in 0..<usable {
                 let h = Self.hash(parent: parent, tokens[i * blockSize..<(i + 1) * blockSize])
                 guard let block = cached[h] else { break }
@@ -96,7 +102,7 @@ public struct BlockManager: Sendable {
         let full = min(computed, tokens.count) / blockSize
         while chain.count < full {
             let i = chain.count
-            let h = Self.hash(parent: chain.last ?? 0, tokens[i * blockSize..<(i + 1) * blockSize])
+            let h = Self.hash(parent: chain.last ?? roots[sequence] ?? 0, tokens[i * blockSize..<(i + 1) * blockSize])
             let block = table[i]
             if hashes[block] == nil && cached[h] == nil {
                 hashes[block] = h
@@ -114,6 +120,7 @@ public struct BlockManager: Sendable {
         for b in table { retain(b) }
         tables[child] = table
         chains[child] = chains[parent]
+        roots[child] = roots[parent]
     }
 
     /// Before `sequence` writes the slot at `position`: if that block is shared, the sequence gets a
@@ -139,6 +146,7 @@ public struct BlockManager: Sendable {
     public mutating func free(_ sequence: SequenceID) {
         guard let table = tables.removeValue(forKey: sequence) else { return }
         chains[sequence] = nil
+        roots[sequence] = nil
         for b in table.reversed() { release(b) }
     }
 

@@ -92,7 +92,10 @@ public final class Engine: @unchecked Sendable {
 
     /// Queues a request and returns its events. Ending the stream early (a client that goes away)
     /// cancels it; its blocks are freed at the next step.
-    public func submit(prompt: [Int], parameters: SamplingParameters) throws -> (id: Int, events: AsyncStream<GenerationEvent>) {
+    ///
+    /// `adapter` runs the request under a LoRA adapter (nil: the base); requests of different
+    /// adapters share the batch but not the prefix cache.
+    public func submit(prompt: [Int], parameters: SamplingParameters, adapter: InferenceAdapter? = nil) throws -> (id: Int, events: AsyncStream<GenerationEvent>) {
         let c = configuration
         guard !prompt.isEmpty else { throw RequestError("the prompt is empty") }
         guard prompt.allSatisfy({ $0 >= 0 && $0 < model.configuration.vocabularySize }) else {
@@ -116,7 +119,7 @@ public final class Engine: @unchecked Sendable {
         let id = nextRequestID
         nextRequestID += 1
         let seed = parameters.seed ?? UInt64.random(in: 0...UInt64.max)
-        let state = RequestState(id: id, prompt: prompt, parameters: parameters, seed: seed, continuation: continuation)
+        let state = RequestState(id: id, prompt: prompt, parameters: parameters, seed: seed, continuation: continuation, adapter: adapter)
         inbox.append(state)
         inFlight += 1
         lock.signal()
@@ -214,7 +217,7 @@ public final class Engine: @unchecked Sendable {
                                      stops: StopMatcher(stops: r.parameters.stop)))
         requests[r.id] = r
         owners[sequence] = (r, 0)
-        scheduler.add(sequence, tokens: r.prompt)
+        scheduler.add(sequence, tokens: r.prompt, key: r.adapter?.cacheKey ?? 0)
     }
 
     private func step() {
@@ -223,7 +226,8 @@ public final class Engine: @unchecked Sendable {
         for copy in plan.copies { cache.copyBlock(copy.source, to: copy.destination) }
         let entries = plan.chunks.map { chunk in
             Llama.BatchEntry(tokens: Array(scheduler.tokens(of: chunk.sequence)![chunk.start..<chunk.start + chunk.count]),
-                             start: chunk.start, blocks: scheduler.blockTable(of: chunk.sequence)!, wantsLogits: chunk.samples)
+                             start: chunk.start, blocks: scheduler.blockTable(of: chunk.sequence)!, wantsLogits: chunk.samples,
+                             adapter: owners[chunk.sequence]?.request.adapter)
         }
         let logits: [[Float]]
         do {
@@ -350,8 +354,11 @@ final class RequestState {
     let arrival = Date()
     var started = false
     var choices: [ChoiceState] = []
+    let adapter: InferenceAdapter?
 
-    init(id: Int, prompt: [Int], parameters: SamplingParameters, seed: UInt64, continuation: AsyncStream<GenerationEvent>.Continuation) {
+    init(id: Int, prompt: [Int], parameters: SamplingParameters, seed: UInt64, continuation: AsyncStream<GenerationEvent>.Continuation,
+         adapter: InferenceAdapter?) {
+        self.adapter = adapter
         self.id = id
         self.prompt = prompt
         self.parameters = parameters

@@ -47,6 +47,8 @@ public struct Scheduler: Sendable {
 
     struct Entry {
         var tokens: [Int]
+        /// The prefix cache's key root (the sequence's adapter).
+        var key: UInt64 = 0
         var computed = 0
         /// Prompt tokens found in the prefix cache at admission (first admission only).
         var cachedTokens: Int?
@@ -66,9 +68,9 @@ public struct Scheduler: Sendable {
     }
 
     /// Queues a new sequence. It must fit the pool on its own (`fits`).
-    public mutating func add(_ id: SequenceID, tokens: [Int]) {
+    public mutating func add(_ id: SequenceID, tokens: [Int], key: UInt64 = 0) {
         precondition(entries[id] == nil && !tokens.isEmpty)
-        entries[id] = Entry(tokens: tokens)
+        entries[id] = Entry(tokens: tokens, key: key)
         waiting.append(id)
     }
 
@@ -80,7 +82,7 @@ public struct Scheduler: Sendable {
         guard let entry = entries[parent], running.contains(parent) else { preconditionFailure("sequence \(parent) is not running") }
         precondition(entries[child] == nil)
         blocks.fork(parent, into: child)
-        entries[child] = Entry(tokens: entry.tokens, computed: entry.computed, cachedTokens: entry.cachedTokens)
+        entries[child] = Entry(tokens: entry.tokens, key: entry.key, computed: entry.computed, cachedTokens: entry.cachedTokens)
         running.append(child)
     }
 
@@ -120,7 +122,7 @@ public struct Scheduler: Sendable {
         budget = configuration.maxBatchedTokens - step.chunks.reduce(0) { $0 + $1.count }
         while step.preempted.isEmpty, budget > 0, running.count < configuration.maxSequences, let id = waiting.first {
             var entry = entries[id]!
-            let cached = blocks.admit(id, tokens: entry.tokens)
+            let cached = blocks.admit(id, tokens: entry.tokens, key: entry.key)
             entry.computed = cached
             if entry.cachedTokens == nil { entry.cachedTokens = cached }
             let count = min(entry.tokens.count - entry.computed, budget)

@@ -58,7 +58,7 @@ public final class Llama: @unchecked Sendable {
 
     /// Runs `tokens` through the model, appending them to `cache`, and returns logits
     /// [1, V] (`.last`) or [T, V] (`.all`) as a flat array.
-    public func forward(_ tokens: [Int], cache: KVCache, outputs: Outputs = .last, pool: ThreadPool = .shared) throws -> [Float] {
+    public func forward(_ tokens: [Int], cache: KVCache, outputs: Outputs = .last, adapter: InferenceAdapter? = nil, pool: ThreadPool = .shared) throws -> [Float] {
         let c = configuration
         let T = tokens.count, C = c.hiddenSize, start = cache.count
         guard T > 0 else { return [] }
@@ -66,7 +66,7 @@ public final class Llama: @unchecked Sendable {
         for id in tokens where id < 0 || id >= c.vocabularySize { throw ForwardError.tokenOutOfRange(id, vocabulary: c.vocabularySize) }
 
         let positions = (0..<T).map { Int32(start + $0) }
-        let x = transformer(tokens: tokens, positions: positions, pool: pool) { layer, q, k, v, attention in
+        let x = transformer(tokens: tokens, positions: positions, adapters: adapter.map { [($0, 0..<T)] } ?? [], pool: pool) { layer, q, k, v, attention in
             cache.store(layer: layer, keys: k, values: v, at: start, count: T)
             cachedAttentionForward(q: q, k: cache.keys[layer], v: cache.values[layer], out: attention,
                                    tokens: T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
@@ -87,7 +87,10 @@ public final class Llama: @unchecked Sendable {
     /// Embeds `tokens` and runs every block over them at `positions`; `attend(layer, q, k, v, out)`
     /// stores the new keys and values wherever the caller keeps them and writes the attention
     /// output [T, H·D]. Returns the final hidden states [T, C].
-    func transformer(tokens: [Int], positions: [Int32], integerProducts: Bool = false, pool: ThreadPool,
+    ///
+    /// `adapters` adds each LoRA adapter's update to the products of its rows (the others run on the base).
+    func transformer(tokens: [Int], positions: [Int32], integerProducts: Bool = false, adapters: [(adapter: InferenceAdapter, rows: Range<Int>)] = [],
+                     pool: ThreadPool,
                      attend: (_ layer: Int, _ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
                               _ out: UnsafeMutablePointer<Float>) -> Void) -> FloatBuffer {
         let c = configuration
@@ -103,6 +106,11 @@ public final class Llama: @unchecked Sendable {
                 WeightMatrix.multiply(x, m: T, by: products, pool: pool)
             }
         }
+        func adapt(_ layer: Int, _ x: UnsafePointer<Float>, _ products: [(LoRATarget, UnsafeMutablePointer<Float>)]) {
+            for (adapter, rows) in adapters {
+                for (target, y) in products { adapter.apply(layer: layer, target, x: x, y: y, rows: rows, pool: pool) }
+            }
+        }
 
         pool.parallelRanges(T) { rows in
             for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
@@ -110,6 +118,7 @@ public final class Llama: @unchecked Sendable {
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
             multiply(h.pointer, [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)])
+            adapt(layer, h.pointer, [(.query, q.pointer), (.key, k.pointer), (.value, v.pointer)])
             positions.withUnsafeBufferPointer { p in
                 pool.parallelRanges(T) { rows in
                     ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
@@ -120,15 +129,18 @@ public final class Llama: @unchecked Sendable {
             }
             attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
             multiply(attention.pointer, [(block.output, h.pointer)])
+            adapt(layer, attention.pointer, [(.output, h.pointer)])
             add(h.pointer, into: x.pointer, T * C)
 
             normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
             multiply(h.pointer, [(block.gate, gate.pointer), (block.up, up.pointer)])
+            adapt(layer, h.pointer, [(.gate, gate.pointer), (.up, up.pointer)])
             let I = c.intermediateSize
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
                 swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
             }
             multiply(gate.pointer, [(block.down, h.pointer)])
+            adapt(layer, gate.pointer, [(.down, h.pointer)])
             add(h.pointer, into: x.pointer, T * C)
         }
         return x

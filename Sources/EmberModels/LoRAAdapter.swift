@@ -202,3 +202,44 @@ public struct LoRAAdapter: @unchecked Sendable {
         return out
     }
 }
+
+/// An adapter ready to apply at inference: A and B per target in the base's row order (GGUF's
+/// RoPE pairing for a GGUF base), added to the base's products for the rows that ask for it, so
+/// that one batch can mix rows of several adapters and of the base.
+public final class InferenceAdapter: @unchecked Sendable {
+    public let name: String
+    public let adapter: LoRAAdapter
+    /// Salts the prefix cache's block keys: rows under another adapter have other keys and values.
+    public let cacheKey: UInt64
+    let matrices: [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]]
+
+    public init(_ adapter: LoRAAdapter, name: String, for model: Llama) {
+        self.name = name
+        self.adapter = adapter
+        var key: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 { key = (key ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        cacheKey = key | 1
+        let c = model.configuration
+        let interleaved = model.weights.ropeMode == .interleaved
+        matrices = adapter.weights.map { row in
+            var native = row
+            for (target, heads) in [(LoRATarget.query, c.headCount), (.key, c.kvHeadCount)] where interleaved {
+                guard let (a, b) = row[target] else { continue }
+                let values = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
+                native[target] = (a, FloatBuffer(LlamaTensor.interleavePairs(values, heads: heads, columns: adapter.configuration.rank)))
+            }
+            return native
+        }
+    }
+
+    /// y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ for `target` of block `layer`, x [T, in] and y [T, out].
+    func apply(layer: Int, _ target: LoRATarget, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Range<Int>, pool: ThreadPool) {
+        guard let (a, b) = matrices[layer][target], !rows.isEmpty else { return }
+        let r = adapter.configuration.rank, inputs = a.count / r, outputs = b.count / r, n = rows.count
+        let h = FloatBuffer(uninitializedCount: n * r)
+        matmul(x + rows.lowerBound * inputs, a.pointer, h.pointer, m: n, n: r, k: inputs, pool: pool)
+        let s = adapter.configuration.scale
+        for i in 0..<n * r { h.pointer[i] *= s }
+        matmul(h.pointer, b.pointer, y + rows.lowerBound * outputs, m: n, n: outputs, k: r, accumulate: true, pool: pool)
+    }
+}

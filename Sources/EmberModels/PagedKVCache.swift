@@ -63,12 +63,12 @@ extension Llama {
 
     /// Every position's logits for `tokens`, run as one batch from the start of a paged cache (a new
     /// one unless `cache` is given): the serving path's arithmetic, teacher-forced.
-    public func allLogits(_ tokens: [Int], cache: PagedKVCache? = nil, pool: ThreadPool = .shared) throws -> [[Float]] {
+    public func allLogits(_ tokens: [Int], cache: PagedKVCache? = nil, adapter: InferenceAdapter? = nil, pool: ThreadPool = .shared) throws -> [[Float]] {
         let blockSize = cache?.blockSize ?? 16
         let blocks = (tokens.count + blockSize - 1) / blockSize
         let cache = cache ?? PagedKVCache(configuration: configuration, blockCount: blocks, blockSize: blockSize)
         guard blocks <= cache.blockCount else { throw ForwardError.contextFull(needed: tokens.count, capacity: cache.blockCount * blockSize) }
-        let entry = BatchEntry(tokens: tokens, start: 0, blocks: Array(0..<blocks), wantsLogits: true, allLogits: true)
+        let entry = BatchEntry(tokens: tokens, start: 0, blocks: Array(0..<blocks), wantsLogits: true, allLogits: true, adapter: adapter)
         return try forward(batch: [entry], cache: cache, pool: pool)
     }
 
@@ -81,12 +81,15 @@ extension Llama {
         public var blocks: [Int]
         public var wantsLogits: Bool
         public var allLogits: Bool
-        public init(tokens: [Int], start: Int, blocks: [Int], wantsLogits: Bool, allLogits: Bool = false) {
+        /// The LoRA adapter this sequence runs under (nil: the base).
+        public var adapter: InferenceAdapter?
+        public init(tokens: [Int], start: Int, blocks: [Int], wantsLogits: Bool, allLogits: Bool = false, adapter: InferenceAdapter? = nil) {
             self.tokens = tokens
             self.start = start
             self.blocks = blocks
             self.wantsLogits = wantsLogits
             self.allLogits = allLogits
+            self.adapter = adapter
         }
     }
 
@@ -117,7 +120,8 @@ extension Llama {
         }
 
         let integers = WeightMatrix.integerProductsAvailable
-        let x = transformer(tokens: tokens, positions: positions, integerProducts: integers, pool: pool) { layer, q, k, v, attention in
+        let adapters = zip(batch, sequences).compactMap { e, s in e.adapter.map { ($0, s.rows) } }
+        let x = transformer(tokens: tokens, positions: positions, integerProducts: integers, adapters: adapters, pool: pool) { layer, q, k, v, attention in
             for t in 0..<T { cache.store(layer: layer, row: k + t * c.kvDim, value: v + t * c.kvDim, slot: slots[t]) }
             pagedAttentionForward(q: q, keys: cache.keys[layer], values: cache.values[layer], out: attention,
                                   sequences: sequences, blockSize: cache.blockSize, heads: c.headCount, kvHeads: c.kvHeadCount,

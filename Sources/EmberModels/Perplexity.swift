@@ -15,7 +15,8 @@ public struct PerplexityResult: Sendable, Codable {
 }
 
 extension Llama {
-    public func perplexity(tokens: [Int], context: Int, bosTokenID: Int?, arithmetic: Arithmetic = .fast, pool: ThreadPool = .shared,
+    public func perplexity(tokens: [Int], context: Int, bosTokenID: Int?, arithmetic: Arithmetic = .fast, adapter: InferenceAdapter? = nil,
+                           pool: ThreadPool = .shared,
                            progress: (_ chunk: Int, _ of: Int, _ runningPerplexity: Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
         let chunks = tokens.count / context
         guard context >= 4, chunks >= 1, tokens.count >= 2 * context else {
@@ -36,12 +37,12 @@ extension Llama {
             }
             if let cache {
                 cache.reset()
-                let logits = try forward(window, cache: cache, outputs: .all, pool: pool)
+                let logits = try forward(window, cache: cache, outputs: .all, adapter: adapter, pool: pool)
                 logits.withUnsafeBufferPointer { l in
                     for j in first..<context - 1 { score(j, l.baseAddress! + j * V) }
                 }
             } else {
-                let rows = try allLogits(window, cache: paged, pool: pool)
+                let rows = try allLogits(window, cache: paged, adapter: adapter, pool: pool)
                 for j in first..<context - 1 { rows[j].withUnsafeBufferPointer { score(j, $0.baseAddress!) } }
             }
             progress(chunk + 1, chunks, exp(negativeLogLikelihood / Double(scored)))

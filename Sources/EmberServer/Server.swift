@@ -20,10 +20,13 @@ public struct OpenAIServer: Sendable {
     public let prompting: Prompting
     public let apiKey: String?
     public let limits: Limits
+    /// LoRA adapters served beside the base, each under its own model name (vLLM's --lora-modules).
+    public let adapters: [InferenceAdapter]
 
-    public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits()) {
+    public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits(), adapters: [InferenceAdapter] = []) {
         self.engine = engine
         self.modelName = modelName
+        self.adapters = adapters
         self.prompting = prompting
         self.apiKey = apiKey
         self.limits = limits
@@ -41,9 +44,13 @@ public struct OpenAIServer: Sendable {
                      body: .init(byteBuffer: ByteBuffer(string: engine.metrics.prometheus(model: modelName))))
         }
         router.get("v1/models") { _, _ in
-            let model = JinjaValue.object([("id", .string(modelName)), ("object", "model"), ("created", .int(Self.started)),
-                                          ("owned_by", "ember"), ("max_model_len", .int(engine.configuration.maxModelLength))])
-            return Self.json(.object([("object", "list"), ("data", .list([model]))]))
+            func card(_ id: String, parent: String?) -> JinjaValue {
+                .object([("id", .string(id)), ("object", "model"), ("created", .int(Self.started)), ("owned_by", "ember"),
+                         ("root", .string(parent == nil ? modelName : id)), ("parent", parent.map { .string($0) } ?? .none),
+                         ("max_model_len", .int(engine.configuration.maxModelLength))])
+            }
+            let cards = [card(modelName, parent: nil)] + adapters.map { card($0.name, parent: modelName) }
+            return Self.json(.object([("object", "list"), ("data", .list(cards))]))
         }
         router.post("tokenize") { request, _ in try await handle { try tokenize(try await body(request)) } }
         router.post("detokenize") { request, _ in try await handle { try detokenize(try await body(request)) } }
@@ -148,8 +155,12 @@ public struct OpenAIServer: Sendable {
     }
 
     private func completion(_ f: Fields, chat: Bool) async throws -> Response {
+        var adapter: InferenceAdapter?
         if let model = try f.string("model"), model != modelName {
-            throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
+            guard let named = adapters.first(where: { $0.name == model }) else {
+                throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
+            }
+            adapter = named
         }
         var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
         let prompt: [Int]
@@ -194,12 +205,12 @@ public struct OpenAIServer: Sendable {
 
         let submitted: (id: Int, events: AsyncStream<GenerationEvent>)
         do {
-            submitted = try engine.submit(prompt: prompt, parameters: parameters)
+            submitted = try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
         } catch let error as RequestError {
             throw APIError.badRequest(error.message)
         }
         let response = ResponseBuilder(id: (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased(),
-                                       chat: chat, model: modelName, tokenizer: tokenizer, n: parameters.n,
+                                       chat: chat, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
                                        logprobs: parameters.logprobs, promptTokens: prompt.count)
         if stream {
             let engine = engine, includeUsage = includeUsage

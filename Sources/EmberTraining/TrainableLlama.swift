@@ -182,7 +182,8 @@ public final class TrainableLlama: @unchecked Sendable {
                 if let adapter {
                     let (savedA, savedB) = adapter.weights[layer][target]!
                     a.pointer.update(from: savedA.pointer, count: a.count)
-                    b.pointer.update(from: Self.nativeRows(savedB, target, c, ropeMode, toNative: true).pointer, count: b.count)
+                    let native = Self.nativeRows(savedB, target, c, ropeMode, toNative: true)
+                    withExtendedLifetime(native) { b.pointer.update(from: native.pointer, count: b.count) }
                 } else {
                     let bound = 1 / Double(a.shape[1]).squareRoot()
                     for i in 0..<a.count { a.pointer[i] = Float((2 * random.nextUnit() - 1) * bound) }

@@ -44,6 +44,21 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// `--lora`: run under a LoRA adapter (a PEFT folder) over the model.
+struct AdapterOption: ParsableArguments {
+    @Option(name: .customLong("lora"), help: ArgumentHelp("Apply a LoRA adapter: a PEFT folder (adapter_config.json, adapter_model.safetensors), such as an ember sft run's adapter/.", valueName: "dir"))
+    var lora: String?
+
+    func load(for loaded: LoadedModel) throws -> InferenceAdapter? {
+        guard let lora else { return nil }
+        do {
+            return InferenceAdapter(try LoRAAdapter.load(directory: lora, for: loaded.model.configuration), name: lora, for: loaded.model)
+        } catch {
+            throw CommandError("--lora \(lora): \(error)")
+        }
+    }
+}
+
 /// Writes to standard error without buffering.
 func printError(_ text: String, terminator: String = "\n") {
     FileHandle.standardError.write(Data((text + terminator).utf8))

@@ -23,6 +23,7 @@ struct Generate: AsyncParsableCommand {
 
     @OptionGroup var options: ModelOptions
     @OptionGroup var arithmetic: ArithmeticOption
+    @OptionGroup var adapter: AdapterOption
 
     @Option(help: "The text to continue (or, with --chat, the user's message).")
     var prompt: String?
@@ -99,9 +100,10 @@ struct Generate: AsyncParsableCommand {
         let prompting = try loaded.prompting()
         let model = loaded.model
         let capacity = min(context ?? min(model.configuration.maxPositionEmbeddings, 4096), model.configuration.maxPositionEmbeddings)
+        let lora = try adapter.load(for: loaded)
         let generator: any ReplyGenerator = switch arithmetic.arithmetic {
-        case .fast: EngineReplies(model: model, tokenizer: prompting.tokenizer, capacity: capacity)
-        case .llamaCppExact: ExactReplies(model: model, tokenizer: prompting.tokenizer, capacity: capacity)
+        case .fast: EngineReplies(model: model, tokenizer: prompting.tokenizer, capacity: capacity, adapter: lora)
+        case .llamaCppExact: ExactReplies(model: model, tokenizer: prompting.tokenizer, capacity: capacity, adapter: lora)
         }
 
         /// Generates after `tokens`; returns the reply's text.
@@ -167,8 +169,10 @@ protocol ReplyGenerator {
 /// earlier turns.
 final class EngineReplies: ReplyGenerator {
     let engine: Engine
+    let adapter: InferenceAdapter?
 
-    init(model: Llama, tokenizer: any Tokenizer, capacity: Int) {
+    init(model: Llama, tokenizer: any Tokenizer, capacity: Int, adapter: InferenceAdapter?) {
+        self.adapter = adapter
         var configuration = Engine.Configuration(blockCount: (capacity + 15) / 16, maxModelLength: capacity)
         configuration.maxSequences = 1
         configuration.maxTokensLimit = capacity
@@ -179,7 +183,7 @@ final class EngineReplies: ReplyGenerator {
     deinit { engine.stop() }
 
     func generate(_ prompt: [Int], parameters: SamplingParameters, _ handle: (GenerationEvent) -> Void) async throws {
-        let (_, events) = try engine.submit(prompt: prompt, parameters: parameters)
+        let (_, events) = try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
         for await event in events {
             if case .failed(let message) = event { throw CommandError(message) }
             handle(event)
@@ -195,8 +199,10 @@ final class ExactReplies: ReplyGenerator {
     let cache: KVCache
     /// The tokens the cache holds, so that each chat turn only feeds what is new.
     var history: [Int] = []
+    let adapter: InferenceAdapter?
 
-    init(model: Llama, tokenizer: any Tokenizer, capacity: Int) {
+    init(model: Llama, tokenizer: any Tokenizer, capacity: Int, adapter: InferenceAdapter?) {
+        self.adapter = adapter
         self.model = model
         self.tokenizer = tokenizer
         cache = model.makeCache(capacity: capacity)
@@ -206,7 +212,7 @@ final class ExactReplies: ReplyGenerator {
         let keep = min(zip(history, prompt).prefix { $0 == $1 }.count, prompt.count - 1, cache.count)
         cache.truncate(to: keep)
         history = prompt
-        var logits = try model.forward(Array(prompt[keep...]), cache: cache)
+        var logits = try model.forward(Array(prompt[keep...]), cache: cache, adapter: adapter)
         handle(.started(promptTokens: prompt.count, cachedTokens: keep))
         var sampler = Sampler(parameters: p, seed: p.seed ?? 0)
         var decoder = StreamingDecoder(), stops = StopMatcher(stops: p.stop)
@@ -222,7 +228,7 @@ final class ExactReplies: ReplyGenerator {
             let (release, stopped) = stops.append(decoder.append(tokenizer.bytes(of: token)))
             handle(.delta(choice: 0, text: release, tokens: [token], logprobs: []))
             if stopped { reason = .stop; stoppedByText = true; break }
-            if produced < p.maxTokens { logits = try model.forward([token], cache: cache) }
+            if produced < p.maxTokens { logits = try model.forward([token], cache: cache, adapter: adapter) }
         }
         if !stoppedByText {
             let (release, stopped) = stops.append(decoder.finish())

@@ -12,6 +12,7 @@ struct Perplexity: ParsableCommand {
 
     @OptionGroup var options: ModelOptions
     @OptionGroup var arithmetic: ArithmeticOption
+    @OptionGroup var adapter: AdapterOption
 
     @Option(help: ArgumentHelp("The text file to score.", valueName: "path"))
     var file: String
@@ -38,7 +39,7 @@ struct Perplexity: ParsableCommand {
         if loaded.addBOS, let bos = tokenizer.bosTokenID { tokens.insert(bos, at: 0) }
         let start = Date()
         let result = try loaded.model.perplexity(tokens: tokens, context: context, bosTokenID: loaded.addBOS ? tokenizer.bosTokenID : nil,
-                                                 arithmetic: arithmetic.arithmetic) {
+                                                 arithmetic: arithmetic.arithmetic, adapter: try adapter.load(for: loaded)) {
             chunk, total, running in
             printError(String(format: "\r[%d/%d] perplexity %.4f", chunk, total, running), terminator: chunk == total ? "\n" : "")
         }

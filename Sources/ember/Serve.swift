@@ -15,6 +15,7 @@ struct Serve: AsyncParsableCommand {
 
         Examples:
           ember serve --model model.gguf --port 8000
+          ember serve --model model.gguf --lora-modules alpaca=runs/lora/adapter code=runs/code/adapter   # "model": "alpaca" picks that adapter
           curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{"messages": [{"role": "user", "content": "Hi!"}]}'
         """)
 
@@ -47,12 +48,20 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "The model name clients use (default: the file or directory name).")
     var servedModelName: String?
 
+    @Option(name: .customLong("lora-modules"), parsing: .upToNextOption,
+            help: ArgumentHelp("LoRA adapters to serve beside the base, as NAME=DIR (PEFT folders: adapter_config.json and adapter_model.safetensors); a request's \"model\": NAME runs under that adapter, in the same batches as the others.", valueName: "name=dir"))
+    var loraModules: [String] = []
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
         guard maxBatchedTokens >= 1 else { throw ValidationError("--max-batched-tokens must be at least 1") }
         guard Self.bytes(kvCacheMemory) != nil else { throw ValidationError("--kv-cache-memory: give bytes or a size such as 512MiB or 2GiB") }
         if let maxModelLen { guard maxModelLen >= 2 else { throw ValidationError("--max-model-len must be at least 2") } }
+        for module in loraModules {
+            let parts = module.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw ValidationError("--lora-modules takes NAME=DIR, not \(module)") }
+        }
     }
 
     static func bytes(_ text: String) -> Int? {
@@ -78,7 +87,21 @@ struct Serve: AsyncParsableCommand {
         engine.start()
         let kvTokens = configuration.blockCount * configuration.blockSize, threads = options.threads
         let name = servedModelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
-        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey)
+        var adapters: [InferenceAdapter] = []
+        for module in loraModules {
+            let parts = module.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts[0] != name, !adapters.contains(where: { $0.name == parts[0] }) else {
+                throw CommandError("--lora-modules: the name \(parts[0]) is already taken (by the base or another adapter)")
+            }
+            do {
+                adapters.append(InferenceAdapter(try LoRAAdapter.load(directory: parts[1], for: model.configuration), name: parts[0], for: model))
+            } catch {
+                throw CommandError("--lora-modules \(parts[0]): \(error)")
+            }
+            let lora = adapters.last!.adapter.configuration
+            printError("adapter \(parts[0]): rank \(lora.rank), alpha \(lora.alpha) on \(lora.targets.map(\.rawValue).joined(separator: ",")) from \(parts[1])")
+        }
+        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, adapters: adapters)
         let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")

@@ -16,6 +16,19 @@ import Testing
         #expect(m.freeBlockCount == 8 && m.usage == 0)
     }
 
+    @Test func prefixCacheIsKeyedByAdapter() {
+        var m = BlockManager(blockCount: 8, blockSize: 16)
+        let prompt = Array(100..<140)
+        _ = m.admit(1, tokens: prompt, key: 77)
+        do { let ok = m.reserve(1, tokens: 40); #expect(ok) }
+        m.commit(1, tokens: prompt, computed: 40)
+        do { let ok = m.admit(2, tokens: prompt) == 0; #expect(ok, "the base must not reuse an adapter's blocks") }
+        do { let ok = m.admit(3, tokens: prompt, key: 78) == 0; #expect(ok, "another adapter must not reuse them") }
+        do { let ok = m.admit(4, tokens: prompt, key: 77) == 32; #expect(ok, "the same adapter reuses them") }
+        for s in 1...4 { m.free(s) }
+        #expect(m.freeBlockCount == 8)
+    }
+
     @Test func prefixCacheHitsWholeBlocksButNeverTheLastToken() {
         var m = BlockManager(blockCount: 8, blockSize: 16)
         let prompt = Array(100..<140)

@@ -102,6 +102,88 @@ import Testing
         #expect(again.configuration == adapter.configuration)
     }
 
+    /// The base's weights with the query and key rows in GGUF's RoPE pairing (what a GGUF base holds).
+    func interleavedBase() -> LlamaWeights {
+        let c = base.model.configuration
+        var w = base.model.weights
+        func permuted(_ m: WeightMatrix, heads: Int) -> WeightMatrix {
+            let values = dequantize(m.type, from: m.data, count: m.rows * m.columns)
+            let buffer = FloatBuffer(LlamaTensor.interleavePairs(values, heads: heads, columns: m.columns))
+            return WeightMatrix(type: .f32, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(buffer.pointer), owner: buffer)
+        }
+        for i in w.blocks.indices {
+            w.blocks[i].query = permuted(w.blocks[i].query, heads: c.headCount)
+            w.blocks[i].key = permuted(w.blocks[i].key, heads: c.kvHeadCount)
+        }
+        w.ropeMode = .interleaved
+        return w
+    }
+
+    /// The serving path (a paged batch) under the adapter, over a Hugging Face and a GGUF-ordered
+    /// base; and training over the GGUF-ordered base gives the same logits and saves the same adapter.
+    @Test func inferenceAdapterGivesPEFTsLogits() throws {
+        let c = base.model.configuration
+        let adapter = try LoRAAdapter.load(directory: Self.fixture("peft-adapter"), for: c)
+        let expected = try Self.values(reference, "adapted_logits")
+        let V = c.vocabularySize
+        for weights in [base.model.weights, interleavedBase()] {
+            let model = Llama(configuration: c, weights: weights)
+            let served = InferenceAdapter(adapter, name: "peft", for: model)
+            var worst: Float = 0
+            for row in 0..<2 {
+                let logits = try model.allLogits(ids[row * 12..<(row + 1) * 12].map { Int($0) }, adapter: served).flatMap { $0 }
+                worst = max(worst, maxDifference(logits, Array(expected[row * 12 * V..<(row + 1) * 12 * V])))
+            }
+            // The serving arithmetic itself (its attention's exponentials) differs from PyTorch's by this much on the base alone.
+            var baseline: Float = 0
+            let baseLogits = try Self.values(reference, "base_logits")
+            for row in 0..<2 {
+                let logits = try model.allLogits(ids[row * 12..<(row + 1) * 12].map { Int($0) }).flatMap { $0 }
+                baseline = max(baseline, maxDifference(logits, Array(baseLogits[row * 12 * V..<(row + 1) * 12 * V])))
+            }
+            print("serving path under the PEFT adapter, \(weights.ropeMode) base: logits max difference \(worst) (the base alone: \(baseline))")
+            #expect(worst < max(1e-4, 2 * baseline))
+            let trainable = try TrainableLlama(base: weights, configuration: c, lora: adapter.configuration, adapter: adapter)
+            #expect(maxDifference(logits(trainable), expected) < 1e-4)
+            let saved = trainable.adapter()
+            for layer in 0..<c.layerCount {
+                for t in LoRATarget.allCases {
+                    #expect(saved.weights[layer][t]!.b.values == adapter.weights[layer][t]!.b.values, "\(t) of layer \(layer) saved in another row order")
+                }
+            }
+        }
+    }
+
+    /// The base and two adapters in one batch: every row's logits equal its own run alone.
+    @Test func mixedAdapterBatchEqualsSeparateRuns() throws {
+        let c = base.model.configuration
+        let model = Llama(configuration: c, weights: interleavedBase())
+        let peft = try LoRAAdapter.load(directory: Self.fixture("peft-adapter"), for: c)
+        var doubled = peft.configuration
+        doubled.alpha *= 2
+        let adapters: [InferenceAdapter?] = [nil, InferenceAdapter(peft, name: "a", for: model),
+                                             InferenceAdapter(LoRAAdapter(configuration: doubled, weights: peft.weights), name: "b", for: model)]
+        let prompts = [Array(ids[0..<12]), Array(ids[12..<24]), Array(ids[3..<10])].map { $0.map { Int($0) } }
+        let cache = PagedKVCache(configuration: c, blockCount: 8, blockSize: 4)
+        var next = 0
+        let entries = zip(prompts, adapters).map { prompt, adapter in
+            let blocks = (prompt.count + 3) / 4
+            defer { next += blocks }
+            return Llama.BatchEntry(tokens: prompt, start: 0, blocks: Array(next..<next + blocks), wantsLogits: true, allLogits: true, adapter: adapter)
+        }
+        let batched = try model.forward(batch: entries, cache: cache)
+        var offset = 0, worst: Float = 0
+        for (prompt, adapter) in zip(prompts, adapters) {
+            let alone = try model.allLogits(prompt, adapter: adapter)
+            for (i, row) in alone.enumerated() { worst = max(worst, maxDifference(row, batched[offset + i])) }
+            offset += prompt.count
+        }
+        let apart = maxDifference(batched[12], batched[24])  // the same token at position 0 under adapters a and b
+        print("base + 2 adapters in one batch against each alone: max difference \(worst) (adapters a and b differ by \(apart) at the same first token)")
+        #expect(worst < 1e-5)
+        #expect(apart > 1e-3)
+    }
+
     /// Writes a copy of the PEFT adapter with `edit` applied to its config, and returns the error loading it gives.
     func loadingError(for c: LlamaConfiguration? = nil, _ edit: (inout [String: Any]) -> Void) throws -> String? {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("ember-lora-bad-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
