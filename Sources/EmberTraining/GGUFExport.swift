@@ -13,9 +13,19 @@ import Foundation
 public enum GGUFExport {
     public enum MatrixType: String, CaseIterable, Sendable { case f32, f16, q8_0 }
 
-    public static func write(directory: String, to path: String, type: MatrixType) throws {
+    /// With `merging`, each adapted matrix is written as W + (α / r) · B · A (`--merge-lora`).
+    public static func write(directory: String, to path: String, type: MatrixType, merging adapter: LoRAAdapter? = nil) throws {
         let model = try TrainableLlama(directory: directory)
         let c = model.configuration
+        if let adapter {
+            let byName = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, $0) })
+            for layer in 0..<c.layerCount {
+                for target in adapter.configuration.targets {
+                    let w = byName[LlamaTensor(target.role, layer: layer, c).name(.huggingFace)]!
+                    for (i, d) in adapter.delta(layer: layer, target).enumerated() { w.pointer[i] += d }
+                }
+            }
+        }
         let tokenizerPath = directory + "/tokenizer.json"
         guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(directory): no tokenizer.json to export") }
         guard let tokenizer = try TokenizerJSON.load(path: tokenizerPath) as? ByteLevelBPETokenizer else {
@@ -82,6 +92,29 @@ public enum GGUFExport {
             case .f32: writer.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
             case .f16: writer.addTensor(name: name, type: .f16, extents: extents, data: values.map { Float16($0) }.withUnsafeBytes { Array($0) })
             case .q8_0: writer.addTensor(name: name, type: .q8_0, extents: extents, data: quantizeQ8_0(values))
+            }
+        }
+        try writer.write(to: path)
+    }
+
+    /// Writes a LoRA adapter as llama.cpp's GGUF adapter (`llama-cli --lora`): `general.type`
+    /// adapter, `adapter.type` lora, `adapter.lora.alpha`, and for each adapted matrix
+    /// `<its GGUF name>.lora_a` [r, in] and `.lora_b` [out, r] in f32, B's query and key rows in
+    /// GGUF's RoPE pairing as the base's rows are. llama.cpp scales by alpha / rank.
+    public static func writeAdapter(_ adapter: LoRAAdapter, configuration c: LlamaConfiguration, name: String, to path: String) throws {
+        let lora = adapter.configuration
+        guard !lora.rankStabilized else { throw FormatError("rsLoRA (alpha / √rank) has no GGUF form: llama.cpp scales by alpha / rank") }
+        var writer = GGUFWriter()
+        writer.metadata = [("general.architecture", .string("llama")), ("general.type", .string("adapter")), ("general.name", .string(name)),
+                           ("adapter.type", .string("lora")), ("adapter.lora.alpha", .float32(lora.alpha))]
+        for layer in 0..<c.layerCount {
+            for target in lora.targets {
+                let t = LlamaTensor(target.role, layer: layer, c), (a, b) = adapter.weights[layer][target]!
+                var bValues = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
+                if t.permutedInGGUF { bValues = LlamaTensor.interleavePairs(bValues, heads: t.heads(c), columns: lora.rank) }
+                let aValues = Array(UnsafeBufferPointer(start: a.pointer, count: a.count))
+                writer.addTensor(name: t.name(.gguf) + ".lora_a", type: .f32, extents: [t.shape[1], lora.rank], data: aValues.withUnsafeBytes { Array($0) })
+                writer.addTensor(name: t.name(.gguf) + ".lora_b", type: .f32, extents: [lora.rank, t.shape[0]], data: bValues.withUnsafeBytes { Array($0) })
             }
         }
         try writer.write(to: path)

@@ -9,12 +9,17 @@ struct Export: ParsableCommand {
         discussion: """
         INPUT is a Hugging Face LLaMA directory with config.json, model.safetensors and a byte-level BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are always f32; --type sets the matrices.
 
-        Example:
+        --merge-lora DIR writes the model with a LoRA adapter (a PEFT folder, such as `ember sft --lora-rank`'s adapter/) merged into its weights: W + (α / r) · B · A. --lora DIR writes the adapter alone as llama.cpp's GGUF LoRA adapter (for llama-cli and llama-server --lora); INPUT is then its base, a folder or a GGUF file.
+
+        Examples:
           ember export --input runs/tiny/model --gguf tiny.gguf --type q8_0
           llama-cli -m tiny.gguf -p "def "
+          ember export --input .cache/models/SmolLM2-135M-f32 --merge-lora runs/lora/adapter --gguf merged.gguf
+          ember export --input .cache/models/SmolLM2-135M-f32 --lora runs/lora/adapter --gguf adapter.gguf
+          llama-perplexity -m base.gguf --lora adapter.gguf -f text.txt
         """)
 
-    @Option(help: ArgumentHelp("The model directory.", valueName: "dir"))
+    @Option(help: ArgumentHelp("The model directory (with --lora: the adapter's base, a directory or a GGUF file).", valueName: "path"))
     var input: String
 
     @Option(help: ArgumentHelp("The GGUF file to write.", valueName: "path"))
@@ -23,11 +28,29 @@ struct Export: ParsableCommand {
     @Option(help: "Matrix type: f32, f16 or q8_0.")
     var type: GGUFExport.MatrixType = .f32
 
+    @Option(name: .customLong("merge-lora"), help: ArgumentHelp("Merge this LoRA adapter (a PEFT folder) into the weights written.", valueName: "dir"))
+    var mergeLora: String?
+
+    @Option(help: ArgumentHelp("Write this LoRA adapter (a PEFT folder) as a GGUF LoRA adapter instead of a model.", valueName: "dir"))
+    var lora: String?
+
+    func validate() throws {
+        guard mergeLora == nil || lora == nil else { throw ValidationError("give --merge-lora (a merged model) or --lora (the adapter alone), not both") }
+    }
+
     func run() throws {
         let start = Date()
-        try GGUFExport.write(directory: input, to: gguf, type: type)
+        if let lora {
+            let base = try LoadedModel.load(path: input)
+            let adapter = try LoRAAdapter.load(directory: lora, for: base.model.configuration)
+            try GGUFExport.writeAdapter(adapter, configuration: base.model.configuration, name: URL(fileURLWithPath: lora).lastPathComponent, to: gguf)
+        } else {
+            let merged = try mergeLora.map { try LoRAAdapter.load(directory: $0, for: LlamaConfiguration.load(configPath: input + "/config.json")) }
+            try GGUFExport.write(directory: input, to: gguf, type: type, merging: merged)
+        }
         let size = (try? FileManager.default.attributesOfItem(atPath: gguf)[.size] as? Int) ?? 0
-        printError(String(format: "wrote %@ (%@, %.1f MB) in %.1f s", gguf, type.rawValue, Double(size) / 1e6, Date().timeIntervalSince(start)))
+        let what = lora != nil ? "LoRA adapter, f32" : mergeLora != nil ? type.rawValue + ", LoRA merged" : type.rawValue
+        printError(String(format: "wrote %@ (%@, %.1f MB) in %.1f s", gguf, what, Double(size) / 1e6, Date().timeIntervalSince(start)))
     }
 }
 
