@@ -205,5 +205,49 @@ class SameSeedSameText(unittest.TestCase):
                 self.assertEqual(generated, served + "\n")
 
 
+class Adapters(unittest.TestCase):
+    """Two LoRA adapters served beside the base (--lora-modules one=… two=…)."""
+
+    def complete(self, model, prompt, **kw):
+        return client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0, **kw)
+
+    def test_models_list_adapters_with_their_parent(self):
+        cards = {m.id: m for m in client.models.list().data}
+        for name in ["one", "two"]:
+            self.assertIn(name, cards)
+            self.assertEqual(cards[name].model_extra["parent"], MODEL)
+
+    def test_model_selects_the_adapter_in_one_batch(self):
+        prompts = [f"Question {i}: what is the tallest mountain?" for i in range(3)]
+        models = [MODEL, "one", "two"]
+        alone = {(m, p): self.complete(m, p).choices[0].text for m in models for p in prompts}
+        self.assertNotEqual(alone[(MODEL, prompts[0])], alone[("one", prompts[0])])
+        self.assertNotEqual(alone[("one", prompts[0])], alone[("two", prompts[0])])
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            together = dict(zip(alone, pool.map(lambda key: self.complete(*key).choices[0].text, alone)))
+        self.assertEqual(alone, together)
+        self.assertEqual(self.complete("one", prompts[0]).model, "one")
+
+    def test_generate_with_lora_equals_the_served_adapter(self):
+        prompt = "The three primary colours are"
+        args = [os.environ.get("EMBER_BINARY", ".build/release/ember"), "generate", "--model", os.environ["EMBER_MODEL"],
+                "--lora", os.environ["EMBER_ADAPTERS"] + "/1", "--prompt", prompt, "--max-tokens", "12", "--temperature", "0",
+                "--threads", "1", "--context", "512"]
+        generated = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+        self.assertEqual(generated, self.complete("one", prompt).choices[0].text + "\n")
+
+    def test_prefix_cache_is_per_adapter(self):
+        long = "A long shared instruction about adapters and caches, repeated. " * 8
+        client.chat.completions.create(model="one", messages=[{"role": "user", "content": long + "A?"}], max_tokens=1)
+        same = client.chat.completions.create(model="one", messages=[{"role": "user", "content": long + "B?"}], max_tokens=1)
+        other = client.chat.completions.create(model="two", messages=[{"role": "user", "content": long + "B?"}], max_tokens=1)
+        self.assertGreater(same.usage.prompt_tokens_details.cached_tokens, 0)
+        self.assertEqual(other.usage.prompt_tokens_details.cached_tokens, 0)
+
+    def test_unknown_model_is_404(self):
+        with self.assertRaises(openai.NotFoundError):
+            self.complete("three", "Hi")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
