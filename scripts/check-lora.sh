@@ -29,7 +29,8 @@ text = "\n\n".join(r["completion"][0]["content"] for r in rows[-120:])
 open(sys.argv[1], "w").write(text)
 PY
 ember() { .build/release/ember perplexity "$@" --file "$work/text.txt" --context "$context" 2>/dev/null | sed -n 's/^perplexity \([0-9.]*\).*/\1/p'; }
-llama() { .cache/llama.cpp/build/bin/llama-perplexity "$@" -f "$work/text.txt" -c "$context" -t 2 2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'; }
+# --no-repack: this llama.cpp build crashes repacking q4_1 rows for AVX-512 on some CPUs (seen on a Xeon with AVX-512 VNNI).
+llama() { .cache/llama.cpp/build/bin/llama-perplexity "$@" -f "$work/text.txt" -c "$context" -t 2 --no-repack 2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'; }
 peft() {
     "$python" - "$folder" "$work/text.txt" "$context" "$@" <<'PY'
 import math, sys, torch
