@@ -189,6 +189,21 @@ public struct LoRAAdapter: @unchecked Sendable {
         try writeFile(json, to: directory + "/adapter_config.json")
     }
 
+    /// The weights with B's query and key rows in the RoPE pairing `mode` stores them in (GGUF's
+    /// for `.interleaved`; Hugging Face's, as saved, for `.neox`), or back from it with `inverse`.
+    public func weights(rowOrder mode: RopeMode, _ c: LlamaConfiguration, inverse: Bool = false) -> [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]] {
+        guard mode == .interleaved else { return weights }
+        return weights.map { row in
+            var ordered = row
+            for (target, heads) in [(LoRATarget.query, c.headCount), (.key, c.kvHeadCount)] {
+                guard let (a, b) = row[target] else { continue }
+                let values = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
+                ordered[target] = (a, FloatBuffer(LlamaTensor.interleavePairs(values, heads: heads, columns: configuration.rank, inverse: inverse)))
+            }
+            return ordered
+        }
+    }
+
     /// ΔW = scale · B · A of `target` in block `layer`, [out, in], in Hugging Face's row order.
     public func delta(layer: Int, _ target: LoRATarget) -> [Float] {
         let (a, b) = weights[layer][target]!, r = configuration.rank, inputs = a.count / r, outputs = b.count / r, s = configuration.scale
@@ -219,17 +234,7 @@ public final class InferenceAdapter: @unchecked Sendable {
         var key: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in name.utf8 { key = (key ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
         cacheKey = key | 1
-        let c = model.configuration
-        let interleaved = model.weights.ropeMode == .interleaved
-        matrices = adapter.weights.map { row in
-            var native = row
-            for (target, heads) in [(LoRATarget.query, c.headCount), (.key, c.kvHeadCount)] where interleaved {
-                guard let (a, b) = row[target] else { continue }
-                let values = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
-                native[target] = (a, FloatBuffer(LlamaTensor.interleavePairs(values, heads: heads, columns: adapter.configuration.rank)))
-            }
-            return native
-        }
+        matrices = adapter.weights(rowOrder: model.weights.ropeMode, model.configuration)
     }
 
     /// y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ for `target` of block `layer`, x [T, in] and y [T, out].

@@ -107,11 +107,11 @@ public enum GGUFExport {
         var writer = GGUFWriter()
         writer.metadata = [("general.architecture", .string("llama")), ("general.type", .string("adapter")), ("general.name", .string(name)),
                            ("adapter.type", .string("lora")), ("adapter.lora.alpha", .float32(lora.alpha))]
+        let weights = adapter.weights(rowOrder: .interleaved, c)
         for layer in 0..<c.layerCount {
             for target in lora.targets {
-                let t = LlamaTensor(target.role, layer: layer, c), (a, b) = adapter.weights[layer][target]!
-                var bValues = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
-                if t.permutedInGGUF { bValues = LlamaTensor.interleavePairs(bValues, heads: t.heads(c), columns: lora.rank) }
+                let t = LlamaTensor(target.role, layer: layer, c), (a, b) = weights[layer][target]!
+                let bValues = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
                 let aValues = Array(UnsafeBufferPointer(start: a.pointer, count: a.count))
                 writer.addTensor(name: t.name(.gguf) + ".lora_a", type: .f32, extents: [t.shape[1], lora.rank], data: aValues.withUnsafeBytes { Array($0) })
                 writer.addTensor(name: t.name(.gguf) + ".lora_b", type: .f32, extents: [lora.rank, t.shape[0]], data: bValues.withUnsafeBytes { Array($0) })

@@ -174,16 +174,15 @@ public final class TrainableLlama: @unchecked Sendable {
         var random = SplitMix64(seed: seed)
         var next = 0
         var pairs: [[LoRATarget: (a: Variable, b: Variable)]] = []
+        let saved = adapter?.weights(rowOrder: ropeMode, c)
         for layer in 0..<c.layerCount {
             var row: [LoRATarget: (a: Variable, b: Variable)] = [:]
             for target in settings.targets {
                 let a = arena.parameters[next], b = arena.parameters[next + 1]
                 next += 2
-                if let adapter {
-                    let (savedA, savedB) = adapter.weights[layer][target]!
+                if let (savedA, savedB) = saved?[layer][target] {
                     a.pointer.update(from: savedA.pointer, count: a.count)
-                    let native = Self.nativeRows(savedB, target, c, ropeMode, toNative: true)
-                    withExtendedLifetime(native) { b.pointer.update(from: native.pointer, count: b.count) }
+                    b.pointer.update(from: savedB.pointer, count: b.count)
                 } else {
                     let bound = 1 / Double(a.shape[1]).squareRoot()
                     for i in 0..<a.count { a.pointer[i] = Float((2 * random.nextUnit() - 1) * bound) }
@@ -206,30 +205,19 @@ public final class TrainableLlama: @unchecked Sendable {
         output = .frozen(base.output, lora: nil)
     }
 
-    /// B's rows of a query or key target turned between Hugging Face's RoPE pairing (how adapters
-    /// are saved) and the base's (GGUF's interleaved pairs for a GGUF base); other targets as they are.
-    static func nativeRows(_ b: FloatBuffer, _ target: LoRATarget, _ c: LlamaConfiguration, _ mode: RopeMode, toNative: Bool) -> FloatBuffer {
-        guard mode == .interleaved, target == .query || target == .key else { return b }
-        let values = Array(UnsafeBufferPointer(start: b.pointer, count: b.count))
-        return FloatBuffer(LlamaTensor.interleavePairs(values, heads: LlamaTensor(target.role, layer: 0, c).heads(c), columns: b.count / LlamaTensor(target.role, layer: 0, c).shape[0],
-                                                       inverse: !toNative))
-    }
-
     /// The adapter as it stands, in Hugging Face's row order (what PEFT loads).
     public func adapter() -> LoRAAdapter {
         precondition(lora != nil, "a model without LoRA has no adapter")
-        let c = configuration
         let weights = blocks.map { block in
             var row: [LoRATarget: (a: FloatBuffer, b: FloatBuffer)] = [:]
             for (target, linear) in zip(LoRATarget.allCases, block.linears) {
                 guard case .frozen(_, let pair?) = linear else { continue }
-                let b = FloatBuffer(uninitializedCount: pair.b.count)
-                b.pointer.update(from: pair.b.pointer, count: b.count)
-                row[target] = (FloatBuffer(pair.a.values), Self.nativeRows(b, target, c, ropeMode, toNative: false))
+                row[target] = (FloatBuffer(pair.a.values), FloatBuffer(pair.b.values))
             }
             return row
         }
-        return LoRAAdapter(configuration: lora!, weights: weights)
+        let native = LoRAAdapter(configuration: lora!, weights: weights)
+        return LoRAAdapter(configuration: lora!, weights: native.weights(rowOrder: ropeMode, configuration, inverse: true))
     }
 
     /// A new model: matrices and embeddings drawn from N(0, 0.02²) (Hugging Face's default
