@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts `ember serve` with the default model on a free loopback port and runs
 # Tests/openai/client_test.py against it with the official openai package (installed into
-# .cache/venv), with two random LoRA adapters served beside the base (--lora-modules). Stops the server afterwards, and fails if the server crashed.
+# .cache/venv), with two random LoRA adapters served beside the base (--lora-modules), and a second
+# server on the f32 model with fill-in-the-middle tokens added (ember export --add-fim-tokens) for
+# /infill. Stops the servers afterwards, and fails if one crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,15 +17,27 @@ for n in 1 2; do "$tools" scripts/make-random-adapter.py "$adapters/$n" --seed "
 .build/release/ember serve --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --port "$port" --api-key "$key" \
     --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 256MiB --lora-modules one="$adapters/1" two="$adapters/2" > "$log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$log" "$adapters"' EXIT
-for _ in $(seq 100); do
-    "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$port/health').status_code != 200)" 2>/dev/null && break
-    kill -0 $server 2>/dev/null || { cat "$log"; echo "ember serve exited before it was ready" >&2; exit 1; }
-    sleep 0.2
+fim_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fim_log=$(mktemp)
+trap 'kill $server ${fim_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$adapters"' EXIT
+.build/release/ember export --input .cache/models/SmolLM2-135M-f32 --add-fim-tokens "$adapters/fim"
+.build/release/ember serve --model "$adapters/fim" --served-model-name fim --port "$fim_port" --api-key "$key" \
+    --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 128MiB > "$fim_log" 2>&1 &
+fim_server=$!
+for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log"; do
+    IFS=: read -r at pid out <<< "$p"
+    for _ in $(seq 150); do
+        "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$at/health').status_code != 200)" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || { cat "$out"; echo "ember serve exited before it was ready" >&2; exit 1; }
+        sleep 0.2
+    done
 done
 status=0
-EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_API_KEY="$key" EMBER_MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf EMBER_ADAPTERS="$adapters" "$python" Tests/openai/client_test.py || status=$?
-kill -0 $server 2>/dev/null || { cat "$log"; echo "ember serve crashed during the tests" >&2; exit 1; }
-kill -INT $server
-wait $server || true
+EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_API_KEY="$key" \
+    EMBER_MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf EMBER_ADAPTERS="$adapters" "$python" Tests/openai/client_test.py || status=$?
+for p in "$server:$log" "$fim_server:$fim_log"; do
+    kill -0 "${p%%:*}" 2>/dev/null || { cat "${p#*:}"; echo "ember serve crashed during the tests" >&2; exit 1; }
+done
+kill -INT $server $fim_server
+wait $server $fim_server || true
 exit $status

@@ -17,6 +17,9 @@ public struct LoadedModel: Sendable {
     /// The BOS and EOS tokens a model directory's tokenizer_config.json names.
     var specialTokens: (bos: String?, eos: String?) = (nil, nil)
 
+    /// The model's fill-in-the-middle tokens, when it has them.
+    public var fillInTheMiddle: FillInTheMiddle? { tokenizer.flatMap { FillInTheMiddle(tokenizer: $0, gguf: gguf) } }
+
     /// The model's chat format (its own template, or ChatML when it has none).
     public func chatFormat() throws -> ChatFormat {
         try Self.chatFormat(path, template: chatTemplate, tokenizer: tokenizer, specialTokens: specialTokens)

@@ -108,6 +108,15 @@ struct ResponseBuilder: Sendable {
         return .object(header(object: chat ? "chat.completion" : "text_completion") + [("choices", .list(choices)), ("usage", usage)])
     }
 
+    /// llama-server's answer to `/infill` and `/completion`, for the first choice.
+    func infillResponse() -> JinjaValue {
+        let stopType = switch reasons[0] { case .length?: "limit"; case .stop?: "eos"; default: "none" }
+        return .object([("index", .int(0)), ("content", .string(texts[0])), ("tokens", .list([])), ("id_slot", .int(0)), ("stop", .bool(true)),
+                        ("model", .string(model)), ("tokens_predicted", .int(completionTokens[0])), ("tokens_evaluated", .int(promptTokens)),
+                        ("tokens_cached", .int(cachedTokens)), ("has_new_line", .bool(texts[0].contains("\n"))), ("truncated", .bool(false)),
+                        ("stop_type", .string(stopType)), ("stopping_word", "")])
+    }
+
     private func chunk(_ choices: [JinjaValue], usage: JinjaValue? = nil) -> String {
         var pairs = header(object: chat ? "chat.completion.chunk" : "text_completion") + [("choices", .list(choices))]
         if let usage { pairs.append(("usage", usage)) }

@@ -8,7 +8,8 @@ import NIOCore
 
 /// An OpenAI-compatible HTTP front end for an `Engine`: `/v1/chat/completions`, `/v1/completions`,
 /// `/v1/models`, `/tokenize`, `/detokenize`, `/health` and `/metrics`, with server-sent-event
-/// streaming and OpenAI's error shape.
+/// streaming and OpenAI's error shape; for models with fill-in-the-middle tokens also llama.cpp's
+/// `/infill` and OpenAI's `suffix` on `/v1/completions`.
 public struct OpenAIServer: Sendable {
     public struct Limits: Sendable {
         public var maxBodyBytes = 4 << 20
@@ -22,9 +23,16 @@ public struct OpenAIServer: Sendable {
     public let limits: Limits
     /// LoRA adapters served beside the base, each under its own model name (vLLM's --lora-modules).
     public let adapters: [InferenceAdapter]
+    /// The model's fill-in-the-middle tokens (nil: /infill and `suffix` are refused), and whether
+    /// infill prompts are in SPM order (llama-server's --spm-infill).
+    public let fim: FillInTheMiddle?
+    public let spmInfill: Bool
 
-    public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits(), adapters: [InferenceAdapter] = []) {
+    public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits(), adapters: [InferenceAdapter] = [],
+                fim: FillInTheMiddle? = nil, spmInfill: Bool = false) {
         self.engine = engine
+        self.fim = fim
+        self.spmInfill = spmInfill
         self.modelName = modelName
         self.adapters = adapters
         self.prompting = prompting
@@ -56,6 +64,7 @@ public struct OpenAIServer: Sendable {
         router.post("detokenize") { request, _ in try await handle { try detokenize(try await body(request)) } }
         router.post("v1/chat/completions") { request, _ in try await handle { try await completion(try await body(request), chat: true) } }
         router.post("v1/completions") { request, _ in try await handle { try await completion(try await body(request), chat: false) } }
+        router.post("infill") { request, _ in try await handle { try await infill(try await body(request)) } }
         return router
     }
 
@@ -154,14 +163,28 @@ public struct OpenAIServer: Sendable {
         }
     }
 
-    private func completion(_ f: Fields, chat: Bool) async throws -> Response {
-        var adapter: InferenceAdapter?
-        if let model = try f.string("model"), model != modelName {
-            guard let named = adapters.first(where: { $0.name == model }) else {
-                throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
-            }
-            adapter = named
+    /// The adapter the request's `model` names (nil: the base).
+    private func adapter(_ f: Fields) throws -> InferenceAdapter? {
+        guard let model = try f.string("model"), model != modelName else { return nil }
+        guard let named = adapters.first(where: { $0.name == model }) else {
+            throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
         }
+        return named
+    }
+
+    /// The fill-in-the-middle prompt of a prefix and suffix in llama.cpp's layout, over a window of
+    /// min(2048, context / 2) tokens: llama-server's default batch of 2048 at contexts from 4096,
+    /// and room for other files at smaller ones.
+    private func infillPrompt(_ fim: FillInTheMiddle, prefix: String, suffix: String, extra: [FillInTheMiddle.ExtraFile] = [],
+                              prompt: [Int] = [], maxTokens: Int) -> [Int] {
+        let context = engine.configuration.maxModelLength
+        return fim.prompt(prefix: prefix, suffix: suffix, extra: extra, prompt: prompt,
+                          bos: prompting.addBOS ? tokenizer.bosTokenID : nil, spm: spmInfill,
+                          window: min(2048, context / 2), context: context, maxTokens: maxTokens) { tokenizer.encode($0, parseSpecial: false) }
+    }
+
+    private func completion(_ f: Fields, chat: Bool) async throws -> Response {
+        let adapter = try adapter(f)
         var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
         let prompt: [Int]
         if chat {
@@ -171,6 +194,12 @@ public struct OpenAIServer: Sendable {
             if parameters.topLogprobs > 0 && !parameters.logprobs {
                 throw APIError.badRequest("'top_logprobs' needs 'logprobs' set to true", param: "top_logprobs")
             }
+        } else if let suffix = try f.string("suffix") {
+            guard let fim else { throw APIError.badRequest("this model has no fill-in-the-middle tokens, so 'suffix' cannot be used", param: "suffix") }
+            guard case .string(let prefix)? = f["prompt"] else { throw APIError.badRequest("with 'suffix', 'prompt' must be a string", param: "prompt") }
+            let requested = try f.int("max_tokens") ?? engine.configuration.maxTokensLimit
+            prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested)
+            parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
         } else {
             switch f["prompt"] {
             case .string(let s)?:
@@ -229,6 +258,11 @@ public struct OpenAIServer: Sendable {
                                 try await writer.finish(nil)
                             })
         }
+        return Self.json(try await collect(submitted, into: response).completeResponse())
+    }
+
+    /// Every event of a request gathered into its response (the request is cancelled if the client goes away).
+    private func collect(_ submitted: (id: Int, events: AsyncStream<GenerationEvent>), into response: ResponseBuilder) async throws -> ResponseBuilder {
         var builder = response
         try await withTaskCancellationHandler {
             for await event in submitted.events { builder.collect(event) }
@@ -236,7 +270,64 @@ public struct OpenAIServer: Sendable {
             engine.cancel(submitted.id)
         }
         if let failure = builder.failure { throw APIError(status: 500, message: failure, type: "internal_error") }
-        return Self.json(builder.completeResponse())
+        return builder
+    }
+
+    // MARK: Infill
+
+    /// llama.cpp's `POST /infill`: `input_prefix` and `input_suffix` (required), `input_extra`
+    /// (other files, `[{"filename", "text"}]`) and `prompt` (text the middle starts with), with
+    /// the sampling fields of the completions and `n_predict`; answered in llama-server's shape.
+    private func infill(_ f: Fields) async throws -> Response {
+        guard let fim else {
+            throw APIError(status: 501, message: "Infill is not supported by this model: it has no fill-in-the-middle prefix, suffix and middle tokens",
+                           type: "not_supported_error")
+        }
+        guard let prefix = try f.string("input_prefix") else { throw APIError.badRequest("\"input_prefix\" is required", param: "input_prefix") }
+        guard let suffix = try f.string("input_suffix") else { throw APIError.badRequest("\"input_suffix\" is required", param: "input_suffix") }
+        var extra: [FillInTheMiddle.ExtraFile] = []
+        switch f["input_extra"] {
+        case nil: break
+        case .list(let chunks)?:
+            for (i, chunk) in chunks.enumerated() {
+                guard case .dict(let d) = chunk, case .string(let text)? = d["text"] else {
+                    throw APIError.badRequest("input_extra[\(i)] must be an object with a string \"text\"", param: "input_extra")
+                }
+                var filename = "tmp"
+                switch d["filename"] {
+                case nil, .none?: break
+                case .string(let name)?: filename = name
+                default: throw APIError.badRequest("input_extra[\(i)].filename must be a string", param: "input_extra")
+                }
+                extra.append(.init(filename: filename, text: text))
+            }
+        default: throw APIError.badRequest("\"input_extra\" must be an array of {\"filename\": string, \"text\": string}", param: "input_extra")
+        }
+        guard try !(f.bool("stream") ?? false) else {
+            throw APIError.badRequest("/infill answers whole; for a stream use /v1/completions with \"prompt\", \"suffix\" and \"stream\"", param: "stream")
+        }
+        let adapter = try adapter(f)
+        var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
+        parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
+        let context = engine.configuration.maxModelLength
+        var requested = try f.int("n_predict") ?? f.int("max_tokens")
+        if let n = requested, n < 0 { requested = nil }  // llama.cpp: -1 is "until the context ends"
+        if requested == 0 { throw APIError.badRequest("'n_predict' must be at least 1", param: "n_predict") }
+        let prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, extra: extra, prompt: tokenizer.encode(try f.string("prompt") ?? "", parseSpecial: true),
+                                  maxTokens: requested ?? engine.configuration.maxTokensLimit)
+        guard prompt.count < context else {
+            throw APIError.badRequest("the infill prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: "input_extra")
+        }
+        parameters.maxTokens = min(requested ?? engine.configuration.maxTokensLimit, context - prompt.count, engine.configuration.maxTokensLimit)
+        let submitted: (id: Int, events: AsyncStream<GenerationEvent>)
+        do {
+            submitted = try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
+        } catch let error as RequestError {
+            throw APIError.badRequest(error.message)
+        }
+        let response = ResponseBuilder(id: "infill", chat: false, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
+                                       logprobs: false, promptTokens: prompt.count)
+        return Self.json(try await collect(submitted, into: response).infillResponse())
     }
 }
 

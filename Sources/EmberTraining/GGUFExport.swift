@@ -74,6 +74,10 @@ public enum GGUFExport {
             meta("tokenizer.ggml.bos_token_id", .uint32(UInt32(tokenizer.bosTokenID ?? eos)))
         }
         meta("tokenizer.ggml.add_bos_token", .bool(false))
+        // Fill-in-the-middle tokens, under the keys llama.cpp's /infill reads.
+        if let fim = FillInTheMiddle(tokenizer: tokenizer) {
+            for (key, id) in zip(FillInTheMiddle.ggufKeys, fim.ggufValues) { if let id { meta(key, .uint32(UInt32(id))) } }
+        }
 
         // llama.cpp's converter writes each block's tensors in this order.
         let order: [LlamaTensor.Role] = [.embedding, .attentionNorm, .query, .key, .value, .attentionOutput, .feedForwardNorm,

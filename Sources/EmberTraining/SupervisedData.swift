@@ -50,13 +50,18 @@ public enum LearnedTokens: String, Codable, Sendable, CaseIterable {
 /// without (its turn ends there, less trailing whitespace tokens, such as the newline after
 /// `<|im_end|>` that the template writes between turns). Both renderings must be prefixes of the
 /// whole conversation's; a template for which they are not is an error naming the example.
+///
+/// With `fim`, plain text documents go through the fill-in-the-middle transformation (numbered by
+/// their line), EOS after the middle.
 public struct SupervisedTokenizer {
     public let prompting: Prompting
     public var learned: LearnedTokens = .completion
+    public var fim: FIMTransform?
 
-    public init(prompting: Prompting, learned: LearnedTokens = .completion) {
+    public init(prompting: Prompting, learned: LearnedTokens = .completion, fim: FIMTransform? = nil) {
         self.prompting = prompting
         self.learned = learned
+        self.fim = fim
     }
 
     /// Why examples were left out, with counts.
@@ -114,6 +119,9 @@ public struct SupervisedTokenizer {
         func plain(_ text: String) -> [Int32] { prompting.tokens(text).map(Int32.init) }
         switch (example.prompt, example.completion) {
         case (.text(let text)?, nil):
+            if let fim, let ids = fillInTheMiddle(text, document: example.line, fim, eos: eos) {
+                return SupervisedSequence(ids: ids, learned: Array(repeating: true, count: ids.count))
+            }
             let ids = plain(withEOS(text))
             return SupervisedSequence(ids: ids, learned: Array(repeating: true, count: ids.count))
         case (.text(let prompt)?, .text(let completion)?):
@@ -146,6 +154,18 @@ public struct SupervisedTokenizer {
         default:
             throw fail("plain text and messages are mixed in one example")
         }
+    }
+
+    /// The FIM-transformed tokens of a document (nil when it stays whole): BOS when the model wants
+    /// one, the transformed pieces, then EOS.
+    private func fillInTheMiddle(_ text: String, document: Int, _ fim: FIMTransform, eos: String?) -> [Int32]? {
+        var body = text
+        if let eos, body.hasSuffix(eos) { body.removeLast(eos.count) }
+        let tokenizer = prompting.tokenizer
+        guard var ids = fim.apply(body, document: document, encode: { tokenizer.encode($0, parseSpecial: true) }) else { return nil }
+        if prompting.addBOS, let bos = tokenizer.bosTokenID { ids.insert(bos, at: 0) }
+        if let eos { ids += tokenizer.encode(eos, parseSpecial: true) }
+        return ids.map(Int32.init)
     }
 
     private func isEmptyTurn(_ message: JinjaValue) -> Bool {

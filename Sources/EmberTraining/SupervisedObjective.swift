@@ -13,14 +13,20 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var packing: Bool
     public var learned: LearnedTokens
     public var overlong: OverlongExamples
+    /// The fraction of plain-text documents that get the fill-in-the-middle transformation, and
+    /// the fraction of those in SPM order (nil: none).
+    public var fimRate: Double?
+    public var fimSPMRate: Double?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
-                overlong: OverlongExamples = .drop) {
+                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
         self.packing = packing
         self.learned = learned
         self.overlong = overlong
+        self.fimRate = fimRate
+        self.fimSPMRate = fimSPMRate
     }
 }
 
@@ -72,8 +78,18 @@ public final class SupervisedObjective: TrainingObjective {
         guard prompting.tokenizer.vocabularySize <= c.vocabularySize else {
             throw TrainingError("the tokenizer's vocabulary (\(prompting.tokenizer.vocabularySize)) does not fit the model's (\(c.vocabularySize))")
         }
-        let tokenizer = SupervisedTokenizer(prompting: prompting, learned: f.learned)
-        let data = try tokenizer.sequences(FineTuningDataset.load(path: s.data), maximumLength: s.sequenceLength, overlong: f.overlong)
+        var tokenizer = SupervisedTokenizer(prompting: prompting, learned: f.learned)
+        if let rate = f.fimRate, rate > 0 {
+            guard let tokens = FillInTheMiddle(tokenizer: prompting.tokenizer) else {
+                throw TrainingError("fill-in-the-middle training needs <fim_prefix>, <fim_suffix> and <fim_middle> in the vocabulary; this tokenizer has none")
+            }
+            tokenizer.fim = FIMTransform(rate: rate, spmRate: f.fimSPMRate ?? 0.5, seed: s.seed, tokens: tokens)
+        }
+        let dataset = try FineTuningDataset.load(path: s.data)
+        if tokenizer.fim != nil, dataset.format != .languageModeling || dataset.conversational {
+            throw TrainingError("\(s.data): fill-in-the-middle transforms plain-text documents ({\"text\": ...}); this file is \(dataset.format.rawValue)\(dataset.conversational ? ", conversational" : "")")
+        }
+        let data = try tokenizer.sequences(dataset, maximumLength: s.sequenceLength, overlong: f.overlong)
         var train = data.sequences, held: [SupervisedSequence]
         let skipped = data.skipped
         if let path = f.validationData {

@@ -9,6 +9,8 @@ struct Export: ParsableCommand {
         discussion: """
         INPUT is a Hugging Face LLaMA directory with config.json, model.safetensors and a byte-level BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are always f32; --type sets the matrices.
 
+        --add-fim-tokens DIR writes INPUT to DIR as a Hugging Face folder with <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> added to its vocabulary (the embedding grows by four rows at the mean of the others), as `ember sft --fim-rate` does before training; with --gguf, that folder is then exported.
+
         --merge-lora DIR writes the model with a LoRA adapter (a PEFT folder, such as `ember sft --lora-rank`'s adapter/) merged into its weights: W + (α / r) · B · A. --lora DIR writes the adapter alone as llama.cpp's GGUF LoRA adapter (for llama-cli and llama-server --lora); INPUT is then its base, a folder or a GGUF file.
 
         Examples:
@@ -17,13 +19,17 @@ struct Export: ParsableCommand {
           ember export --input .cache/models/SmolLM2-135M-f32 --merge-lora runs/lora/adapter --gguf merged.gguf
           ember export --input .cache/models/SmolLM2-135M-f32 --lora runs/lora/adapter --gguf adapter.gguf
           llama-perplexity -m base.gguf --lora adapter.gguf -f text.txt
+          ember export --input runs/fim/model --gguf fim.gguf && llama-server -m fim.gguf   # /infill with the FIM tokens' ids in the file
         """)
 
     @Option(help: ArgumentHelp("The model directory (with --lora: the adapter's base, a directory or a GGUF file).", valueName: "path"))
     var input: String
 
     @Option(help: ArgumentHelp("The GGUF file to write.", valueName: "path"))
-    var gguf: String
+    var gguf: String?
+
+    @Option(name: .customLong("add-fim-tokens"), help: ArgumentHelp("Write INPUT with fill-in-the-middle tokens added to this Hugging Face folder.", valueName: "dir"))
+    var addFIMTokens: String?
 
     @Option(help: "Matrix type: f32, f16 or q8_0.")
     var type: GGUFExport.MatrixType = .f32
@@ -35,11 +41,21 @@ struct Export: ParsableCommand {
     var lora: String?
 
     func validate() throws {
+        guard gguf != nil || addFIMTokens != nil else { throw ValidationError("give --gguf FILE (or --add-fim-tokens DIR)") }
+        guard addFIMTokens == nil || (lora == nil && mergeLora == nil) else { throw ValidationError("--add-fim-tokens writes a whole model; leave out --lora and --merge-lora") }
         guard mergeLora == nil || lora == nil else { throw ValidationError("give --merge-lora (a merged model) or --lora (the adapter alone), not both") }
     }
 
     func run() throws {
         let start = Date()
+        var input = self.input
+        if let addFIMTokens {
+            let tokens = try FIMVocabulary.add(to: input, output: addFIMTokens)
+            printError(String(format: "wrote %@ with %@ as tokens %d–%d in %.1f s", addFIMTokens, FillInTheMiddle.addedNames.joined(separator: ", "),
+                              tokens.prefix, tokens.prefix + 3, Date().timeIntervalSince(start)))
+            input = addFIMTokens
+        }
+        guard let gguf else { return }
         if let lora {
             let base = try LoadedModel.load(path: input)
             let adapter = try LoRAAdapter.load(directory: lora, for: base.model.configuration)

@@ -17,6 +17,8 @@ struct FineTune: ParsableCommand {
 
         The loss is the mean cross-entropy over the learned tokens of the whole step (--batch-size × --grad-accum examples, or packed rows with --packing), as TRL computes it. --packing puts the examples into rows of --max-length by best-fit decreasing; each example restarts its positions and attends only to itself. The held-out examples (--eval-data, or --eval-fraction of --data) give the validation masked NLL and token accuracy, before training and every --eval-every steps.
 
+        --fim-rate R trains code completion inside a file: each plain-text document, with probability R, is cut at two random characters into prefix, middle and suffix and rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle (PSM), or with probability --fim-spm-rate as <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle (SPM), StarCoder's transformation. A model whose vocabulary lacks <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> gets them first (the embedding grows by four rows at the mean of the others); that model, untrained, is written to OUTPUT/base. `ember serve` then answers POST /infill and "suffix" on /v1/completions.
+
         With --lora-rank only a LoRA adapter trains (PEFT's initialisation: the model starts as the base); the base stays frozen where it lies: f32 from a folder, or a GGUF file's quantized blocks (QLoRA), expanded a tile at a time in the products.
 
         OUTPUT is a training run as `ember pretrain` writes it: checkpoints (with --resume), log.jsonl, loss.svg and model/, which `ember serve --model` and transformers load; with LoRA, adapter/ (adapter_model.safetensors and adapter_config.json), which PEFT and `ember serve --lora-modules` load. The same parallel options work under mpirun.
@@ -27,6 +29,8 @@ struct FineTune: ParsableCommand {
           ember sft --model base --data chats.jsonl --packing --max-length 2048 --epochs 3 --output runs/chat
           ember sft --model .cache/models/SmolLM2-135M-f32 --data .cache/sft/alpaca.jsonl --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --lr 2e-4 --output runs/lora
           ember sft --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --data .cache/sft/alpaca.jsonl --lora-rank 16 --lr 2e-4 --output runs/qlora
+          scripts/fetch-fim-data.py      # Python standard library functions into .cache/fim
+          ember sft --model .cache/models/SmolLM2-135M-f32 --data .cache/fim/train.jsonl --fim-rate 0.9 --packing --max-length 512 --lr 1e-4 --output runs/fim
           ember sft --resume runs/sft
         """)
 
@@ -67,15 +71,21 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int = 100
     @Option(help: "Checkpoints kept (default 2).") var keep: Int = 2
 
+    @Option(name: .customLong("fim-rate"), help: "The fraction of plain-text documents given the fill-in-the-middle transformation (default 0).")
+    var fimRate: Double = 0
+    @Option(name: .customLong("fim-spm-rate"), help: "The fraction of those in SPM rather than PSM order (default 0.5).")
+    var fimSPMRate: Double = 0.5
+
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var parallel: ParallelOptions
 
     func validate() throws {
         if resume == nil {
             guard model != nil, data != nil, output != nil else { throw ValidationError("give --model DIR, --data FILE and --output DIR (or --resume a run)") }
-        } else if model != nil || data != nil || evalData != nil || packing || loraOptions.rank != nil {
-            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --model, --data, --eval-data, --packing and --lora-rank")
+        } else if model != nil || data != nil || evalData != nil || packing || loraOptions.rank != nil || fimRate != 0 {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --model, --data, --eval-data, --packing, --fim-rate and --lora-rank")
         }
+        guard (0...1).contains(fimRate), (0...1).contains(fimSPMRate) else { throw ValidationError("--fim-rate and --fim-spm-rate must be between 0 and 1") }
         guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
         guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
         guard evalFraction > 0, evalFraction < 1 else { throw ValidationError("--eval-fraction must be between 0 and 1") }
@@ -95,9 +105,21 @@ struct FineTune: ParsableCommand {
             folder = CheckpointFolder(output: output ?? CheckpointFolder.run(of: resume, checkpoint: checkpoint))
             say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
         } else {
-            let output = self.output!, model = self.model!
+            let output = self.output!
+            var model = self.model!
             guard !FileManager.default.fileExists(atPath: output + "/latest") else {
                 throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+            }
+            if fimRate > 0, !model.hasSuffix(".gguf"), FillInTheMiddle(tokenizer: try LoadedModel.prompting(directory: model).tokenizer) == nil {
+                guard loraOptions.rank == nil else {
+                    throw CommandError("\(model) has no fill-in-the-middle tokens; adding them grows the embedding, which a LoRA adapter does not carry: fine-tune fully (leave out --lora-rank), or start from a model that has them")
+                }
+                if parallelism.isLeader {
+                    let tokens = try FIMVocabulary.add(to: model, output: output + "/base")
+                    say("added \(FillInTheMiddle.addedNames.joined(separator: ", ")) as tokens \(tokens.prefix)–\(tokens.prefix + 3); the model with them, untrained, is in \(output)/base")
+                }
+                try parallelism.world.barrier()
+                model = output + "/base"
             }
             let weights: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]
             if let lora = try loraOptions.configuration() {
@@ -114,7 +136,8 @@ struct FineTune: ParsableCommand {
                 tokenizerFiles = SupervisedObjective.tokenizerFiles(in: model)
             }
             let fineTuning = FineTuningSettings(validationData: evalData.map(absolute), validationFraction: evalFraction, packing: packing,
-                                                learned: lossOn, overlong: overlong)
+                                                learned: lossOn, overlong: overlong, fimRate: fimRate > 0 ? fimRate : nil,
+                                                fimSPMRate: fimRate > 0 ? fimSPMRate : nil)
             var settings = TrainingSettings(
                 data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
                 learningRate: lr, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,

@@ -9,7 +9,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a model over an OpenAI-compatible HTTP API.",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus).
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus), and for models with fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle>, as `ember sft --fim-rate` adds) POST /infill (llama.cpp's: input_prefix, input_suffix, input_extra, prompt) and "suffix" on /v1/completions.
 
         Many requests run at once: each engine step batches the sequences that are decoding with chunks of new prompts (up to --max-batched-tokens tokens and --max-num-seqs sequences), over a paged KV cache of --kv-cache-memory bytes that also keeps recent prompt prefixes for reuse. SIGINT or SIGTERM stops accepting connections, lets running requests finish, and exits.
 
@@ -51,6 +51,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("lora-modules"), parsing: .upToNextOption,
             help: ArgumentHelp("LoRA adapters to serve beside the base, as NAME=DIR (PEFT folders: adapter_config.json and adapter_model.safetensors); a request's \"model\": NAME runs under that adapter, in the same batches as the others.", valueName: "name=dir"))
     var loraModules: [String] = []
+
+    @Flag(name: .customLong("spm-infill"), help: "Fill-in-the-middle prompts in SPM order (suffix, then prefix) rather than PSM.")
+    var spmInfill = false
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
@@ -101,7 +104,10 @@ struct Serve: AsyncParsableCommand {
             let lora = adapters.last!.adapter.configuration
             printError("adapter \(parts[0]): rank \(lora.rank), alpha \(lora.alpha) on \(lora.targets.map(\.rawValue).joined(separator: ",")) from \(parts[1])")
         }
-        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, adapters: adapters)
+        let fim = loaded.fillInTheMiddle
+        if let fim { printError("fill-in-the-middle tokens \(fim.prefix), \(fim.suffix), \(fim.middle): POST /infill answers") }
+        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, adapters: adapters,
+                                  fim: fim, spmInfill: spmInfill)
         let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")

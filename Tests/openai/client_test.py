@@ -2,7 +2,8 @@
 
 Run by scripts/test-openai.sh against a live `ember serve` on loopback (base URL and API key
 from EMBER_BASE_URL and EMBER_API_KEY; the server runs with --max-model-len 512,
---max-tokens-limit 256 and the default n limit of 8).
+--max-tokens-limit 256 and the default n limit of 8). EMBER_FIM_URL is a second server, on a model
+with fill-in-the-middle tokens, for /infill and `suffix`.
 """
 import concurrent.futures
 import json
@@ -247,6 +248,75 @@ class Adapters(unittest.TestCase):
     def test_unknown_model_is_404(self):
         with self.assertRaises(openai.NotFoundError):
             self.complete("three", "Hi")
+
+
+class Infill(unittest.TestCase):
+    """llama.cpp's /infill and OpenAI's `suffix`, on a model with FIM tokens (the base has none)."""
+
+    FIM = os.environ["EMBER_FIM_URL"]
+    PREFIX, SUFFIX = "def area(width, height):\n    ", "\n    return result\n"
+
+    def post(self, path, body, base=None):
+        return httpx.post((base or self.FIM) + path, headers=HEADERS, json=body, timeout=120)
+
+    def tokens(self, text):
+        return self.post("/tokenize", {"prompt": text, "add_special_tokens": False}).json()["tokens"]
+
+    def layout(self, prefix, suffix, extra=()):
+        """The prompt llama-server builds: <reponame>myproject\\n (SmolLM2's <reponame> is what llama.cpp
+        takes for the repository marker), the extra files, <fim_prefix> prefix <fim_suffix> suffix <fim_middle>."""
+        [pre], [suf], [mid], [rep] = (self.tokens(t) for t in ["<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<reponame>"])
+        files = [t for f in extra for t in self.tokens("\n\n--- snippet ---\n\n") + self.tokens(f["text"])]
+        return [rep] + self.tokens("myproject\n") + files + [pre] + self.tokens(prefix) + [suf] + self.tokens(suffix) + [mid]
+
+    def infill(self, **kw):
+        body = {"input_prefix": self.PREFIX, "input_suffix": self.SUFFIX, "n_predict": 12, "temperature": 0, **kw}
+        r = self.post("/infill", body)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.json()
+
+    def test_infill_runs_llama_servers_prompt(self):
+        answer = self.infill()
+        layout = self.layout(self.PREFIX, self.SUFFIX)
+        self.assertEqual(answer["tokens_evaluated"], len(layout))
+        direct = self.post("/v1/completions", {"prompt": layout, "max_tokens": 12, "temperature": 0}).json()
+        self.assertEqual(answer["content"], direct["choices"][0]["text"])
+        self.assertEqual(answer["tokens_predicted"], direct["usage"]["completion_tokens"])
+        self.assertIn(answer["stop_type"], ["eos", "limit"])
+
+    def test_suffix_on_completions_equals_infill(self):
+        completion = client.with_options(base_url=self.FIM + "/v1").completions.create(
+            model="fim", prompt=self.PREFIX, suffix=self.SUFFIX, max_tokens=12, temperature=0)
+        self.assertEqual(completion.choices[0].text, self.infill()["content"])
+        self.assertEqual(completion.usage.prompt_tokens, len(self.layout(self.PREFIX, self.SUFFIX)))
+
+    def test_input_extra_and_prompt(self):
+        extra = [{"filename": "shapes.py", "text": "PI = 3.14159\n"}]
+        answer = self.infill(input_extra=extra, prompt="result =")
+        expected = self.layout(self.PREFIX, self.SUFFIX, extra)
+        self.assertEqual(answer["tokens_evaluated"], len(expected) + len(self.tokens("result =")))
+
+    def test_bad_infill_requests(self):
+        cases = [
+            ({"input_prefix": "a"}, 400, "input_suffix"),
+            ({"input_suffix": "a"}, 400, "input_prefix"),
+            ({"input_prefix": "a", "input_suffix": "b", "input_extra": "x"}, 400, "input_extra"),
+            ({"input_prefix": "a", "input_suffix": "b", "input_extra": [{"filename": "f"}]}, 400, "input_extra"),
+            ({"input_prefix": "a", "input_suffix": "b", "stream": True}, 400, "stream"),
+            ({"input_prefix": 3, "input_suffix": "b"}, 400, "input_prefix"),
+        ]
+        for body, status, param in cases:
+            r = self.post("/infill", body)
+            print(f"/infill {json.dumps(body)}: {r.status_code} {r.json()['error']['message']}")
+            self.assertEqual(r.status_code, status)
+            self.assertEqual(r.json()["error"]["param"], param)
+
+    def test_a_model_without_fim_tokens_refuses(self):
+        r = self.post("/infill", {"input_prefix": "a", "input_suffix": "b"}, base=BASE)
+        self.assertEqual(r.status_code, 501)
+        self.assertIn("Infill is not supported", r.json()["error"]["message"])
+        with self.assertRaises(openai.BadRequestError):
+            client.completions.create(model=MODEL, prompt="a", suffix="b", max_tokens=2)
 
 
 if __name__ == "__main__":
