@@ -8,7 +8,8 @@ Modules are split by a hash of their path: about 10% are held out.
   OUT/train.jsonl    {"text": source}, one training document a line, from the other modules
   OUT/heldout.jsonl  single-line infill items from held-out modules, one per document:
                      {"module", "function", "prefix", "middle", "suffix"}; prefix + middle + suffix
-                     is the document, the prefix ends with the line's indentation
+                     is the document; the prefix ends with the newline before the line, and the
+                     middle is the whole line with its indentation (SantaCoder's single-line infilling)
 
 Usage: python3 scripts/fetch-fim-data.py [--out .cache/fim] [--held-out 200] [--seed 1]
 """
@@ -92,12 +93,11 @@ def target_lines(doc):
 
 
 def infill_item(doc, index):
-    """Splits the document around line `index`: (prefix with indentation, middle, suffix from "\\n")."""
+    """Splits the document around line `index`: (prefix through the newline before it, the line, suffix from "\\n")."""
     lines = doc.splitlines(keepends=True)
     start = sum(map(len, lines[:index]))
     line = lines[index].rstrip("\n")
-    indent = len(line) - len(line.lstrip())
-    prefix, middle, suffix = doc[:start + indent], line.strip(), doc[start + len(line):]
+    prefix, middle, suffix = doc[:start], line, doc[start + len(line):]
     assert prefix + middle + suffix == doc and suffix.startswith("\n")
     return prefix, middle, suffix
 
