@@ -154,6 +154,8 @@ public final class Trainer {
     public let model: TrainableLlama
     public let optimizer: AdamW
     public let objective: any TrainingObjective
+    /// The objective's tokenizer files (name, contents), written into every checkpoint.
+    private let tokenizer: [(name: String, data: Data)]
     public let settings: TrainingSettings
     public let parallelism: Parallelism
     /// Steps completed.
@@ -193,6 +195,11 @@ public final class Trainer {
         }
         guard rows >= ranks else {
             throw TrainingError("a global batch of \(rows) sequences (batch size × gradient accumulation) cannot be shared by \(ranks) data-parallel ranks")
+        }
+        // Read now: a resumed run's tokenizer files lie in a checkpoint that rotation deletes later.
+        tokenizer = try objective.tokenizerFiles.map { path in
+            guard let data = FileManager.default.contents(atPath: path) else { throw TrainingError("\(path): cannot read the tokenizer file") }
+            return ((path as NSString).lastPathComponent, data)
         }
         self.model = model
         self.objective = objective
@@ -530,9 +537,7 @@ public final class Trainer {
     }
 
     private func copyTokenizerFiles(into directory: String) throws {
-        for file in objective.tokenizerFiles {
-            try FileManager.default.copyItem(atPath: file, toPath: directory + "/" + (file as NSString).lastPathComponent)
-        }
+        for (name, data) in tokenizer { try writeFile(data, to: directory + "/" + name) }
     }
 
     /// trainer_state.json and the tokenizer (the leader's part of every checkpoint besides the tensors).

@@ -40,7 +40,7 @@ struct FineTune: ParsableCommand {
     var data: String?
     @Option(name: .customLong("eval-data"), help: ArgumentHelp("Held-out examples (default: --eval-fraction of --data).", valueName: "file"))
     var evalData: String?
-    @Option(name: .customLong("eval-fraction"), help: "The fraction of --data held out when there is no --eval-data (default 0.05).")
+    @Option(name: .customLong("eval-fraction"), help: "The fraction of --data held out when there is no --eval-data.")
     var evalFraction: Double = 0.05
     @Option(help: ArgumentHelp("Where checkpoints, logs and the final model go.", valueName: "dir"))
     var output: String?
@@ -49,31 +49,31 @@ struct FineTune: ParsableCommand {
 
     @Flag(help: "Pack examples into rows of --max-length (best-fit decreasing, one attention block per example).")
     var packing = false
-    @Option(name: .customLong("loss-on"), help: "completion (the completion or the assistant's turns; all of plain text) or all (every token) (default completion).")
+    @Option(name: .customLong("loss-on"), help: "completion (the completion or the assistant's turns; all of plain text) or all (every token).")
     var lossOn: LearnedTokens = .completion
-    @Option(help: "Examples longer than --max-length: drop (counted) or truncate (keep the start) (default drop).")
+    @Option(help: "Examples longer than --max-length: drop (counted) or truncate (keep the start).")
     var overlong: OverlongExamples = .drop
-    @Option(name: .customLong("max-length"), help: "Tokens of the longest example, or of a packed row (default 1024).")
+    @Option(name: .customLong("max-length"), help: "Tokens of the longest example, or of a packed row.")
     var maxLength: Int = 1024
 
     @Option(help: "Optimizer steps (default: --epochs over the training examples).") var steps: Int?
-    @Option(help: "Passes over the training data when --steps is not given (default 1).") var epochs: Double = 1
-    @Option(name: .customLong("batch-size"), help: "Examples (or packed rows) per micro-batch (default 4).") var batchSize: Int = 4
-    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step (default 2).") var gradAccum: Int = 2
-    @Option(help: "Peak learning rate (default 2e-5).") var lr: Float = 2e-5
-    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay (default 0).") var minLr: Float = 0
-    @Option(help: "Linear warmup steps (default 0).") var warmup: Int = 0
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices (default 0).") var weightDecay: Float = 0
-    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default 1).") var gradClip: Float = 1
-    @Option(help: "Activation recomputation: none or block (default none).") var recompute: TrainableLlama.Recompute = .none
-    @Option(help: "Seed of the held-out split and the data order (default 1).") var seed: UInt64 = 1
-    @Option(name: .customLong("eval-every"), help: "Steps between validations (default 50; 0: only at the end).") var evalEvery: Int = 50
-    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default 100; 0: only at the end).") var saveEvery: Int = 100
-    @Option(help: "Checkpoints kept (default 2).") var keep: Int = 2
+    @Option(help: "Passes over the training data when --steps is not given.") var epochs: Double = 1
+    @Option(name: .customLong("batch-size"), help: "Examples (or packed rows) per micro-batch.") var batchSize: Int = 4
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum: Int = 2
+    @Option(help: "Peak learning rate.") var lr: Float = 2e-5
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay.") var minLr: Float = 0
+    @Option(help: "Linear warmup steps.") var warmup: Int = 0
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices.") var weightDecay: Float = 0
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float = 1
+    @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute = .none
+    @Option(help: "Seed of the held-out split and the data order.") var seed: UInt64 = 1
+    @Option(name: .customLong("eval-every"), help: "Steps between validations.") var evalEvery: Int = 50
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints.") var saveEvery: Int = 100
+    @Option(help: "Checkpoints kept.") var keep: Int = 2
 
-    @Option(name: .customLong("fim-rate"), help: "The fraction of plain-text documents given the fill-in-the-middle transformation (default 0).")
+    @Option(name: .customLong("fim-rate"), help: "The fraction of plain-text documents given the fill-in-the-middle transformation.")
     var fimRate: Double = 0
-    @Option(name: .customLong("fim-spm-rate"), help: "The fraction of those in SPM rather than PSM order (default 0.5).")
+    @Option(name: .customLong("fim-spm-rate"), help: "The fraction of those in SPM rather than PSM order.")
     var fimSPMRate: Double = 0.5
 
     @OptionGroup var loraOptions: LoRAOptions

@@ -11,9 +11,9 @@ import Foundation
 struct LoRAOptions: ParsableArguments {
     @Option(name: .customLong("lora-rank"), help: "Train a LoRA adapter of this rank over the frozen model instead of the whole model (a GGUF --model is QLoRA: its quantized weights stay as they are).")
     var rank: Int?
-    @Option(name: .customLong("lora-alpha"), help: "LoRA's α: the update is scaled by α / rank (default 8, PEFT's).") var alpha: Float = 8
-    @Option(name: .customLong("lora-dropout"), help: "Dropout on LoRA's input during training (default 0).") var dropout: Float = 0
-    @Option(name: .customLong("lora-targets"), help: "The adapted layers: module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear (default q_proj,v_proj, PEFT's for LLaMA).")
+    @Option(name: .customLong("lora-alpha"), help: "LoRA's α: the update is scaled by α / rank (the default is PEFT's).") var alpha: Float = 8
+    @Option(name: .customLong("lora-dropout"), help: "Dropout on LoRA's input during training.") var dropout: Float = 0
+    @Option(name: .customLong("lora-targets"), help: "The adapted layers: module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear (the default is PEFT's for LLaMA).")
     var targets: String = "q_proj,v_proj"
 
     /// The adapter's shape, when a rank is given.
@@ -30,15 +30,15 @@ struct LoRAOptions: ParsableArguments {
 struct ParallelOptions: ParsableArguments {
     @Option(help: "Worker threads per rank (default: all cores, divided among the ranks mpirun starts on this machine).")
     var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? 1))
-    @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB (default 25).") var bucketMB: Double = 25
+    @Option(name: .customLong("bucket-mb"), help: "Data parallel: gradients are all-reduced in buckets of this many MiB.") var bucketMB: Double = 25
     @Flag(name: .customLong("no-overlap"), help: "Data parallel: all-reduce the gradients after the backward instead of during it.") var noOverlap = false
-    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs) (default 0).")
+    @Option(name: .customLong("zero-stage"), help: "Data parallel: ZeRO stage 0 (replicate everything), 1 (partition the AdamW moments, reduce-scatter the gradients), 2 (also keep only this rank's shard of the gradients) or 3 (also partition the parameters, gathering each block when it runs).")
     var zeroStage: Int = 0
-    @Option(name: .customLong("tensor-parallel"), help: "Tensor parallelism (Megatron): split each block's matrices, the embedding and the output over this many ranks (they must divide the heads, the key/value heads and the feed-forward size; the vocabulary is padded) (default 1).")
+    @Option(name: .customLong("tensor-parallel"), help: "Tensor parallelism (Megatron): split each block's matrices, the embedding and the output over this many ranks (they must divide the heads, the key/value heads and the feed-forward size; the vocabulary is padded).")
     var tensorParallel: Int = 1
     @Flag(name: .customLong("sequence-parallel"), help: "With --tensor-parallel: run the norms and residuals on shards of the sequence (all-gather before each split product, reduce-scatter after).")
     var sequenceParallel = false
-    @Option(name: .customLong("pipeline-parallel"), help: "Pipeline parallelism: split the layers into this many stages, run as a 1F1B schedule over --micro-batches (default 1).")
+    @Option(name: .customLong("pipeline-parallel"), help: "Pipeline parallelism: split the layers into this many stages, run as a 1F1B schedule over --micro-batches.")
     var pipelineParallel: Int = 1
     @Option(name: .customLong("micro-batches"), help: "With --pipeline-parallel: micro-batches per step and pipeline, each of --batch-size sequences; --grad-accum must be this times the data-parallel ranks (default: --grad-accum over the data-parallel ranks).")
     var microBatches: Int?

@@ -139,6 +139,38 @@ import Testing
         #expect(noTokens?.contains("needs <fim_prefix>, <fim_suffix> and <fim_middle>") == true)
     }
 
+    /// A FIM run resumed from a checkpoint keeps its transformation, and keeps saving after the
+    /// checkpoint it resumed from (whose tokenizer files it carries) is rotated away.
+    @Test func resumedFIMRunOutlivesItsFirstCheckpoint() throws {
+        let output = Self.temporaryFolder("resume")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        try FIMVocabulary.add(to: Self.fixture("base"), output: output + "/base")
+        let documents = (0..<12).map { "def f\($0)(x):\n    return x * \($0) + \($0 % 5)\n" }
+        let lines = try documents.map { String(decoding: try JSONSerialization.data(withJSONObject: ["text": $0]), as: UTF8.self) }
+        FileManager.default.createFile(atPath: output + "/data.jsonl", contents: Data(lines.joined(separator: "\n").utf8))
+        let fineTuning = FineTuningSettings(validationFraction: 0.2, fimRate: 0.9, fimSPMRate: 0.5)
+        let settings = TrainingSettings(data: output + "/data.jsonl", steps: 4, batchSize: 2, sequenceLength: 48, gradientAccumulation: 1,
+                                        learningRate: 1e-3, warmup: 0, evalEvery: 0, fineTuning: fineTuning)
+        let model = try TrainableLlama(directory: output + "/base")
+        let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: LoadedModel.prompting(directory: output + "/base"),
+                                                tokenizerFiles: SupervisedObjective.tokenizerFiles(in: output + "/base"), configuration: model.configuration)
+        let trainer = try Trainer(model: model, objective: objective, settings: settings)
+        let run = CheckpointFolder(output: output + "/run")
+        _ = try trainer.trainStep()
+        try run.save(trainer, keep: 1)
+        let resumed = try Trainer.resume(from: CheckpointFolder.locate(output + "/run"))
+        let fim = try #require(resumed.objective as? SupervisedObjective)
+        #expect(resumed.settings.fineTuning?.fimRate == 0.9)
+        #expect(fim.training.map(\.inputs) == objective.training.map(\.inputs), "the same documents, transformed the same way")
+        for _ in 0..<3 {
+            _ = try resumed.trainStep()
+            try run.save(resumed, keep: 1)
+        }
+        let latest = try CheckpointFolder.locate(output + "/run")
+        #expect(FileManager.default.fileExists(atPath: latest + "/tokenizer.json"))
+        #expect(try FillInTheMiddle(tokenizer: LoadedModel.prompting(directory: latest).tokenizer) != nil)
+    }
+
     /// llama.cpp's `format_prompt_infill` (tools/server/server-common.cpp), spelled out.
     @Test func infillPromptFollowsLlamaServer() {
         let fim = FillInTheMiddle(prefix: -1, suffix: -2, middle: -3)
