@@ -67,8 +67,8 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float = 1
     @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute = .none
     @Option(help: "Seed of the held-out split and the data order.") var seed: UInt64 = 1
-    @Option(name: .customLong("eval-every"), help: "Steps between validations.") var evalEvery: Int = 50
-    @Option(name: .customLong("save-every"), help: "Steps between checkpoints.") var saveEvery: Int = 100
+    @Option(name: .customLong("eval-every"), help: "Steps between validations (0: only at the end).") var evalEvery: Int = 50
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int = 100
     @Option(help: "Checkpoints kept.") var keep: Int = 2
 
     @Option(name: .customLong("fim-rate"), help: "The fraction of plain-text documents given the fill-in-the-middle transformation.")
