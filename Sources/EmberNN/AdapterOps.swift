@@ -60,3 +60,35 @@ extension Tape {
         return y
     }
 }
+
+/// The ops that join a model's log-probabilities to the post-training losses.
+extension Tape {
+    /// The sums of x's values over `segments` (ranges of its flat indices): [segments.count]. A
+    /// sequence's log-probability from its tokens' (DPO, reward margins).
+    public func segmentSums(_ x: Variable, _ segments: [Range<Int>]) -> Variable {
+        let y = Variable(output: [segments.count])
+        for (k, s) in segments.enumerated() {
+            precondition(s.lowerBound >= 0 && s.upperBound <= x.count, "segment \(s) is outside \(x.count) values")
+            y.pointer[k] = s.reduce(0) { $0 + x.pointer[$1] }
+        }
+        record {
+            guard let dx = x.gradientIfWanted else { return }
+            for (k, s) in segments.enumerated() { for i in s { dx[i] += y.gradient.pointer[k] } }
+        }
+        return y
+    }
+
+    /// A scalar loss of x whose value and gradient `loss` computes from x's values (in Double),
+    /// outside the tape: the preference and policy losses of `AlignmentLosses`.
+    public func externalLoss(_ x: Variable, _ loss: ([Double]) -> (value: Double, gradient: [Double])) -> Variable {
+        let (value, gradient) = loss(x.values.map(Double.init))
+        precondition(gradient.count == x.count, "the loss gives \(gradient.count) gradient values for \(x.count) inputs")
+        let y = Variable(shape: [1], values: [Float(value)])
+        record {
+            guard let dx = x.gradientIfWanted else { return }
+            let seed = Double(y.gradient.pointer[0])
+            for i in 0..<gradient.count { dx[i] += Float(seed * gradient[i]) }
+        }
+        return y
+    }
+}

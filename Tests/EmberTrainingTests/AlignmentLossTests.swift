@@ -1,3 +1,5 @@
+import EmberNN
+import EmberTensor
 import EmberTraining
 import Foundation
 import Testing
@@ -126,6 +128,48 @@ import Testing
             let clipping = max(abs(policy.clipFraction - Self.number(metrics["policy/clipfrac"])), abs(critic.clipFraction - Self.number(metrics["val/clipfrac"])))
             print("PPO \(name): KL-shaped rewards, GAE, returns and whitening \(shaping); policy and value losses \(losses); gradients \(gradients); clip fractions \(clipping)")
             #expect(shaping < 1e-7 && losses < 1e-7 && gradients < 1e-7 && clipping < 1e-6)
+        }
+    }
+
+    /// The path DPO's gradient takes, logits → token log-probabilities → per-sequence sums → the
+    /// loss computed outside the tape, against central differences (in Double: the loss is
+    /// evaluated on the f32 logits).
+    @Test func dpoGradientThroughTheTape() {
+        var random = SplitMix64(seed: 5)
+        let vocabulary = 11, tokens = 14
+        let logits = Variable(shape: [tokens, vocabulary], values: (0..<tokens * vocabulary).map { _ in Float(random.nextNormal()) })
+        let targets = (0..<tokens).map { i in i % 5 == 0 ? Int32(-1) : Int32(random.next() % UInt64(vocabulary)) }
+        // Two pairs: chosen 0..<4 and 4..<7, rejected 7..<11 and 11..<14.
+        let segments = [0..<4, 4..<7, 7..<11, 11..<14]
+        let reference = [-9.0, -7.5, -8.0, -6.0]
+        for kind in DPOLoss.Kind.allCases {
+            let dpo = DPOLoss(kind: kind, beta: 0.1, labelSmoothing: kind == .robust ? 0.1 : 0)
+            func loss(_ tape: Tape) -> Variable {
+                let sums = tape.segmentSums(tape.tokenLogProbabilities(logits, targets: targets), segments)
+                return tape.externalLoss(sums) { s in
+                    let r = dpo.compute(policyChosen: [s[0], s[1]], policyRejected: [s[2], s[3]], referenceChosen: [reference[0], reference[1]],
+                                        referenceRejected: [reference[2], reference[3]], chosenTokens: [3, 3], rejectedTokens: [4, 2])
+                    return (r.loss, r.dChosen + r.dRejected)
+                }
+            }
+            logits.zeroGradient()
+            let tape = Tape()
+            tape.backward(loss(tape))
+            let analytic = logits.gradient.values
+            var worst = 0.0
+            let epsilon: Float = 1e-2
+            for j in stride(from: 0, to: logits.count, by: 7) {
+                let saved = logits.pointer[j]
+                logits.pointer[j] = saved + epsilon
+                let plus = Double(loss(Tape(recording: false)).values[0])
+                logits.pointer[j] = saved - epsilon
+                let minus = Double(loss(Tape(recording: false)).values[0])
+                logits.pointer[j] = saved
+                worst = max(worst, abs((plus - minus) / Double(2 * epsilon) - Double(analytic[j])))
+            }
+            let scale = Double(analytic.map(abs).max()!)
+            print("DPO \(kind) through the tape: worst finite-difference error \(worst / scale) of the largest gradient (\(scale))")
+            #expect(scale > 0 && worst / scale < 1e-2)
         }
     }
 }
