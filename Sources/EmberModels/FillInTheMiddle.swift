@@ -32,25 +32,25 @@ public struct FillInTheMiddle: Sendable, Equatable {
     /// The tokens Ember adds to a vocabulary that has none, in this order: prefix, middle, suffix, pad.
     public static let addedNames = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 
-    /// Spellings per role, as llama.cpp recognizes them, with the GGUF key of each role.
+    /// The GGUF key and the spellings llama.cpp recognizes of each role: prefix, suffix, middle,
+    /// pad, repository, file separator.
     static let roles: [(key: String, names: [String])] = [
-        ("prefix", ["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"]),
-        ("suffix", ["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"]),
-        ("middle", ["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"]),
-        ("pad", ["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"]),
-        ("repository", ["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"]),
-        ("fileSeparator", ["<|file_sep|>"]),
+        ("tokenizer.ggml.fim_pre_token_id", ["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"]),
+        ("tokenizer.ggml.fim_suf_token_id", ["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"]),
+        ("tokenizer.ggml.fim_mid_token_id", ["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"]),
+        ("tokenizer.ggml.fim_pad_token_id", ["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"]),
+        ("tokenizer.ggml.fim_rep_token_id", ["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"]),
+        ("tokenizer.ggml.fim_sep_token_id", ["<|file_sep|>"]),
     ]
 
     /// GGUF metadata keys of the six roles.
-    public static let ggufKeys = ["tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id",
-                                  "tokenizer.ggml.fim_pad_token_id", "tokenizer.ggml.fim_rep_token_id", "tokenizer.ggml.fim_sep_token_id"]
+    public static var ggufKeys: [String] { roles.map(\.key) }
 
     /// The model's FIM tokens, or nil when it lacks a prefix, suffix or middle token.
     public init?(tokenizer: any Tokenizer, gguf: GGUFFile? = nil) {
-        let ids: [Int?] = Self.roles.indices.map { role in
-            if let id = gguf?.int(Self.ggufKeys[role]), (0..<tokenizer.vocabularySize).contains(id) { return id }
-            return Self.roles[role].names.lazy.compactMap(tokenizer.id(of:)).first
+        let ids: [Int?] = Self.roles.map { role in
+            if let id = gguf?.int(role.key), (0..<tokenizer.vocabularySize).contains(id) { return id }
+            return role.names.lazy.compactMap(tokenizer.id(of:)).first
         }
         guard let prefix = ids[0], let suffix = ids[1], let middle = ids[2] else { return nil }
         self.init(prefix: prefix, suffix: suffix, middle: middle, pad: ids[3], repository: ids[4], fileSeparator: ids[5])

@@ -186,6 +186,8 @@ public struct OpenAIServer: Sendable {
     private func completion(_ f: Fields, chat: Bool) async throws -> Response {
         let adapter = try adapter(f)
         var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
+        let requested = try f.int("max_completion_tokens") ?? f.int("max_tokens")
+        if let requested, requested < 1 { throw APIError.badRequest("'max_tokens' must be at least 1", param: "max_tokens") }
         let prompt: [Int]
         if chat {
             prompt = try promptTokens(chat: f)
@@ -197,8 +199,7 @@ public struct OpenAIServer: Sendable {
         } else if let suffix = try f.string("suffix") {
             guard let fim else { throw APIError.badRequest("this model has no fill-in-the-middle tokens, so 'suffix' cannot be used", param: "suffix") }
             guard case .string(let prefix)? = f["prompt"] else { throw APIError.badRequest("with 'suffix', 'prompt' must be a string", param: "prompt") }
-            let requested = try f.int("max_tokens") ?? engine.configuration.maxTokensLimit
-            prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested)
+            prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested ?? engine.configuration.maxTokensLimit)
             parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
         } else {
             switch f["prompt"] {
@@ -221,8 +222,6 @@ public struct OpenAIServer: Sendable {
         guard prompt.count < context else {
             throw APIError.badRequest("the prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: chat ? "messages" : "prompt")
         }
-        let requested = try f.int("max_completion_tokens") ?? f.int("max_tokens")
-        if let requested, requested < 1 { throw APIError.badRequest("'max_tokens' must be at least 1", param: "max_tokens") }
         parameters.maxTokens = requested ?? min(context - prompt.count, engine.configuration.maxTokensLimit)
         let stream = try f.bool("stream") ?? false
         var includeUsage = false
@@ -232,12 +231,7 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("'stream_options' must be an object", param: "stream_options")
         }
 
-        let submitted: (id: Int, events: AsyncStream<GenerationEvent>)
-        do {
-            submitted = try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
-        } catch let error as RequestError {
-            throw APIError.badRequest(error.message)
-        }
+        let submitted = try submit(prompt, parameters, adapter)
         let response = ResponseBuilder(id: (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased(),
                                        chat: chat, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
                                        logprobs: parameters.logprobs, promptTokens: prompt.count)
@@ -259,6 +253,15 @@ public struct OpenAIServer: Sendable {
                             })
         }
         return Self.json(try await collect(submitted, into: response).completeResponse())
+    }
+
+    /// The request handed to the engine; what the engine refuses is a 400.
+    private func submit(_ prompt: [Int], _ parameters: SamplingParameters, _ adapter: InferenceAdapter?) throws -> (id: Int, events: AsyncStream<GenerationEvent>) {
+        do {
+            return try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
+        } catch let error as RequestError {
+            throw APIError.badRequest(error.message)
+        }
     }
 
     /// Every event of a request gathered into its response (the request is cancelled if the client goes away).
@@ -319,12 +322,7 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("the infill prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: "input_extra")
         }
         parameters.maxTokens = min(requested ?? engine.configuration.maxTokensLimit, context - prompt.count, engine.configuration.maxTokensLimit)
-        let submitted: (id: Int, events: AsyncStream<GenerationEvent>)
-        do {
-            submitted = try engine.submit(prompt: prompt, parameters: parameters, adapter: adapter)
-        } catch let error as RequestError {
-            throw APIError.badRequest(error.message)
-        }
+        let submitted = try submit(prompt, parameters, adapter)
         let response = ResponseBuilder(id: "infill", chat: false, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
                                        logprobs: false, promptTokens: prompt.count)
         return Self.json(try await collect(submitted, into: response).infillResponse())

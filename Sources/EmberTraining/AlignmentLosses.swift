@@ -200,13 +200,7 @@ public enum GRPO {
             var gradient = logps.map { [Double](repeating: 0, count: $0.count) }
             for i in 0..<sequences {
                 let a = advantages[i], n = logps[i].count
-                let (lowBefore, highBefore) = (low, high)
-                defer {
-                    if n > 0 {
-                        lowMin = min(lowMin, (low - lowBefore) / Double(n))
-                        highMax = max(highMax, (high - highBefore) / Double(n))
-                    }
-                }
+                var sequenceLow = 0.0, sequenceHigh = 0.0
                 let weight: Double = switch aggregation {
                 case .grpo: 1 / (Double(max(n, 1)) * Double(sequences))
                 case .drGRPO: 1 / (Double(sequences) * Double(maxCompletionLength))
@@ -222,8 +216,8 @@ public enum GRPO {
                     } else {
                         (value, d) = (-clipped * a, 0)
                     }
-                    if ratio < 1 - epsilonLow && a < 0 { low += 1 }
-                    if ratio > 1 + epsilonHigh && a > 0 { high += 1 }
+                    if ratio < 1 - epsilonLow && a < 0 { sequenceLow += 1 }
+                    if ratio > 1 + epsilonHigh && a > 0 { sequenceHigh += 1 }
                     if let reference, beta != 0 {
                         let x = reference[i][t] - logps[i][t], k3 = exp(x) - x - 1, dk3 = 1 - exp(x)
                         let kl = biasCorrectedKL ? k3 * ratio : k3
@@ -233,6 +227,12 @@ public enum GRPO {
                     }
                     loss += value * weight
                     gradient[i][t] = d * weight
+                }
+                low += sequenceLow
+                high += sequenceHigh
+                if n > 0 {
+                    lowMin = min(lowMin, sequenceLow / Double(n))
+                    highMax = max(highMax, sequenceHigh / Double(n))
                 }
             }
             let perToken = Double(max(tokens, 1))
@@ -296,51 +296,56 @@ public enum PPO {
         return (advantages, returns)
     }
 
+    /// The masked mean of a per-token loss over the valid positions, with its gradient and the
+    /// fraction of positions the term reports clipped.
+    static func maskedMean(_ shape: [[Double]], valid: [[Bool]], _ term: (Int, Int) -> (loss: Double, gradient: Double, clipped: Bool))
+        -> (loss: Double, gradient: [[Double]], clipFraction: Double) {
+        let count = Double(max(valid.joined().filter { $0 }.count, 1))
+        var loss = 0.0, clipped = 0.0
+        var gradient = shape.map { [Double](repeating: 0, count: $0.count) }
+        for i in shape.indices {
+            for t in shape[i].indices where valid[i][t] {
+                let (l, g, c) = term(i, t)
+                loss += l / count
+                gradient[i][t] = g / count
+                if c { clipped += 1 }
+            }
+        }
+        return (loss, gradient, clipped / count)
+    }
+
     /// The clipped policy loss: the masked mean of max(−A·ρ, −A·clip(ρ, 1 ± ε)), ρ = exp(new − old),
     /// with its gradient in the new log-probabilities and the fraction of tokens clipped.
     public static func policyLoss(new: [[Double]], old: [[Double]], advantages: [[Double]], valid: [[Bool]], clip: Double)
         -> (loss: Double, gradient: [[Double]], clipFraction: Double) {
-        let count = Double(max(valid.joined().filter { $0 }.count, 1))
-        var loss = 0.0, clipped = 0.0
-        var gradient = new.map { [Double](repeating: 0, count: $0.count) }
-        for i in new.indices {
-            for t in new[i].indices where valid[i][t] {
-                let a = advantages[i][t], ratio = exp(new[i][t] - old[i][t])
-                let bounded = min(max(ratio, 1 - clip), 1 + clip)
-                let unclippedLoss = -a * ratio, clippedLoss = -a * bounded
-                loss += max(unclippedLoss, clippedLoss) / count
-                if clippedLoss > unclippedLoss { clipped += 1 }
-                // The gradient follows the larger term; ties (ρ inside the range) pass it whole.
-                if unclippedLoss >= clippedLoss || bounded == ratio { gradient[i][t] = -a * ratio / count }
-            }
+        maskedMean(new, valid: valid) { i, t in
+            let a = advantages[i][t], ratio = exp(new[i][t] - old[i][t])
+            let bounded = min(max(ratio, 1 - clip), 1 + clip)
+            let unclippedLoss = -a * ratio, clippedLoss = -a * bounded
+            // The gradient follows the larger term; ties (ρ inside the range) pass it whole.
+            let gradient = unclippedLoss >= clippedLoss || bounded == ratio ? -a * ratio : 0
+            return (max(unclippedLoss, clippedLoss), gradient, clippedLoss > unclippedLoss)
         }
-        return (loss, gradient, clipped / count)
     }
 
     /// The clipped value loss: ½ the masked mean of max((v − R)², (clip(v, v_old ± ε) − R)²), with
     /// its gradient in the new values and the fraction clipped.
     public static func valueLoss(new: [[Double]], old: [[Double]], returns: [[Double]], valid: [[Bool]], clip: Double)
         -> (loss: Double, gradient: [[Double]], clipFraction: Double) {
-        let count = Double(max(valid.joined().filter { $0 }.count, 1))
-        var loss = 0.0, clipped = 0.0
-        var gradient = new.map { [Double](repeating: 0, count: $0.count) }
-        for i in new.indices {
-            for t in new[i].indices where valid[i][t] {
-                let v = new[i][t], r = returns[i][t]
-                let bounded = min(max(v, old[i][t] - clip), old[i][t] + clip)
-                let plain = (v - r) * (v - r), limited = (bounded - r) * (bounded - r)
-                loss += 0.5 * max(plain, limited) / count
-                if limited > plain { clipped += 1 }
-                if plain > limited {
-                    gradient[i][t] = (v - r) / count
-                } else if plain == limited {
-                    // A tie passes half through each term (all of it when the clip is inactive).
-                    gradient[i][t] = ((v - r) + (bounded == v ? (bounded - r) : 0)) / 2 / count
-                } else if bounded == v {
-                    gradient[i][t] = (bounded - r) / count
-                }
+        maskedMean(new, valid: valid) { i, t in
+            let v = new[i][t], r = returns[i][t]
+            let bounded = min(max(v, old[i][t] - clip), old[i][t] + clip)
+            let plain = (v - r) * (v - r), limited = (bounded - r) * (bounded - r)
+            let gradient: Double
+            if plain > limited {
+                gradient = v - r
+            } else if plain == limited {
+                // A tie passes half through each term (all of it when the clip is inactive).
+                gradient = ((v - r) + (bounded == v ? (bounded - r) : 0)) / 2
+            } else {
+                gradient = bounded == v ? bounded - r : 0
             }
+            return (0.5 * max(plain, limited), gradient, limited > plain)
         }
-        return (loss, gradient, clipped / count)
     }
 }
