@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "EmberTokenizersTests", dependencies: ["EmberTokenizers", "EmberFormats", "EmberModels"], path: "Tests/EmberTokenizersTests"),
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
         .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
-        .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats", "EmberTraining"], path: "Tests/EmberTrainingTests"),
+        .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats", "EmberTokenizers", "EmberTraining"], path: "Tests/EmberTrainingTests"),
         .testTarget(name: "EmberDistributedTests", dependencies: ["EmberDistributed"], path: "Tests/EmberDistributedTests"),
     ]
 )

@@ -84,6 +84,34 @@ public final class Llama: @unchecked Sendable {
         }
     }
 
+    public enum ScoreError: Error, CustomStringConvertible {
+        case noScoreHead
+        public var description: String { "this model has no score head (a reward model is a LlamaForSequenceClassification of one label)" }
+    }
+
+    /// A reward model's scores of `tokens` (one sequence, from position 0): the score head on the
+    /// final hidden state of the last token that is not the pad token (`.last`, the sequence's
+    /// reward, read where transformers reads it) or of every token (`.all`, a value model's values).
+    public func scores(_ tokens: [Int], outputs: Outputs = .last, pool: ThreadPool = .shared) throws -> [Float] {
+        guard let score = weights.score else { throw ScoreError.noScoreHead }
+        let c = configuration, T = tokens.count, C = c.hiddenSize
+        guard T > 0 else { return [] }
+        guard T <= c.maxPositionEmbeddings else { throw ForwardError.contextFull(needed: T, capacity: c.maxPositionEmbeddings) }
+        let cache = makeCache(capacity: T)
+        for id in tokens where id < 0 || id >= c.vocabularySize { throw ForwardError.tokenOutOfRange(id, vocabulary: c.vocabularySize) }
+        let x = transformer(tokens: tokens, positions: (0..<T).map(Int32.init), pool: pool) { layer, q, k, v, attention in
+            cache.store(layer: layer, keys: k, values: v, at: 0, count: T)
+            cachedAttentionForward(q: q, k: cache.keys[layer], v: cache.values[layer], out: attention, tokens: T, offset: 0, heads: c.headCount,
+                                   kvHeads: c.kvHeadCount, headDim: c.headDim, pool: pool)
+        }
+        let last = c.padTokenID.flatMap { pad in tokens.lastIndex { $0 != pad } } ?? T - 1
+        let first = outputs == .last ? last : 0, rows = outputs == .last ? 1 : T
+        let h = FloatBuffer(count: rows * C), out = FloatBuffer(count: rows)
+        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
+        score.multiply(h.pointer, out.pointer, m: rows, pool: pool)
+        return Array(UnsafeBufferPointer(start: out.pointer, count: rows))
+    }
+
     /// Embeds `tokens` and runs every block over them at `positions`; `attend(layer, q, k, v, out)`
     /// stores the new keys and values wherever the caller keeps them and writes the attention
     /// output [T, H·D]. Returns the final hidden states [T, C].

@@ -18,6 +18,9 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     public var ropeLinearScale: Float
     public var tieWordEmbeddings: Bool
     public var architectures: [String]?
+    /// A reward model's pad token (`pad_token_id`): its score is read at the last token that is
+    /// not this one, as transformers reads it (nil for other models).
+    public var padTokenID: Int?
 
     enum CodingKeys: String, CodingKey {
         case hiddenSize = "hidden_size"
@@ -35,7 +38,14 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         case tieWordEmbeddings = "tie_word_embeddings"
         case architectures
         case modelType = "model_type"
+        case labels = "id2label"
+        case labelCount = "num_labels"
+        case padTokenID = "pad_token_id"
     }
+
+    /// A reward model (`LlamaForSequenceClassification` with one label): its forward ends in the
+    /// score head, read at the last token.
+    public var scoresSequences: Bool { architectures?.first == "LlamaForSequenceClassification" }
 
     public init(hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int, kvHeadCount: Int,
                 headDim: Int? = nil, vocabularySize: Int, maxPositionEmbeddings: Int, rmsNormEpsilon: Float = 1e-5,
@@ -59,9 +69,17 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
         let modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
-        let supported: Set = ["LlamaForCausalLM", "MistralForCausalLM"]
+        let supported: Set = ["LlamaForCausalLM", "MistralForCausalLM", "LlamaForSequenceClassification"]
         if let architectures, !architectures.contains(where: supported.contains) {
-            throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs LlamaForCausalLM and MistralForCausalLM)")
+            throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs LlamaForCausalLM, MistralForCausalLM and LlamaForSequenceClassification)")
+        }
+        if architectures?.first == "LlamaForSequenceClassification" {
+            // transformers' default is two labels when the config names none.
+            let labels = try c.decodeIfPresent([String: String].self, forKey: .labels)?.count ?? c.decodeIfPresent(Int.self, forKey: .labelCount) ?? 2
+            guard labels == 1 else {
+                throw FormatError("config.json: a LlamaForSequenceClassification of \(labels) labels; Ember runs reward models, which have one (id2label with one entry)")
+            }
+            padTokenID = try c.decodeIfPresent(Int.self, forKey: .padTokenID)
         }
         if architectures == nil, let modelType, !["llama", "mistral"].contains(modelType) {
             throw FormatError("config.json: model_type \(modelType) is not supported (Ember runs llama and mistral)")
@@ -106,6 +124,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
         try c.encode(architectures ?? ["LlamaForCausalLM"], forKey: .architectures)
         try c.encode("llama", forKey: .modelType)
+        try c.encodeIfPresent(padTokenID, forKey: .padTokenID)
         if ropeLinearScale != 1 { try c.encode(RopeScaling(type: "linear", factor: ropeLinearScale), forKey: .ropeScaling) }
     }
 

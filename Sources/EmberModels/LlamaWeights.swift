@@ -36,13 +36,17 @@ public struct LlamaWeights: Sendable {
     public var output: WeightMatrix     // [V, C]; the embedding itself when tied
     /// GGUF stores Q/K rows permuted for interleaved pairs; Hugging Face checkpoints use NeoX pairs.
     public var ropeMode: RopeMode
+    /// A reward model's score head [1, C] (`LlamaForSequenceClassification`'s `score.weight`).
+    public var score: WeightMatrix?
 
-    public init(embedding: WeightMatrix, blocks: [LlamaBlockWeights], finalNorm: [Float], output: WeightMatrix, ropeMode: RopeMode) {
+    public init(embedding: WeightMatrix, blocks: [LlamaBlockWeights], finalNorm: [Float], output: WeightMatrix, ropeMode: RopeMode,
+                score: WeightMatrix? = nil) {
         self.embedding = embedding
         self.blocks = blocks
         self.finalNorm = finalNorm
         self.output = output
         self.ropeMode = ropeMode
+        self.score = score
     }
 }
 
@@ -114,6 +118,7 @@ extension LlamaWeights {
         let finalNorm = try vector(.finalNorm)
         // The output matrix is read when the file has one, whatever the configuration says.
         let output = try source.lookup(LlamaTensor(.output, c).name(format)) == nil ? embedding : try matrix(.output)
-        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: output, ropeMode: ropeMode)
+        let score = c.scoresSequences ? try source.matrix("score.weight", rows: 1, columns: c.hiddenSize) : nil
+        return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: output, ropeMode: ropeMode, score: score)
     }
 }

@@ -48,16 +48,24 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
     public var rankStabilized: Bool
     /// The base model the adapter was trained on (a path or a hub name), as PEFT records it.
     public var baseModel: String
+    /// A reward or value model's adapter (PEFT's task_type SEQ_CLS): the model ends in a scalar
+    /// score head [1, hidden] (`LlamaForSequenceClassification`'s `score`, one label), trained
+    /// whole beside the LoRA matrices (PEFT's `modules_to_save`) and saved in the adapter.
+    public var scoreHead: Bool
 
     public init(rank: Int = 8, alpha: Float = 8, dropout: Float = 0, targets: [LoRATarget] = [.query, .value], rankStabilized: Bool = false,
-                baseModel: String = "") {
+                baseModel: String = "", scoreHead: Bool = false) {
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
         self.targets = targets
         self.rankStabilized = rankStabilized
         self.baseModel = baseModel
+        self.scoreHead = scoreHead
     }
+
+    /// PEFT's name of the score head's weight in a SEQ_CLS adapter.
+    public static let scoreTensorName = "base_model.model.score.weight"
 
     public var scale: Float { rankStabilized ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 
@@ -75,10 +83,10 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
 
     /// PEFT's `adapter_config.json` fields.
     func peftJSON() -> [String: Any] {
-        ["peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": Double(alpha), "lora_dropout": Double(dropout),
+        ["peft_type": "LORA", "task_type": scoreHead ? "SEQ_CLS" : "CAUSAL_LM", "r": rank, "lora_alpha": Double(alpha), "lora_dropout": Double(dropout),
          "target_modules": targets.map(\.rawValue), "bias": "none", "fan_in_fan_out": false, "inference_mode": true,
          "init_lora_weights": true, "use_rslora": rankStabilized, "use_dora": false, "base_model_name_or_path": baseModel,
-         "modules_to_save": NSNull(), "layers_to_transform": NSNull(), "revision": NSNull()]
+         "modules_to_save": scoreHead ? ["classifier", "score"] : NSNull(), "layers_to_transform": NSNull(), "revision": NSNull()]
     }
 
     /// Reads PEFT's `adapter_config.json`, refusing what Ember does not apply (DoRA, biases,
@@ -92,7 +100,13 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
         let alpha = (o["lora_alpha"] as? NSNumber)?.floatValue ?? 8
         if o["use_dora"] as? Bool == true { throw refuse("DoRA adapters are not supported") }
         if let bias = o["bias"] as? String, bias != "none" { throw refuse("adapters with trained biases (bias \(bias)) are not supported") }
-        if let modules = o["modules_to_save"] as? [Any], !modules.isEmpty { throw refuse("adapters with fully trained modules (modules_to_save) are not supported") }
+        let task = o["task_type"] as? String ?? "CAUSAL_LM"
+        let saved = (o["modules_to_save"] as? [Any])?.compactMap { $0 as? String } ?? []
+        let scoreHead = task == "SEQ_CLS"
+        guard task == "CAUSAL_LM" || scoreHead else { throw refuse("task_type \(task) is not supported (CAUSAL_LM and SEQ_CLS are)") }
+        if let other = saved.first(where: { !(scoreHead && ["classifier", "score"].contains($0)) }) {
+            throw refuse("adapters with fully trained modules besides a SEQ_CLS score head (modules_to_save \(other)) are not supported")
+        }
         if !(o["layers_to_transform"] is NSNull || o["layers_to_transform"] == nil) { throw refuse("adapters of a subset of layers are not supported") }
         if o["fan_in_fan_out"] as? Bool == true { throw refuse("fan_in_fan_out adapters (GPT-2 Conv1D layout) do not apply to LLaMA") }
         if let patterns = o["rank_pattern"] as? [String: Any], !patterns.isEmpty { throw refuse("per-module ranks (rank_pattern) are not supported") }
@@ -107,7 +121,7 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
         }
         let configuration = LoRAConfiguration(rank: rank, alpha: alpha, dropout: (o["lora_dropout"] as? NSNumber)?.floatValue ?? 0,
                                               targets: targets, rankStabilized: o["use_rslora"] as? Bool ?? false,
-                                              baseModel: o["base_model_name_or_path"] as? String ?? "")
+                                              baseModel: o["base_model_name_or_path"] as? String ?? "", scoreHead: scoreHead)
         do { try configuration.validate() } catch let e as FormatError { throw refuse(e.message) }
         return configuration
     }
@@ -119,10 +133,14 @@ public struct LoRAAdapter: @unchecked Sendable {
     public let configuration: LoRAConfiguration
     /// [layer][target] → (A, B).
     public let weights: [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]]
+    /// The score head [1, hidden] of a SEQ_CLS adapter (`configuration.scoreHead`).
+    public let score: FloatBuffer?
 
-    public init(configuration: LoRAConfiguration, weights: [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]]) {
+    public init(configuration: LoRAConfiguration, weights: [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]], score: FloatBuffer? = nil) {
+        precondition(configuration.scoreHead == (score != nil), "a SEQ_CLS adapter carries a score head, and only it")
         self.configuration = configuration
         self.weights = weights
+        self.score = score
     }
 
     /// The shapes of A and B for `target` in a model of configuration `c`.
@@ -163,10 +181,20 @@ public struct LoRAAdapter: @unchecked Sendable {
             }
             return row
         }
+        var score: FloatBuffer?
+        if configuration.scoreHead {
+            let name = LoRAConfiguration.scoreTensorName
+            expected.insert(name)
+            guard let entry = file.entries[name], entry.shape == [1, c.hiddenSize] else {
+                throw FormatError("\(path): a SEQ_CLS adapter needs \(name) of shape [1, \(c.hiddenSize)] (one label on this model's hidden size)")
+            }
+            score = FloatBuffer(uninitializedCount: c.hiddenSize)
+            dequantize(entry.dtype, from: file.data(of: entry), to: score!.pointer, count: c.hiddenSize)
+        }
         if let extra = file.entries.keys.sorted().first(where: { !expected.contains($0) }) {
             throw FormatError("\(path): \(extra) does not belong to a rank-\(r) LoRA of \(configuration.targets.map(\.rawValue).joined(separator: ", ")) on a model of \(c.layerCount) layers")
         }
-        return LoRAAdapter(configuration: configuration, weights: weights)
+        return LoRAAdapter(configuration: configuration, weights: weights, score: score)
     }
 
     /// Writes `adapter_model.safetensors` and `adapter_config.json` into `directory` (which must exist).
@@ -182,7 +210,10 @@ public struct LoRAAdapter: @unchecked Sendable {
                                      data: UnsafeBufferPointer(start: b.pointer, count: b.count)))
             }
         }
-        try withExtendedLifetime(weights) {
+        if let score {
+            tensors.append(.init(name: LoRAConfiguration.scoreTensorName, shape: [1, score.count], data: UnsafeBufferPointer(start: score.pointer, count: score.count)))
+        }
+        try withExtendedLifetime((weights, score)) {
             try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: directory + "/adapter_model.safetensors")
         }
         let json = try JSONSerialization.data(withJSONObject: configuration.peftJSON(), options: [.prettyPrinted, .sortedKeys])

@@ -65,10 +65,65 @@ public struct OpenAIServer: Sendable {
         router.post("v1/chat/completions") { request, _ in try await handle { try await completion(try await body(request), chat: true) } }
         router.post("v1/completions") { request, _ in try await handle { try await completion(try await body(request), chat: false) } }
         router.post("infill") { request, _ in try await handle { try await infill(try await body(request)) } }
+        router.post("pooling") { request, _ in try await handle { try await pooling(try await body(request)) } }
         return router
     }
 
     static let started = Int(Date().timeIntervalSince1970)
+
+    // MARK: Pooling
+
+    /// vLLM's pooling endpoint for a reward model: `input` (a string, a list of strings, a list of
+    /// token ids or a list of such lists) or `messages` (one conversation through the chat
+    /// template, without a generation prompt), each scored at its last non-pad token.
+    private func pooling(_ f: Fields) async throws -> Response {
+        guard engine.model.weights.score != nil else {
+            throw APIError.badRequest("\(modelName) has no score head; POST /pooling scores with a reward model (a LlamaForSequenceClassification folder, as `ember train-reward` writes)")
+        }
+        if let model = try f.string("model"), model != modelName {
+            throw APIError(status: 404, message: "the model '\(model)' does not exist; this server scores with '\(modelName)'", param: "model", code: "model_not_found")
+        }
+        var inputs: [[Int]] = []
+        if f["messages"] != nil {
+            inputs = [try promptTokens(chat: f, generationPrompt: false)]
+        } else {
+            func tokens(_ value: JinjaValue, _ what: String) throws -> [Int] {
+                switch value {
+                case .string(let text): return prompting.tokens(text)
+                case .list(let items):
+                    return try items.map {
+                        guard case .int(let id) = $0, (0..<tokenizer.vocabularySize).contains(id) else {
+                            throw APIError.badRequest("\(what) must be a string or a list of token ids between 0 and \(tokenizer.vocabularySize - 1)", param: "input")
+                        }
+                        return id
+                    }
+                default: throw APIError.badRequest("\(what) must be a string or a list of token ids", param: "input")
+                }
+            }
+            switch f["input"] {
+            case .string?: inputs = [try tokens(f["input"]!, "'input'")]
+            case .list(let items)? where items.contains(where: { if case .int = $0 { false } else { true } }):
+                inputs = try items.enumerated().map { try tokens($1, "input[\($0)]") }
+            case .list?: inputs = [try tokens(f["input"]!, "'input'")]
+            default: throw APIError.badRequest("give 'input' (a string, a list of strings or of token ids) or 'messages'", param: "input")
+            }
+        }
+        guard !inputs.isEmpty else { throw APIError.badRequest("'input' is an empty list", param: "input") }
+        let limit = engine.model.configuration.maxPositionEmbeddings
+        for (i, ids) in inputs.enumerated() {
+            guard !ids.isEmpty else { throw APIError.badRequest("input \(i) has no tokens", param: "input") }
+            guard ids.count <= limit else { throw APIError.badRequest("input \(i) has \(ids.count) tokens; the model's context is \(limit)", param: "input") }
+        }
+        let model = engine.model
+        let scores = try await Task.detached { try inputs.map { try model.scores($0)[0] } }.value
+        let data: [JinjaValue] = scores.enumerated().map { i, score in
+            .object([("index", .int(i)), ("object", "pooling"), ("data", .list([.double(Double(score))]))])
+        }
+        let count = inputs.reduce(0) { $0 + $1.count }
+        return Self.json(.object([("id", .string("pool-\(UInt64.random(in: 0...UInt64.max))")), ("object", "list"), ("created", .int(Int(Date().timeIntervalSince1970))),
+                                  ("model", .string(modelName)), ("data", .list(data)),
+                                  ("usage", .object([("prompt_tokens", .int(count)), ("total_tokens", .int(count)), ("completion_tokens", .int(0))]))]))
+    }
 
     private func body(_ request: Request) async throws -> Fields {
         let buffer: ByteBuffer
@@ -124,8 +179,9 @@ public struct OpenAIServer: Sendable {
 
     // MARK: Completions
 
-    /// The chat prompt's tokens: messages (and tools) through the model's chat template.
-    private func promptTokens(chat f: Fields) throws -> [Int] {
+    /// The chat prompt's tokens: messages (and tools) through the model's chat template, with the
+    /// generation prompt unless `add_generation_prompt` says otherwise (its default is `generationPrompt`).
+    private func promptTokens(chat f: Fields, generationPrompt: Bool = true) throws -> [Int] {
         guard case .list(let messages)? = f["messages"], !messages.isEmpty else {
             throw APIError.badRequest("'messages' must be a non-empty list of message objects", param: "messages")
         }
@@ -155,7 +211,7 @@ public struct OpenAIServer: Sendable {
             guard case .list = t else { throw APIError.badRequest("'tools' must be a list", param: "tools") }
             tools = t
         }
-        let addGenerationPrompt = try f.bool("add_generation_prompt") ?? true
+        let addGenerationPrompt = try f.bool("add_generation_prompt") ?? generationPrompt
         do {
             return try prompting.tokens(chat: .list(normalized), tools: tools, addGenerationPrompt: addGenerationPrompt)
         } catch let error as JinjaError {
@@ -183,7 +239,15 @@ public struct OpenAIServer: Sendable {
                           window: min(2048, context / 2), context: context, maxTokens: maxTokens) { tokenizer.encode($0, parseSpecial: false) }
     }
 
+    /// A reward model scores and does not generate.
+    private func refuseRewardModel() throws {
+        if engine.model.weights.score != nil {
+            throw APIError.badRequest("\(modelName) is a reward model (LlamaForSequenceClassification): it scores texts on POST /pooling and does not generate")
+        }
+    }
+
     private func completion(_ f: Fields, chat: Bool) async throws -> Response {
+        try refuseRewardModel()
         let adapter = try adapter(f)
         var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
         let requested = try f.int("max_completion_tokens") ?? f.int("max_tokens")
@@ -282,6 +346,7 @@ public struct OpenAIServer: Sendable {
     /// (other files, `[{"filename", "text"}]`) and `prompt` (text the middle starts with), with
     /// the sampling fields of the completions and `n_predict`; answered in llama-server's shape.
     private func infill(_ f: Fields) async throws -> Response {
+        try refuseRewardModel()
         guard let fim else {
             throw APIError(status: 501, message: "Infill is not supported by this model: it has no fill-in-the-middle prefix, suffix and middle tokens",
                            type: "not_supported_error")

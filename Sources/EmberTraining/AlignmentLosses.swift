@@ -61,7 +61,7 @@ public enum RewardModelLoss {
 /// averaged over the pairs. Metrics: `rewards/chosen` and `rewards/rejected` (the means of
 /// β(π − ref)), `rewards/accuracies` (chosen reward > rejected), `rewards/margins`, and
 /// `logps/chosen`, `logps/rejected` (the policy's means).
-public struct DPOLoss: Sendable {
+public struct DPOLoss: Codable, Sendable, Equatable {
     public enum Kind: String, Codable, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
 
     public var kind: Kind

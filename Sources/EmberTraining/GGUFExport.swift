@@ -17,15 +17,7 @@ public enum GGUFExport {
     public static func write(directory: String, to path: String, type: MatrixType, merging adapter: LoRAAdapter? = nil) throws {
         let model = try TrainableLlama(directory: directory)
         let c = model.configuration
-        if let adapter {
-            let byName = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, $0) })
-            for layer in 0..<c.layerCount {
-                for target in adapter.configuration.targets {
-                    let w = byName[LlamaTensor(target.role, layer: layer, c).name(.huggingFace)]!
-                    for (i, d) in adapter.delta(layer: layer, target).enumerated() { w.pointer[i] += d }
-                }
-            }
-        }
+        if let adapter { model.merge(adapter) }
         let tokenizerPath = directory + "/tokenizer.json"
         guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(directory): no tokenizer.json to export") }
         guard let tokenizer = try TokenizerJSON.load(path: tokenizerPath) as? ByteLevelBPETokenizer else {

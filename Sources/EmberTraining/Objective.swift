@@ -53,6 +53,56 @@ public struct DataShare: Sendable, Equatable {
     }
 }
 
+/// A seeded shuffle of `count` items per epoch, read in order and running on into the next
+/// epoch: the data order of fine-tuning. Its state (the epoch and the next position in its order)
+/// is what a checkpoint keeps.
+public struct EpochOrder: Sendable {
+    public let count: Int
+    let seed: UInt64
+    public private(set) var epoch = 0, position = 0
+    private var order: [Int] = []
+
+    /// `state` is a checkpoint's `state`, to continue where it stopped; `what` names the items in its error.
+    public init(count: Int, seed: UInt64, state: String? = nil, what: String = "items") throws {
+        precondition(count > 0)
+        self.count = count
+        self.seed = seed
+        if let state {
+            let parts = state.split(separator: " ").compactMap { Int($0) }
+            guard parts.count == 2, parts[0] >= 0, (0...count).contains(parts[1]) else {
+                throw TrainingError("the checkpoint's data position '\(state)' does not fit \(count) \(what)")
+            }
+            (epoch, position) = (parts[0], parts[1])
+        }
+        order = Self.order(count, seed: seed, epoch: epoch)
+    }
+
+    public var state: String { "\(epoch) \(position)" }
+
+    /// The next item's index.
+    public mutating func next() -> Int {
+        if position == count {
+            epoch += 1
+            position = 0
+            order = Self.order(count, seed: seed, epoch: epoch)
+        }
+        position += 1
+        return order[position - 1]
+    }
+
+    private static func order(_ n: Int, seed: UInt64, epoch: Int) -> [Int] {
+        var random = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+        return shuffled(n, &random)
+    }
+
+    /// A Fisher–Yates shuffle of 0..<n.
+    static func shuffled(_ n: Int, _ random: inout SplitMix64) -> [Int] {
+        var a = Array(0..<n)
+        for i in stride(from: n - 1, to: 0, by: -1) { a.swapAt(i, Int(random.next() % UInt64(i + 1))) }
+        return a
+    }
+}
+
 /// One micro-batch: its loss recorded on a tape, and the divisor that makes it a part of the
 /// global batch's loss (the global batch's rows over its own; 1 / gradientAccumulation per
 /// micro-batch for one process).

@@ -70,10 +70,14 @@ public struct SupervisedTokenizer {
         public var emptyCompletion = 0
         public var tooLong = 0
         public var nothingLearned = 0
-        public var total: Int { emptyAssistantTurn + emptyCompletion + tooLong + nothingLearned }
+        /// Preference pairs whose chosen and rejected answers are the same tokens.
+        public var identicalAnswers = 0
+        public init() {}
+        public var total: Int { emptyAssistantTurn + emptyCompletion + tooLong + nothingLearned + identicalAnswers }
         public var description: String {
             [(emptyAssistantTurn, "with an empty assistant turn"), (emptyCompletion, "with an empty completion"),
-             (tooLong, "longer than the maximum length"), (nothingLearned, "with no learned token")]
+             (tooLong, "longer than the maximum length"), (nothingLearned, "with no learned token"),
+             (identicalAnswers, "with chosen equal to rejected")]
                 .filter { $0.0 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
         }
     }

@@ -17,9 +17,11 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     /// the fraction of those in SPM order (nil: none).
     public var fimRate: Double?
     public var fimSPMRate: Double?
+    /// A reward model or DPO instead of supervised fine-tuning (the data are then preference pairs).
+    public var preference: PreferenceSettings?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
-                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil) {
+                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, preference: PreferenceSettings? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
         self.packing = packing
@@ -27,6 +29,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
         self.overlong = overlong
         self.fimRate = fimRate
         self.fimSPMRate = fimSPMRate
+        self.preference = preference
     }
 }
 
@@ -63,9 +66,7 @@ public final class SupervisedObjective: TrainingObjective {
     let padding: Int32
     public let tokenizerFiles: [String]
     /// Position in the data: the epoch and the next row of its shuffled order.
-    public private(set) var epoch = 0, position = 0
-    private var order: [Int] = []
-    private let seed: UInt64
+    private var order: EpochOrder
     public private(set) var validationMetrics: [String: Float] = [:]
     public private(set) var lastStepTokens: Int?
 
@@ -97,15 +98,7 @@ public final class SupervisedObjective: TrainingObjective {
             held = more.sequences
             guard !held.isEmpty else { throw TrainingError("\(path): no example is left to validate on (\(more.skipped))") }
         } else {
-            guard f.validationFraction > 0, f.validationFraction < 1 else { throw TrainingError("the held-out fraction must be between 0 and 1") }
-            let count = max(1, Int((f.validationFraction * Double(train.count)).rounded()))
-            guard train.count > count else {
-                throw TrainingError("\(s.data): \(train.count) usable examples are too few to hold out \(count) for validation (\(skipped))")
-            }
-            var random = SplitMix64(seed: s.seed ^ 0x5EED_F00D)
-            let chosen = Set(Self.shuffled(train.count, &random).prefix(count))
-            held = chosen.sorted().map { train[$0] }
-            train = train.indices.filter { !chosen.contains($0) }.map { train[$0] }
+            (train, held) = try holdOut(train, fraction: f.validationFraction, seed: s.seed, what: "examples", path: s.data, skipped: skipped)
         }
         guard !train.isEmpty else { throw TrainingError("\(s.data): no example is left to train on (\(skipped))") }
         self.skipped = skipped
@@ -119,29 +112,10 @@ public final class SupervisedObjective: TrainingObjective {
         validation = held.map { Row([$0]) }
         padding = Int32(prompting.chatFormat.eosToken.flatMap(prompting.tokenizer.id(of:)) ?? prompting.tokenizer.eosTokenID ?? 0)
         self.tokenizerFiles = tokenizerFiles
-        seed = s.seed
-        if let state {
-            let parts = state.split(separator: " ").compactMap { Int($0) }
-            guard parts.count == 2, parts[0] >= 0, (0...training.count).contains(parts[1]) else {
-                throw TrainingError("the checkpoint's data position '\(state)' does not fit \(training.count) training rows")
-            }
-            (epoch, position) = (parts[0], parts[1])
-        }
-        order = epochOrder(epoch)
+        order = try EpochOrder(count: training.count, seed: s.seed, state: state, what: "training rows")
     }
 
-    private static func shuffled(_ n: Int, _ random: inout SplitMix64) -> [Int] {
-        var a = Array(0..<n)
-        for i in stride(from: n - 1, to: 0, by: -1) { a.swapAt(i, Int(random.next() % UInt64(i + 1))) }
-        return a
-    }
-
-    private func epochOrder(_ epoch: Int) -> [Int] {
-        var random = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
-        return Self.shuffled(training.count, &random)
-    }
-
-    public var checkpointState: String { "\(epoch) \(position)" }
+    public var checkpointState: String { order.state }
 
     /// The tokenizer files of a model folder that a fine-tuned model carries on.
     public static func tokenizerFiles(in directory: String) -> [String] {
@@ -152,16 +126,7 @@ public final class SupervisedObjective: TrainingObjective {
     /// (running on into the next epoch).
     public func nextStep(settings s: TrainingSettings, share: DataShare) -> [MicroBatch] {
         let count = s.batchSize * s.gradientAccumulation
-        var rows: [Row] = []
-        while rows.count < count {
-            if position == training.count {
-                epoch += 1
-                position = 0
-                order = epochOrder(epoch)
-            }
-            rows.append(training[order[position]])
-            position += 1
-        }
+        let rows = (0..<count).map { _ in training[order.next()] }
         let total = rows.reduce(0) { $0 + $1.scored }
         lastStepTokens = rows.reduce(0) { $0 + $1.inputs.count }
         return share.microBatches(rows: count, micro: s.batchSize).map { part in

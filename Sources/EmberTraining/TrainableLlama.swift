@@ -35,6 +35,12 @@ public final class TrainableLlama: @unchecked Sendable {
     /// the arena then holds the adapter's A and B matrices only.
     public let base: LlamaWeights?
     public let lora: LoRAConfiguration?
+    /// A reward or value model's score head [1, C] (with a LoRA whose `scoreHead` is set): the
+    /// forward then ends in one score per position instead of the vocabulary's logits.
+    public let score: Variable?
+    /// With LoRA: whether the adapter takes part in the forward (off, the model is its frozen base:
+    /// DPO's reference).
+    public var adapterEnabled = true
     /// The RoPE pairing the weights are stored for: Hugging Face's, or GGUF's for a GGUF base.
     let ropeMode: RopeMode
     /// The tensor-parallel group the forward's collectives run in (set by the trainer).
@@ -96,7 +102,7 @@ public final class TrainableLlama: @unchecked Sendable {
             return tape.linear(x, w)
         case .frozen(let w, let lora):
             let y = tape.frozenLinear(x, w)
-            guard let lora, let settings = self.lora else { return y }
+            guard let lora, let settings = self.lora, adapterEnabled else { return y }
             let h = tape.linear(tape.dropout(x, rate: settings.dropout, seed: seed), lora.a)
             return tape.add(y, tape.linear(h, lora.b), scale: settings.scale)
         }
@@ -144,6 +150,7 @@ public final class TrainableLlama: @unchecked Sendable {
         parameters = arena.parameters
         base = nil
         lora = nil
+        score = nil
         ropeMode = .neox
     }
 
@@ -169,6 +176,7 @@ public final class TrainableLlama: @unchecked Sendable {
                 tensors += [(LoRAConfiguration.tensorName(layer: layer, target, b: false), a), (LoRAConfiguration.tensorName(layer: layer, target, b: true), b)]
             }
         }
+        if settings.scoreHead { tensors.append((LoRAConfiguration.scoreTensorName, [1, c.hiddenSize])) }
         arena = ParameterArena(tensors)
         parameters = arena.parameters
         var random = SplitMix64(seed: seed)
@@ -190,6 +198,18 @@ public final class TrainableLlama: @unchecked Sendable {
                 row[target] = (a, b)
             }
             pairs.append(row)
+        }
+        if settings.scoreHead {
+            // transformers' initialisation of a new score head: N(0, initializer_range²).
+            let head = arena.parameters[next]
+            if let saved = adapter?.score {
+                head.pointer.update(from: saved.pointer, count: head.count)
+            } else {
+                for i in 0..<head.count { head.pointer[i] = Float(0.02 * random.nextNormal()) }
+            }
+            score = head
+        } else {
+            score = nil
         }
         func frozenNorm(_ values: [Float], _ name: String) -> Variable {
             Variable(shape: [values.count], values: values, name: name, requiresGradient: false)
@@ -216,8 +236,9 @@ public final class TrainableLlama: @unchecked Sendable {
             }
             return row
         }
-        let native = LoRAAdapter(configuration: lora!, weights: weights)
-        return LoRAAdapter(configuration: lora!, weights: native.weights(rowOrder: ropeMode, configuration, inverse: true))
+        let head = score.map { FloatBuffer($0.values) }
+        let native = LoRAAdapter(configuration: lora!, weights: weights, score: head)
+        return LoRAAdapter(configuration: lora!, weights: native.weights(rowOrder: ropeMode, configuration, inverse: true), score: head)
     }
 
     /// A new model: matrices and embeddings drawn from N(0, 0.02²) (Hugging Face's default
@@ -393,6 +414,7 @@ public final class TrainableLlama: @unchecked Sendable {
         markReady(lora == nil ? finalNorm : nil)
         return units([2 * blocks.count + 1]) {
             let h = enter(tape, tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon))
+            if let score { return tape.linear(h, score) }
             return self.apply(tape, h, output, seed: 0)
         }
     }

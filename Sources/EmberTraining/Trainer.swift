@@ -632,7 +632,11 @@ public final class Trainer {
             prompting = { try LoadedModel.prompting(directory: checkpoint) }
         }
         let objective: any TrainingObjective
-        if let fineTuning = settings.fineTuning {
+        if let fineTuning = settings.fineTuning, let preference = fineTuning.preference {
+            objective = try PreferenceObjective(settings: settings, fineTuning: fineTuning, preference: preference, prompting: prompting(),
+                                                tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint), configuration: model.configuration,
+                                                reference: preference.reference.map { try TrainableLlama(directory: $0) }, state: state.samplerState)
+        } else if let fineTuning = settings.fineTuning {
             objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting(),
                                                 tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint),
                                                 configuration: model.configuration, state: state.samplerState)

@@ -34,42 +34,13 @@ struct FineTune: ParsableCommand {
           ember sft --resume runs/sft
         """)
 
-    @Option(help: ArgumentHelp("The model to fine-tune: a Hugging Face folder with its tokenizer.", valueName: "dir"))
-    var model: String?
-    @Option(help: ArgumentHelp("Training examples, JSONL in TRL's formats.", valueName: "file"))
-    var data: String?
-    @Option(name: .customLong("eval-data"), help: ArgumentHelp("Held-out examples (default: --eval-fraction of --data).", valueName: "file"))
-    var evalData: String?
-    @Option(name: .customLong("eval-fraction"), help: "The fraction of --data held out when there is no --eval-data.")
-    var evalFraction: Double = 0.05
-    @Option(help: ArgumentHelp("Where checkpoints, logs and the final model go.", valueName: "dir"))
-    var output: String?
-    @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
-    var resume: String?
-
+    @OptionGroup var options: FineTuningOptions
     @Flag(help: "Pack examples into rows of --max-length (best-fit decreasing, one attention block per example).")
     var packing = false
     @Option(name: .customLong("loss-on"), help: "completion (the completion or the assistant's turns; all of plain text) or all (every token).")
     var lossOn: LearnedTokens = .completion
     @Option(help: "Examples longer than --max-length: drop (counted) or truncate (keep the start).")
     var overlong: OverlongExamples = .drop
-    @Option(name: .customLong("max-length"), help: "Tokens of the longest example, or of a packed row.")
-    var maxLength: Int = 1024
-
-    @Option(help: "Optimizer steps (default: --epochs over the training examples).") var steps: Int?
-    @Option(help: "Passes over the training data when --steps is not given.") var epochs: Double = 1
-    @Option(name: .customLong("batch-size"), help: "Examples (or packed rows) per micro-batch.") var batchSize: Int = 4
-    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum: Int = 2
-    @Option(help: "Peak learning rate.") var lr: Float = 2e-5
-    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay.") var minLr: Float = 0
-    @Option(help: "Linear warmup steps.") var warmup: Int = 0
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices.") var weightDecay: Float = 0
-    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float = 1
-    @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute = .none
-    @Option(help: "Seed of the held-out split and the data order.") var seed: UInt64 = 1
-    @Option(name: .customLong("eval-every"), help: "Steps between validations (0: only at the end).") var evalEvery: Int = 50
-    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int = 100
-    @Option(help: "Checkpoints kept.") var keep: Int = 2
 
     @Option(name: .customLong("fim-rate"), help: "The fraction of plain-text documents given the fill-in-the-middle transformation.")
     var fimRate: Double = 0
@@ -80,15 +51,10 @@ struct FineTune: ParsableCommand {
     @OptionGroup var parallel: ParallelOptions
 
     func validate() throws {
-        if resume == nil {
-            guard model != nil, data != nil, output != nil else { throw ValidationError("give --model DIR, --data FILE and --output DIR (or --resume a run)") }
-        } else if model != nil || data != nil || evalData != nil || packing || loraOptions.rank != nil || fimRate != 0 {
-            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --model, --data, --eval-data, --packing, --fim-rate and --lora-rank")
+        if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-rate and --lora-rank")
         }
         guard (0...1).contains(fimRate), (0...1).contains(fimSPMRate) else { throw ValidationError("--fim-rate and --fim-spm-rate must be between 0 and 1") }
-        guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
-        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
-        guard evalFraction > 0, evalFraction < 1 else { throw ValidationError("--eval-fraction must be between 0 and 1") }
     }
 
     func run() throws {
@@ -98,18 +64,11 @@ struct FineTune: ParsableCommand {
     func run(_ parallelism: Parallelism) throws {
         func say(_ text: String) { if parallelism.isLeader { printError(text) } }
         let trainer: Trainer, folder: CheckpointFolder
-        if let resume {
-            let checkpoint = try CheckpointFolder.locate(resume)
-            trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
-            guard trainer.objective is SupervisedObjective else { throw CommandError("\(resume) is not a fine-tuning run; continue it with ember pretrain --resume") }
-            folder = CheckpointFolder(output: output ?? CheckpointFolder.run(of: resume, checkpoint: checkpoint))
-            say("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)")
+        if let resumed = try options.resumed(parallelism, accepts: { $0.objective is SupervisedObjective }, command: "sft") {
+            (trainer, folder) = resumed
         } else {
-            let output = self.output!
-            var model = self.model!
-            guard !FileManager.default.fileExists(atPath: output + "/latest") else {
-                throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
-            }
+            let output = try options.newOutput()
+            var model = options.model!
             if fimRate > 0, !model.hasSuffix(".gguf"), FillInTheMiddle(tokenizer: try LoadedModel.prompting(directory: model).tokenizer) == nil {
                 guard loraOptions.rank == nil else {
                     throw CommandError("\(model) has no fill-in-the-middle tokens; adding them grows the embedding, which a LoRA adapter does not carry: fine-tune fully (leave out --lora-rank), or start from a model that has them")
@@ -121,52 +80,25 @@ struct FineTune: ParsableCommand {
                 try parallelism.world.barrier()
                 model = output + "/base"
             }
-            let weights: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]
-            if let lora = try loraOptions.configuration() {
-                let adapted = try TrainableLlama.withLoRA(base: model, lora: lora, seed: seed)
-                weights = adapted.model
-                prompting = try adapted.base.prompting()
-                tokenizerFiles = adapted.base.gguf == nil ? SupervisedObjective.tokenizerFiles(in: model) : []
-            } else {
-                guard !model.hasSuffix(".gguf") else {
-                    throw CommandError("\(model): a GGUF model trains through an adapter only (QLoRA: give --lora-rank); full fine-tuning starts from a Hugging Face folder")
-                }
-                prompting = try LoadedModel.prompting(directory: model)
-                weights = try TrainableLlama(directory: model, layout: parallelism.layout)
-                tokenizerFiles = SupervisedObjective.tokenizerFiles(in: model)
-            }
-            let fineTuning = FineTuningSettings(validationData: evalData.map(absolute), validationFraction: evalFraction, packing: packing,
+            let (weights, prompting, tokenizerFiles) = try options.load(model, lora: try loraOptions.configuration(), parallelism: parallelism)
+            let fineTuning = FineTuningSettings(validationData: options.heldOut.data, validationFraction: options.heldOut.fraction, packing: packing,
                                                 learned: lossOn, overlong: overlong, fimRate: fimRate > 0 ? fimRate : nil,
                                                 fimSPMRate: fimRate > 0 ? fimSPMRate : nil)
-            var settings = TrainingSettings(
-                data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
-                learningRate: lr, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
-                recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
+            var settings = options.settings(defaultLR: 2e-5, fineTuning: fineTuning)
             let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting,
                                                     tokenizerFiles: tokenizerFiles, configuration: weights.configuration)
-            let rowsPerStep = batchSize * gradAccum
-            settings.steps = steps ?? max(1, Int((epochs * Double(objective.training.count) / Double(rowsPerStep)).rounded(.up)))
+            settings.steps = options.steps(for: objective.training.count)
             trainer = try Trainer(model: weights, objective: objective, settings: settings, parallelism: parallelism)
             folder = CheckpointFolder(output: output)
-            let c = weights.configuration
             let skipped = objective.skipped.total > 0 ? "; skipped \(objective.skipped)" : ""
-            if let lora = weights.lora, let base = weights.base {
-                let types = Set(base.blocks.flatMap { [$0.query.type, $0.gate.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
-                say(String(format: "model: LoRA rank %d, alpha %g on %@: %.2fM trained parameters over the frozen %@ base (hidden %d, %d layers) from %@",
-                           lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","), Double(weights.parameterCount) / 1e6, types,
-                           c.hiddenSize, c.layerCount, model))
-            } else {
-                say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,
-                           c.hiddenSize, c.layerCount, c.vocabularySize, model))
-            }
-            say("data: \(objective.trainingExamples) training examples\(packing ? " packed into \(objective.training.count) rows of \(maxLength)" : ""), \(objective.validation.count) held out\(skipped); \(settings.steps) steps of \(rowsPerStep) \(packing ? "rows" : "examples") (\(String(format: "%.2f", Double(settings.steps * rowsPerStep) / Double(objective.training.count))) epochs)")
+            options.describe(weights, from: model, say: say)
+            let rowsPerStep = settings.batchSize * settings.gradientAccumulation
+            say("data: \(objective.trainingExamples) training examples\(packing ? " packed into \(objective.training.count) rows of \(settings.sequenceLength)" : ""), \(objective.validation.count) held out\(skipped); \(settings.steps) steps of \(rowsPerStep) \(packing ? "rows" : "examples") (\(String(format: "%.2f", Double(settings.steps * rowsPerStep) / Double(objective.training.count))) epochs)")
             let before = try trainer.evaluate()
             say(String(format: "before training: validation masked NLL %.4f, token accuracy %.4f", before, objective.validationMetrics["token_accuracy"] ?? .nan))
         }
         try runTraining(trainer, folder: folder, parallel: parallel, resume: "ember sft --resume \(folder.output)")
     }
-
-    private func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
 }
 
 extension LearnedTokens: ExpressibleByArgument {}

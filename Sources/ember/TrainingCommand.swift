@@ -110,7 +110,11 @@ func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: Paralle
                           p.tokensPerSecond)
         if let validation = p.validationLoss {
             line += String(format: " val %.4f", validation)
-            if let accuracy = trainer.history.last?.metrics["val_token_accuracy"] { line += String(format: " val accuracy %.4f", accuracy) }
+            let metrics = trainer.history.last?.metrics ?? [:]
+            for (key, label) in [("val_token_accuracy", "val accuracy"), ("val_accuracy", "val accuracy"), ("val_rewards/accuracies", "val reward accuracy"),
+                                 ("val_rewards/margins", "val margin")] {
+                if let value = metrics[key] { line += String(format: " %@ %.4f", label, value) }
+            }
             if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
             lastLine = p.elapsed
         } else if !interactive, p.elapsed - lastLine >= 30 {
@@ -165,3 +169,113 @@ func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: Paralle
         }
     }
 }
+
+/// The options of the fine-tuning commands (sft, train-reward, dpo): the model, the data, the
+/// output and the schedule.
+struct FineTuningOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The model to fine-tune: a Hugging Face folder with its tokenizer (or, with --lora-rank, a GGUF file).", valueName: "dir"))
+    var model: String?
+    @Option(help: ArgumentHelp("Training examples, JSONL in TRL's formats.", valueName: "file"))
+    var data: String?
+    @Option(name: .customLong("eval-data"), help: ArgumentHelp("Held-out examples (default: --eval-fraction of --data).", valueName: "file"))
+    var evalData: String?
+    @Option(name: .customLong("eval-fraction"), help: "The fraction of --data held out when there is no --eval-data.")
+    var evalFraction: Double = 0.05
+    @Option(help: ArgumentHelp("Where checkpoints, logs and the final model go.", valueName: "dir"))
+    var output: String?
+    @Option(help: ArgumentHelp("Continue a run: its output folder or one of its checkpoints.", valueName: "dir"))
+    var resume: String?
+    @Option(name: .customLong("max-length"), help: "Tokens of the longest example (or of a packed row, or of either answer of a pair).")
+    var maxLength: Int = 1024
+
+    @Option(help: "Optimizer steps (default: --epochs over the training examples).") var steps: Int?
+    @Option(help: "Passes over the training data when --steps is not given.") var epochs: Double = 1
+    @Option(name: .customLong("batch-size"), help: "Examples (packed rows, or pairs) per micro-batch.") var batchSize: Int = 4
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum: Int = 2
+    @Option(help: "Peak learning rate (default: sft 2e-5; train-reward 1e-4 and dpo 1e-6, TRL's).") var lr: Float?
+    @Option(name: .customLong("min-lr"), help: "Learning rate at the end of the cosine decay.") var minLr: Float = 0
+    @Option(help: "Linear warmup steps.") var warmup: Int = 0
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices.") var weightDecay: Float = 0
+    @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float = 1
+    @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute = .none
+    @Option(help: "Seed of the held-out split, the data order and a new adapter.") var seed: UInt64 = 1
+    @Option(name: .customLong("eval-every"), help: "Steps between validations (0: only at the end).") var evalEvery: Int = 50
+    @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int = 100
+    @Option(help: "Checkpoints kept.") var keep: Int = 2
+
+    func validate() throws {
+        if resume == nil {
+            guard model != nil, data != nil, output != nil else { throw ValidationError("give --model, --data FILE and --output DIR (or --resume a run)") }
+        } else if model != nil || data != nil || evalData != nil {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --model, --data and --eval-data")
+        }
+        guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
+        guard epochs > 0 else { throw ValidationError("--epochs must be positive") }
+        guard evalFraction > 0, evalFraction < 1 else { throw ValidationError("--eval-fraction must be between 0 and 1") }
+    }
+
+    /// With --resume: the trainer continued from its checkpoint (its objective must pass `accepts`,
+    /// else the error names `command`) and the run's folder.
+    func resumed(_ parallelism: Parallelism, accepts: (Trainer) -> Bool, command: String) throws -> (Trainer, CheckpointFolder)? {
+        guard let resume else { return nil }
+        let checkpoint = try CheckpointFolder.locate(resume)
+        let trainer = try Trainer.resume(from: checkpoint, steps: steps, parallelism: parallelism)
+        guard accepts(trainer) else { throw CommandError("\(resume) was not written by ember \(command); continue it with the command that started it") }
+        if parallelism.isLeader { printError("resuming \(checkpoint) at step \(trainer.step) of \(trainer.settings.steps)") }
+        return (trainer, CheckpointFolder(output: output ?? CheckpointFolder.run(of: resume, checkpoint: checkpoint)))
+    }
+
+    /// The new run's output folder, refused when it already holds a run.
+    func newOutput() throws -> String {
+        let output = self.output!
+        guard !FileManager.default.fileExists(atPath: output + "/latest") else {
+            throw CommandError("\(output) already holds a run; continue it with --resume \(output), or choose another --output")
+        }
+        return output
+    }
+
+    /// The model to train from `path`: a LoRA over it when `lora` is given (with a score head for a
+    /// reward model), else the whole model; its prompting and the tokenizer files its checkpoints carry.
+    func load(_ path: String, lora: LoRAConfiguration?, parallelism: Parallelism) throws -> (model: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]) {
+        if let lora {
+            let adapted = try TrainableLlama.withLoRA(base: path, lora: lora, seed: seed)
+            return (adapted.model, try adapted.base.prompting(), adapted.base.gguf == nil ? SupervisedObjective.tokenizerFiles(in: path) : [])
+        }
+        guard !path.hasSuffix(".gguf") else {
+            throw CommandError("\(path): a GGUF model trains through an adapter only (QLoRA: give --lora-rank); full fine-tuning starts from a Hugging Face folder")
+        }
+        return (try TrainableLlama(directory: path, layout: parallelism.layout), try LoadedModel.prompting(directory: path), SupervisedObjective.tokenizerFiles(in: path))
+    }
+
+    /// The run's settings, one step long until `steps(for:)` says how many.
+    func settings(defaultLR: Float, fineTuning: FineTuningSettings) -> TrainingSettings {
+        TrainingSettings(
+            data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
+            learningRate: lr ?? defaultLR, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
+            recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
+    }
+
+    /// --steps, or enough steps for --epochs over `rows` training rows.
+    func steps(for rows: Int) -> Int {
+        steps ?? max(1, Int((epochs * Double(rows) / Double(batchSize * gradAccum)).rounded(.up)))
+    }
+
+    /// The held-out data's settings.
+    var heldOut: (data: String?, fraction: Double) { (evalData.map(absolute), evalFraction) }
+
+    /// Says what the model is (leader only).
+    func describe(_ weights: TrainableLlama, from path: String, say: (String) -> Void) {
+        let c = weights.configuration
+        if let lora = weights.lora, let base = weights.base {
+            let types = Set(base.blocks.flatMap { [$0.query.type, $0.gate.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
+            say(String(format: "model: LoRA rank %d, alpha %g on %@%@: %.2fM trained parameters over the frozen %@ base (hidden %d, %d layers) from %@",
+                       lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","), weights.score == nil ? "" : " and a score head",
+                       Double(weights.parameterCount) / 1e6, types, c.hiddenSize, c.layerCount, path))
+        } else {
+            say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,
+                       c.hiddenSize, c.layerCount, c.vocabularySize, path))
+        }
+    }
+}
+
+func absolute(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
