@@ -3,7 +3,8 @@
 # Tests/openai/client_test.py against it with the official openai package (installed into
 # .cache/venv), with two random LoRA adapters served beside the base (--lora-modules), and a second
 # server on the f32 model with fill-in-the-middle tokens added (ember export --add-fim-tokens) for
-# /infill. Stops the servers afterwards, and fails if one crashed.
+# /infill, and a third on a reward model that one step of `ember train-reward` makes, for /pooling.
+# Stops the servers afterwards, and fails if one crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -19,12 +20,22 @@ for n in 1 2; do "$tools" scripts/make-random-adapter.py "$adapters/$n" --seed "
 server=$!
 fim_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fim_log=$(mktemp)
-trap 'kill $server ${fim_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$adapters"' EXIT
+reward_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+reward_log=$(mktemp)
+trap 'kill $server ${fim_server:-} ${reward_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$reward_log" "$adapters"' EXIT
 .build/release/ember export --input .cache/models/SmolLM2-135M-f32 --add-fim-tokens "$adapters/fim"
 .build/release/ember serve --model "$adapters/fim" --served-model-name fim --port "$fim_port" --api-key "$key" \
     --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 128MiB > "$fim_log" 2>&1 &
 fim_server=$!
-for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log"; do
+for answer in Blue Red Green Seven; do
+    printf '{"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": [{"role": "assistant", "content": "%s."}], "rejected": [{"role": "assistant", "content": "No."}]}\n' "$answer"
+done > "$adapters/pairs.jsonl"
+.build/release/ember train-reward --model .cache/models/SmolLM2-135M-f32 --data "$adapters/pairs.jsonl" --lora-rank 2 --steps 1 \
+    --batch-size 1 --grad-accum 1 --eval-fraction 0.25 --output "$adapters/reward" > "$reward_log" 2>&1 || { cat "$reward_log"; exit 1; }
+.build/release/ember serve --model "$adapters/reward/model" --served-model-name reward --port "$reward_port" --api-key "$key" \
+    --max-model-len 512 --kv-cache-memory 64MiB > "$reward_log" 2>&1 &
+reward_server=$!
+for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log" "$reward_port:$reward_server:$reward_log"; do
     IFS=: read -r at pid out <<< "$p"
     for _ in $(seq 150); do
         "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$at/health').status_code != 200)" 2>/dev/null && break
@@ -33,11 +44,11 @@ for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log"; do
     done
 done
 status=0
-EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_API_KEY="$key" \
+EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_REWARD_URL="http://127.0.0.1:$reward_port" EMBER_API_KEY="$key" \
     EMBER_MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf EMBER_ADAPTERS="$adapters" "$python" Tests/openai/client_test.py || status=$?
-for p in "$server:$log" "$fim_server:$fim_log"; do
+for p in "$server:$log" "$fim_server:$fim_log" "$reward_server:$reward_log"; do
     kill -0 "${p%%:*}" 2>/dev/null || { cat "${p#*:}"; echo "ember serve crashed during the tests" >&2; exit 1; }
 done
-kill -INT $server $fim_server
-wait $server $fim_server || true
+kill -INT $server $fim_server $reward_server
+wait $server $fim_server $reward_server || true
 exit $status

@@ -3,7 +3,8 @@
 Run by scripts/test-openai.sh against a live `ember serve` on loopback (base URL and API key
 from EMBER_BASE_URL and EMBER_API_KEY; the server runs with --max-model-len 512,
 --max-tokens-limit 256 and the default n limit of 8). EMBER_FIM_URL is a second server, on a model
-with fill-in-the-middle tokens, for /infill and `suffix`.
+with fill-in-the-middle tokens, for /infill and `suffix`; EMBER_REWARD_URL a third, on a reward model
+(a LlamaForSequenceClassification written by `ember train-reward`), for /pooling.
 """
 import concurrent.futures
 import json
@@ -317,6 +318,58 @@ class Infill(unittest.TestCase):
         self.assertIn("Infill is not supported", r.json()["error"]["message"])
         with self.assertRaises(openai.BadRequestError):
             client.completions.create(model=MODEL, prompt="a", suffix="b", max_tokens=2)
+
+
+class Pooling(unittest.TestCase):
+    """vLLM's /pooling on a reward model: one score per input, read at its last token."""
+
+    REWARD = os.environ["EMBER_REWARD_URL"]
+
+    def post(self, path, body, base=None):
+        return httpx.post((base or self.REWARD) + path, headers=HEADERS, json=body, timeout=120)
+
+    def scores(self, body):
+        r = self.post("/pooling", {"model": "reward", **body})
+        self.assertEqual(r.status_code, 200, r.text)
+        answer = r.json()
+        self.assertEqual(answer["object"], "list")
+        self.assertEqual([d["index"] for d in answer["data"]], list(range(len(answer["data"]))))
+        self.assertTrue(all(d["object"] == "pooling" and len(d["data"]) == 1 for d in answer["data"]))
+        return [d["data"][0] for d in answer["data"]], answer["usage"]
+
+    def test_text_ids_and_messages_score_alike(self):
+        messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+        ids = self.post("/tokenize", {"messages": messages, "add_generation_prompt": False}).json()["tokens"]
+        text = self.post("/detokenize", {"tokens": ids}).json()["prompt"]
+        [by_messages], usage = self.scores({"messages": messages})
+        self.assertEqual(usage["prompt_tokens"], len(ids))
+        [by_ids], _ = self.scores({"input": ids})
+        [by_text], _ = self.scores({"input": text})
+        self.assertEqual(by_messages, by_ids)
+        self.assertEqual(by_text, by_ids)
+
+    def test_a_batch_scores_each_input_alone(self):
+        texts = ["The sky is blue.", "Paris is the capital of France.", "Two and two make five."]
+        together, usage = self.scores({"input": texts})
+        alone = [self.scores({"input": t})[0][0] for t in texts]
+        self.assertEqual(together, alone)
+        self.assertEqual(len(set(together)), 3)
+
+    def test_bad_pooling_requests(self):
+        cases = [({"input": 5}, 400), ({"input": []}, 400), ({"input": [10 ** 9]}, 400), ({"input": [[1, 2], 3.5]}, 400),
+                 ({}, 400), ({"messages": "hi"}, 400), ({"model": "nope", "input": "a"}, 404)]
+        for body, status in cases:
+            r = self.post("/pooling", body)
+            print(f"/pooling {json.dumps(body)}: {r.status_code} {r.json()['error']['message']}")
+            self.assertEqual(r.status_code, status)
+
+    def test_a_reward_model_does_not_generate_and_a_generator_does_not_score(self):
+        r = self.post("/v1/completions", {"prompt": "a", "max_tokens": 2})
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("reward model", r.json()["error"]["message"])
+        r = self.post("/pooling", {"input": "a"}, base=BASE)
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("no score head", r.json()["error"]["message"])
 
 
 if __name__ == "__main__":
