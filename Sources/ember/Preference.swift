@@ -48,7 +48,7 @@ struct TrainReward: ParsableCommand {
         }
         var output = options.output ?? ""
         if let resume = options.resume, options.output == nil { output = CheckpointFolder.run(of: resume, checkpoint: try CheckpointFolder.locate(resume)) }
-        try RewardModelExport.write(base: base, adapter: trainer.model.adapter(), padTokenID: Int(objective.padding),
+        try MergedExport.write(base: base, adapter: trainer.model.adapter(), padTokenID: Int(objective.padding),
                                     tokenizerFiles: SupervisedObjective.tokenizerFiles(in: output + "/adapter"), to: output + "/model")
         printError("reward model (LlamaForSequenceClassification, the adapter merged) in \(output)/model")
     }

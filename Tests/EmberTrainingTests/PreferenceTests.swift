@@ -73,7 +73,7 @@ import Testing
         let (_, adapter) = try peftModel()
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("ember-reward-merged-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        try RewardModelExport.write(base: Self.fixture("lora/base"), adapter: adapter, padTokenID: 0, tokenizerFiles: [], to: folder)
+        try MergedExport.write(base: Self.fixture("lora/base"), adapter: adapter, padTokenID: 0, tokenizerFiles: [], to: folder)
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json"))) as! [String: Any]
         #expect(config["architectures"] as? [String] == ["LlamaForSequenceClassification"] && (config["id2label"] as? [String: Any])?.count == 1)
         #expect(config["pad_token_id"] as? Int == 0)
