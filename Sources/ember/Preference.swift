@@ -112,6 +112,9 @@ struct PreferenceRun {
     /// The trainer after its last step (nil when stopped by a signal: the error then ends the process).
     func run(_ parallelism: Parallelism, preference: PreferenceSettings, scoreHead: Bool) throws -> Trainer? {
         func say(_ text: String) { if parallelism.isLeader { printError(text) } }
+        guard parallelism.tensor.size == 1, parallelism.pipeline.size == 1 else {
+            throw CommandError("ember \(command) runs data-parallel only (its losses read whole sequences of scores or log-probabilities): leave out --tensor-parallel and --pipeline-parallel")
+        }
         let trainer: Trainer, folder: CheckpointFolder
         if let resumed = try options.resumed(parallelism, accepts: {
             ($0.objective as? PreferenceObjective)?.settings.objective == preference.objective
