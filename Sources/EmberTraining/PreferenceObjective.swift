@@ -38,6 +38,12 @@ public struct PreferencePair: Sendable, Equatable {
     }
 }
 
+extension Prompting {
+    /// The token that pads training rows: the chat format's EOS, as TRL pads when the tokenizer
+    /// has no pad token (the tokenizer's EOS, or 0, without one).
+    public var paddingToken: Int { chatFormat.eosToken.flatMap(tokenizer.id(of:)) ?? tokenizer.eosTokenID ?? 0 }
+}
+
 extension SupervisedTokenizer {
     /// The pairs of preference data, tokenized as TRL's trainers do: with a prompt, each answer is
     /// a prompt-completion example (the chat template's rendering of prompt + answer for messages;
@@ -154,7 +160,7 @@ public final class PreferenceObjective: TrainingObjective {
             (train, held) = try holdOut(train, fraction: f.validationFraction, seed: s.seed, what: "pairs", path: s.data, skipped: skipped)
         }
         guard !train.isEmpty else { throw TrainingError("\(s.data): no pair is left to train on (skipped \(skipped))") }
-        let padding = Int32(prompting.chatFormat.eosToken.flatMap(prompting.tokenizer.id(of:)) ?? prompting.tokenizer.eosTokenID ?? 0)
+        let padding = Int32(prompting.paddingToken)
         try self.init(settings: preference, training: train, validation: held, skipped: skipped, padding: padding, tokenizerFiles: tokenizerFiles,
                       reference: reference, seed: s.seed, state: state)
     }

@@ -110,7 +110,7 @@ public final class SupervisedObjective: TrainingObjective {
             training = train.map { Row([$0]) }
         }
         validation = held.map { Row([$0]) }
-        padding = Int32(prompting.chatFormat.eosToken.flatMap(prompting.tokenizer.id(of:)) ?? prompting.tokenizer.eosTokenID ?? 0)
+        padding = Int32(prompting.paddingToken)
         self.tokenizerFiles = tokenizerFiles
         order = try EpochOrder(count: training.count, seed: s.seed, state: state, what: "training rows")
     }

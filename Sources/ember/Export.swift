@@ -63,7 +63,7 @@ struct Export: ParsableCommand {
         if let hfOutput, let mergeLora {
             let adapter = try LoRAAdapter.load(directory: mergeLora, for: LlamaConfiguration.load(configPath: input + "/config.json"))
             let prompting = try LoadedModel.prompting(directory: input)
-            let pad = prompting.chatFormat.eosToken.flatMap(prompting.tokenizer.id(of:)) ?? prompting.tokenizer.eosTokenID ?? 0
+            let pad = prompting.paddingToken
             try MergedExport.write(base: input, adapter: adapter, padTokenID: pad, tokenizerFiles: SupervisedObjective.tokenizerFiles(in: input), to: hfOutput)
             printError(String(format: "wrote %@ (%@, LoRA merged) in %.1f s", hfOutput, adapter.score == nil ? "LlamaForCausalLM" : "LlamaForSequenceClassification",
                               Date().timeIntervalSince(start)))
