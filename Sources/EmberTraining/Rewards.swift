@@ -62,6 +62,9 @@ public struct ExternalReward: Sendable {
     }
 
     public func rewards(_ items: [RewardItem]) throws -> [Double] {
+        // A program that exits without reading all of its input must give this process EPIPE on
+        // the write, not SIGPIPE's default, which would end it.
+        signal(SIGPIPE, SIG_IGN)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command

@@ -22,9 +22,9 @@ import Testing
 
     static let items = [RewardItem(prompt: "2+2", completion: "4", answer: "4"), RewardItem(prompt: "3+3", completion: "7", answer: "6")]
 
-    func error(_ script: String, timeout: Double = 20) -> String? {
+    func error(_ script: String, timeout: Double = 20, items: [RewardItem] = Self.items) -> String? {
         do {
-            _ = try ExternalReward(command: ["sh", "-c", script], timeout: timeout).rewards(Self.items)
+            _ = try ExternalReward(command: ["sh", "-c", script], timeout: timeout).rewards(items)
             return nil
         } catch {
             return "\(error)"
@@ -46,7 +46,11 @@ import Testing
         let short = error("cat > /dev/null; echo 1")
         let infinite = error("cat > /dev/null; echo 1; echo inf")
         let missing = error("exec /nonexistent/reward")
-        for (name, message) in [("crash", crash), ("hang", hang), ("garbage", garbage), ("too few lines", short), ("infinity", infinite), ("missing program", missing)] {
+        // More input than a pipe holds, to a program that reads none of it: the write fails with
+        // EPIPE (never SIGPIPE, which would end this process) and the exit status is the error.
+        let long = String(repeating: "x", count: 4096)
+        let unread = error("exit 4", items: (0..<64).map { RewardItem(prompt: long, completion: "\($0)") })
+        for (name, message) in [("unread input", unread), ("crash", crash), ("hang", hang), ("garbage", garbage), ("too few lines", short), ("infinity", infinite), ("missing program", missing)] {
             print("reward command, \(name): \(message ?? "no error")")
         }
         #expect(crash?.contains("exited with status 3: boom") == true)
@@ -55,5 +59,6 @@ import Testing
         #expect(short?.contains("printed 1 lines for 2 items") == true)
         #expect(infinite?.contains("not a finite number") == true)
         #expect(missing?.contains("exited with status 127") == true)
+        #expect(unread?.contains("exited with status 4") == true)
     }
 }
