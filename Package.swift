@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "EmberNN", dependencies: ["EmberTensor"], swiftSettings: numericFlags),
         .target(name: "EmberModels", dependencies: ["EmberFormats", "EmberTokenizers"], swiftSettings: numericFlags),
         .target(name: "EmberDistributed", dependencies: ["CMPI"], swiftSettings: numericFlags),
-        .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN", "EmberDistributed"], swiftSettings: numericFlags),
+        .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN", "EmberDistributed", "EmberInference"], swiftSettings: numericFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: numericFlags),
         .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [

@@ -120,7 +120,16 @@ extension Llama {
         }
 
         let integers = WeightMatrix.integerProductsAvailable
-        let adapters = zip(batch, sequences).compactMap { e, s in e.adapter.map { ($0, s.rows) } }
+        // Neighbouring sequences under one adapter are one range: one pair of products for all of them.
+        var adapters: [(adapter: InferenceAdapter, rows: Range<Int>)] = []
+        for (e, s) in zip(batch, sequences) {
+            guard let adapter = e.adapter else { continue }
+            if let last = adapters.last, last.adapter === adapter, last.rows.upperBound == s.rows.lowerBound {
+                adapters[adapters.count - 1].rows = last.rows.lowerBound..<s.rows.upperBound
+            } else {
+                adapters.append((adapter, s.rows))
+            }
+        }
         let x = transformer(tokens: tokens, positions: positions, integerProducts: integers, adapters: adapters, pool: pool) { layer, q, k, v, attention in
             for t in 0..<T { cache.store(layer: layer, row: k + t * c.kvDim, value: v + t * c.kvDim, slot: slots[t]) }
             pagedAttentionForward(q: q, keys: cache.keys[layer], values: cache.values[layer], out: attention,

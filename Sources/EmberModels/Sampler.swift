@@ -90,9 +90,12 @@ public struct Sampler: Sendable {
         let floor = maximum - 40 * p.temperature
         var candidates: [(id: Int, logit: Float)] = []
         for (i, l) in logits.enumerated() where l >= floor && l > -.infinity { candidates.append((i, l / p.temperature)) }
-        candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
+        // Only the filters need the candidates in order; a draw from them all does not.
+        if p.topK > 0 || p.topP < 1 || p.minP > 0 {
+            candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
+        }
         if p.topK > 0, p.topK < candidates.count { candidates.removeSubrange(p.topK...) }
-        let top = candidates[0].logit
+        let top = p.topK > 0 || p.topP < 1 || p.minP > 0 ? candidates[0].logit : maximum / p.temperature
         var probabilities = candidates.map { Double(expf($0.logit - top)) }
         var total = probabilities.reduce(0, +)
         if p.topP < 1 {

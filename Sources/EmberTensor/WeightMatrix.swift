@@ -43,6 +43,9 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Rows of x at or above which quantized rows are decoded once into a buffer and reused for every row of x.
     static let decodeThreshold = 4
 
+    /// Rows of x up to which f32 products are direct dot products rather than SGEMM.
+    public static let directF32Rows = 32
+
     /// Rows of x at or above which f16 / bf16 products switch from direct dot products to dequantize + SGEMM.
     public static let gemmThreshold = 6
 
@@ -53,7 +56,25 @@ public struct WeightMatrix: @unchecked Sendable {
     public func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, m: Int, pool: ThreadPool = .shared) {
         switch type {
         case .f32:
-            matmul(x, data.assumingMemoryBound(to: Float.self), y, m: m, n: rows, k: columns, pool: pool)
+            let w = data.assumingMemoryBound(to: Float.self)
+            guard m <= Self.directF32Rows else { return matmul(x, w, y, m: m, n: rows, k: columns, pool: pool) }
+            // Decode batches: each weight row is read from memory once, for every row of x (SGEMM
+            // would pack the whole matrix first, doubling the traffic of a memory-bound product).
+            pool.parallelRanges(rows, minimumChunk: 16) { range in
+                for r in range {
+                    let row = w + r * columns
+                    var i = 0
+                    while i + 4 <= m {
+                        let four = dot4(row, x + i * columns, stride: columns, columns)
+                        for k in 0..<4 { y[(i + k) * rows + r] = four[k] }
+                        i += 4
+                    }
+                    while i < m {
+                        y[i * rows + r] = dot1(row, x + i * columns, columns)
+                        i += 1
+                    }
+                }
+            }
         case .f16, .bf16:
             let rounded = FloatBuffer(count: m * columns)
             rounded.pointer.update(from: x, count: m * columns)

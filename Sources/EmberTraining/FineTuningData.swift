@@ -7,7 +7,7 @@ import Foundation
 ///
 ///     language modelling   {"text": "..."}                  conversational: {"messages": [...]}
 ///     prompt-completion    {"prompt": ..., "completion": ...}
-///     prompt-only          {"prompt": ...}
+///     prompt-only          {"prompt": ..., "answer": ...}             ("answer" optional)
 ///     preference           {"prompt": ..., "chosen": ..., "rejected": ...}   ("prompt" optional)
 ///
 /// Each of prompt, completion, chosen and rejected is a string, or (conversational) a list of
@@ -40,6 +40,9 @@ public struct FineTuningDataset: Sendable {
         public var rejected: Content?
         /// The line's `tools`, for templates that describe them.
         public var tools: JinjaValue?
+        /// The line's `answer` (a string or a number, as text): what a reward function checks a
+        /// prompt-only example's completions against.
+        public var answer: String?
     }
 
     public let path: String
@@ -108,6 +111,13 @@ public struct FineTuningDataset: Sendable {
             }
         }
         var example = Example(line: line, tools: object["tools"])
+        switch object["answer"] {
+        case nil, .none?: break
+        case .string(let text)?: example.answer = text
+        case .int(let n)?: example.answer = String(n)
+        case .double(let x)?: example.answer = String(x)
+        default: throw fail("'answer' must be a string or a number")
+        }
         if object["chosen"] != nil || object["rejected"] != nil {
             guard let chosen = try content("chosen") else { throw fail("a preference example needs 'chosen'") }
             guard let rejected = try content("rejected") else { throw fail("a preference example needs 'rejected'") }

@@ -13,9 +13,9 @@ import Foundation
 public protocol TrainingObjective: AnyObject {
     /// This rank's micro-batches of the next step. Every rank draws the same global batch, so the
     /// data order does not depend on how many ranks share it.
-    func nextStep(settings: TrainingSettings, share: DataShare) -> [MicroBatch]
+    func nextStep(settings: TrainingSettings, share: DataShare) throws -> [MicroBatch]
     /// The held-out loss (nothing is recorded for a backward).
-    func validationLoss(model: TrainableLlama, settings: TrainingSettings, pool: ThreadPool) -> Float
+    func validationLoss(model: TrainableLlama, settings: TrainingSettings, pool: ThreadPool) throws -> Float
     /// What a checkpoint must keep to continue exactly where the data stopped, as text.
     var checkpointState: String { get }
     /// The tokenizer files (tokenizer.json, tokenizer_config.json) that checkpoints and the

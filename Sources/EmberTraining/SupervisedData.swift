@@ -72,12 +72,14 @@ public struct SupervisedTokenizer {
         public var nothingLearned = 0
         /// Preference pairs whose chosen and rejected answers are the same tokens.
         public var identicalAnswers = 0
+        /// GRPO prompts with no tokens.
+        public var emptyPrompt = 0
         public init() {}
-        public var total: Int { emptyAssistantTurn + emptyCompletion + tooLong + nothingLearned + identicalAnswers }
+        public var total: Int { emptyAssistantTurn + emptyCompletion + tooLong + nothingLearned + identicalAnswers + emptyPrompt }
         public var description: String {
             [(emptyAssistantTurn, "with an empty assistant turn"), (emptyCompletion, "with an empty completion"),
              (tooLong, "longer than the maximum length"), (nothingLearned, "with no learned token"),
-             (identicalAnswers, "with chosen equal to rejected")]
+             (identicalAnswers, "with chosen equal to rejected"), (emptyPrompt, "with an empty prompt")]
                 .filter { $0.0 > 0 }.map { "\($0.0) \($0.1)" }.joined(separator: ", ")
         }
     }

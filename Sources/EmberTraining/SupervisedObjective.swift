@@ -19,9 +19,12 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var fimSPMRate: Double?
     /// A reward model or DPO instead of supervised fine-tuning (the data are then preference pairs).
     public var preference: PreferenceSettings?
+    /// GRPO instead (the data are then prompts).
+    public var grpo: GRPOSettings?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
-                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, preference: PreferenceSettings? = nil) {
+                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, preference: PreferenceSettings? = nil,
+                grpo: GRPOSettings? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
         self.packing = packing
@@ -30,6 +33,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
         self.fimRate = fimRate
         self.fimSPMRate = fimSPMRate
         self.preference = preference
+        self.grpo = grpo
     }
 }
 

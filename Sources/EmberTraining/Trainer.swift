@@ -309,7 +309,7 @@ public final class Trainer {
         let wireBefore = parallelism.data.traffic.wireBytes(size: parallelism.data.size)
         let tensorBefore = parallelism.tensor.traffic.wireBytes(size: parallelism.tensor.size)
         let pipelineBefore = parallelism.pipeline.traffic.sent
-        let parts = objective.nextStep(settings: s, share: parallelism.share), data = parallelism.data
+        let parts = try objective.nextStep(settings: s, share: parallelism.share), data = parallelism.data
         let arena = model.arena
         let gradients = arena.gradients.pointer, sum = parts.count > 1 ? accumulator.pointer : nil
         let releasing = parallelism.zeroStage >= 2 && data.size > 1
@@ -475,7 +475,7 @@ public final class Trainer {
             try model.tensor?.check()
             return try parallelism.pipeline.sum(loss)
         }
-        let loss = objective.validationLoss(model: model, settings: settings, pool: pool)
+        let loss = try objective.validationLoss(model: model, settings: settings, pool: pool)
         try partition?.check()
         try model.tensor?.check()
         return loss
@@ -632,7 +632,11 @@ public final class Trainer {
             prompting = { try LoadedModel.prompting(directory: checkpoint) }
         }
         let objective: any TrainingObjective
-        if let fineTuning = settings.fineTuning, let preference = fineTuning.preference {
+        if let fineTuning = settings.fineTuning, let grpo = fineTuning.grpo {
+            objective = try GRPOObjective(settings: settings, fineTuning: fineTuning, grpo: grpo, policy: model, prompting: prompting(),
+                                          tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint),
+                                          reference: grpo.reference.map { try TrainableLlama(directory: $0) }, state: state.samplerState)
+        } else if let fineTuning = settings.fineTuning, let preference = fineTuning.preference {
             objective = try PreferenceObjective(settings: settings, fineTuning: fineTuning, preference: preference, prompting: prompting(),
                                                 tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint), configuration: model.configuration,
                                                 reference: preference.reference.map { try TrainableLlama(directory: $0) }, state: state.samplerState)

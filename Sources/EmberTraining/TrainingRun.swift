@@ -63,7 +63,12 @@ public final class TrainingRun {
         var lastCheckpoint: String?
         while trainer.step < s.steps {
             let began = Date()
-            let record = try trainer.trainStep()
+            let record: StepRecord
+            do { record = try trainer.trainStep() } catch let error as TrainingError {
+                // Nothing of the failed step was applied: the last checkpoint is where to continue from.
+                let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
+                throw TrainingError("step \(trainer.step + 1): \(error)\(saved)")
+            }
             guard record.loss.isFinite, record.gradientNorm.isFinite else {
                 let saved = (try? CheckpointFolder.locate(output)).map { "; the last checkpoint is \($0)" } ?? ""
                 let what = record.loss.isNaN || record.gradientNorm.isNaN ? "not a number" : "infinite"

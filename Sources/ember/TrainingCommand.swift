@@ -108,11 +108,14 @@ func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: Paralle
     let outcome = try run.run { p in
         var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", p.record.step, s.steps, p.record.loss, p.record.learningRate,
                           p.tokensPerSecond)
+        for (key, label) in [("reward", "reward"), ("frac_reward_zero_std", "zero-std groups"), ("kl", "kl")] {
+            if let value = p.record.metrics[key] { line += String(format: " %@ %.3f", label, value) }
+        }
         if let validation = p.validationLoss {
             line += String(format: " val %.4f", validation)
             let metrics = trainer.history.last?.metrics ?? [:]
             for (key, label) in [("val_token_accuracy", "val accuracy"), ("val_accuracy", "val accuracy"), ("val_rewards/accuracies", "val reward accuracy"),
-                                 ("val_rewards/margins", "val margin")] {
+                                 ("val_rewards/margins", "val margin"), ("val_reward", "val reward")] {
                 if let value = metrics[key] { line += String(format: " %@ %.4f", label, value) }
             }
             if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
