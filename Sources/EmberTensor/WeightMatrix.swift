@@ -61,7 +61,27 @@ public struct WeightMatrix: @unchecked Sendable {
             // Decode batches: each weight row is read from memory once, for every row of x (SGEMM
             // would pack the whole matrix first, doubling the traffic of a memory-bound product).
             pool.parallelRanges(rows, minimumChunk: 16) { range in
-                for r in range {
+                var r = range.lowerBound
+                // Four weight rows against four rows of x at a time: half the loads per product.
+                while r + 4 <= range.upperBound, m >= 4 {
+                    let row = w + r * columns
+                    var i = 0
+                    while i + 4 <= m {
+                        let t = dot4x4(row, wStride: columns, x + i * columns, xStride: columns, columns)
+                        for k in 0..<4 {
+                            y[(i + k) * rows + r] = t.0[k]
+                            y[(i + k) * rows + r + 1] = t.1[k]
+                            y[(i + k) * rows + r + 2] = t.2[k]
+                            y[(i + k) * rows + r + 3] = t.3[k]
+                        }
+                        i += 4
+                    }
+                    for j in 0..<4 {
+                        for i in i..<m { y[i * rows + r + j] = dot1(row + j * columns, x + i * columns, columns) }
+                    }
+                    r += 4
+                }
+                for r in r..<range.upperBound {
                     let row = w + r * columns
                     var i = 0
                     while i + 4 <= m {

@@ -83,3 +83,34 @@ import Testing
         #expect(m.storage == [0, 0, 0, -.infinity, 0, 0, 0, 0])
     }
 }
+
+/// f32 weight products of decode-sized batches (direct dot products, each weight row read once)
+/// against OpenBLAS's SGEMM on the same values, and the same bits for a row of x whether it is
+/// multiplied alone or among others.
+@Suite struct DirectF32ProductTests {
+    @Test func directProductsMatchSGEMMAndDoNotDependOnTheBatch() throws {
+        let rows = 70, columns = 200  // neither a multiple of 4 nor of 16: every tail runs
+        var random = SplitMix64(seed: 11)
+        func values(_ n: Int) -> [Float] { (0..<n).map { _ in Float(random.next() % 2001) / 1000 - 1 } }
+        let weights = values(rows * columns)
+        var worst: Float = 0
+        try weights.withUnsafeBytes { raw in
+            let w = WeightMatrix(type: .f32, rows: rows, columns: columns, data: raw.baseAddress!, owner: nil)
+            for m in [1, 3, 4, 9, WeightMatrix.directF32Rows] {
+                let x = values(m * columns)
+                var direct = [Float](repeating: 0, count: m * rows), blas = direct
+                w.multiply(x, &direct, m: m)
+                weights.withUnsafeBufferPointer { matmul(x, $0.baseAddress!, &blas, m: m, n: rows, k: columns) }
+                worst = max(worst, maxDifference(direct, blas))
+                // Row i alone gives the bits it gets in the batch.
+                for i in [0, m - 1] {
+                    var alone = [Float](repeating: 0, count: rows)
+                    w.multiply(Array(x[i * columns..<(i + 1) * columns]), &alone, m: 1)
+                    try #require(alone.map(\.bitPattern) == Array(direct[i * rows..<(i + 1) * rows]).map(\.bitPattern), "row \(i) of \(m)")
+                }
+            }
+        }
+        print("f32 direct products (m ≤ \(WeightMatrix.directF32Rows)) against SGEMM: max difference \(worst) (values of order 10)")
+        #expect(worst < 1e-4)
+    }
+}

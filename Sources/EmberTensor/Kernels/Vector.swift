@@ -40,6 +40,45 @@ public func dot4(_ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, stride: I
     return out
 }
 
+/// The 4 × 4 dot products of four rows of `w` (`wStride` apart) with four rows of `x` (`xStride`
+/// apart), each summed in `dot4`'s order: element k of result j is w row j · x row k.
+@inline(__always)
+public func dot4x4(_ w: UnsafePointer<Float>, wStride: Int, _ x: UnsafePointer<Float>, xStride: Int, _ n: Int)
+    -> (SIMD4<Float>, SIMD4<Float>, SIMD4<Float>, SIMD4<Float>) {
+    var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>(), a03 = SIMD16<Float>()
+    var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>(), a13 = SIMD16<Float>()
+    var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>(), a23 = SIMD16<Float>()
+    var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>(), a33 = SIMD16<Float>()
+    var i = 0
+    let rw = UnsafeRawPointer(w), rx = UnsafeRawPointer(x), ws = 4 * wStride, xs = 4 * xStride
+    while i + 16 <= n {
+        let o = 4 * i
+        let x0 = rx.loadUnaligned(fromByteOffset: o, as: SIMD16<Float>.self), x1 = rx.loadUnaligned(fromByteOffset: o + xs, as: SIMD16<Float>.self)
+        let x2 = rx.loadUnaligned(fromByteOffset: o + 2 * xs, as: SIMD16<Float>.self), x3 = rx.loadUnaligned(fromByteOffset: o + 3 * xs, as: SIMD16<Float>.self)
+        let w0 = rw.loadUnaligned(fromByteOffset: o, as: SIMD16<Float>.self)
+        a00.addProduct(w0, x0); a01.addProduct(w0, x1); a02.addProduct(w0, x2); a03.addProduct(w0, x3)
+        let w1 = rw.loadUnaligned(fromByteOffset: o + ws, as: SIMD16<Float>.self)
+        a10.addProduct(w1, x0); a11.addProduct(w1, x1); a12.addProduct(w1, x2); a13.addProduct(w1, x3)
+        let w2 = rw.loadUnaligned(fromByteOffset: o + 2 * ws, as: SIMD16<Float>.self)
+        a20.addProduct(w2, x0); a21.addProduct(w2, x1); a22.addProduct(w2, x2); a23.addProduct(w2, x3)
+        let w3 = rw.loadUnaligned(fromByteOffset: o + 3 * ws, as: SIMD16<Float>.self)
+        a30.addProduct(w3, x0); a31.addProduct(w3, x1); a32.addProduct(w3, x2); a33.addProduct(w3, x3)
+        i += 16
+    }
+    var out = (SIMD4<Float>(a00.sum(), a01.sum(), a02.sum(), a03.sum()), SIMD4<Float>(a10.sum(), a11.sum(), a12.sum(), a13.sum()),
+               SIMD4<Float>(a20.sum(), a21.sum(), a22.sum(), a23.sum()), SIMD4<Float>(a30.sum(), a31.sum(), a32.sum(), a33.sum()))
+    while i < n {
+        for k in 0..<4 {
+            out.0[k] += w[i] * x[k * xStride + i]
+            out.1[k] += w[wStride + i] * x[k * xStride + i]
+            out.2[k] += w[2 * wStride + i] * x[k * xStride + i]
+            out.3[k] += w[3 * wStride + i] * x[k * xStride + i]
+        }
+        i += 1
+    }
+    return out
+}
+
 /// One dot product summed in `dot4`'s order, so that a row of x gets the same bits whether it is
 /// multiplied alone or among others.
 @inline(__always)
