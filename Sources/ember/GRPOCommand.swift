@@ -22,13 +22,13 @@ struct GRPOCommand: ParsableCommand {
           scripts/make-arithmetic-prompts.py      # writes .cache/grpo/arithmetic.jsonl
           ember grpo --model .cache/models/SmolLM2-135M-f32 --data .cache/grpo/arithmetic.jsonl --reward final-number --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --output runs/grpo
           ember grpo ... --reward final-number --reward 'format:^[^0-9]*[0-9]+[^0-9]*$' --reward-weights 1,0.2
-          ember grpo ... --reward-command python3 --reward-command my_reward.py
+          ember grpo ... --reward-command 'python3 my_reward.py' --reward-timeout 30
         """)
 
     @OptionGroup var options: FineTuningOptions
     @Option(name: .customLong("reward"), help: "A built-in reward: final-number, or format:REGEX (repeat for several).") var rewards: [String] = []
-    @Option(name: .customLong("reward-command"), parsing: .singleValue, help: "A reward program and its arguments, one per option (repeat: --reward-command python3 --reward-command score.py).")
-    var rewardCommand: [String] = []
+    @Option(name: .customLong("reward-command"), help: "A reward program, a shell command line (run by sh -c: 'python3 score.py').")
+    var rewardCommand: String?
     @Option(name: .customLong("reward-timeout"), help: "Seconds a reward program has for one batch.") var rewardTimeout: Double = 60
     @Option(name: .customLong("reward-weights"), help: "Comma-separated weights of the rewards, in the order given (the built-ins, then the command).")
     var rewardWeights: String?
@@ -56,7 +56,7 @@ struct GRPOCommand: ParsableCommand {
             }
             throw ValidationError("--reward \(spec): expected final-number or format:REGEX")
         }
-        if !rewardCommand.isEmpty { out.append(.command(rewardCommand, timeout: rewardTimeout)) }
+        if let rewardCommand { out.append(.command(["sh", "-c", rewardCommand], timeout: rewardTimeout)) }
         return out
     }
 
@@ -72,7 +72,7 @@ struct GRPOCommand: ParsableCommand {
             let count = try rewardSettings().count
             guard count > 0 else { throw ValidationError("give a reward: --reward final-number, --reward format:REGEX or --reward-command PROGRAM") }
             if let w = try parsedWeights(), w.count != count { throw ValidationError("--reward-weights gives \(w.count) weights for \(count) rewards") }
-        } else if !rewards.isEmpty || !rewardCommand.isEmpty || loraOptions.rank != nil {
+        } else if !rewards.isEmpty || rewardCommand != nil || loraOptions.rank != nil {
             throw ValidationError("--resume continues a run with its own rewards and adapter; leave out --reward, --reward-command and --lora-rank")
         }
         guard rewardTimeout > 0 else { throw ValidationError("--reward-timeout must be positive") }
