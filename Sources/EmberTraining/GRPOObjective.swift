@@ -290,20 +290,19 @@ public final class GRPOObjective: TrainingObjective {
         for start in stride(from: 0, to: rows.count, by: s.batchSize) {
             let part = Array(rows[start..<min(start + s.batchSize, rows.count)])
             let tape = Tape(pool: .shared, recording: false)
-            let (values, _) = logProbabilities(tape, model, part)
-            out += Self.split(values.values.map(Double.init), part)
+            out += Self.split(logProbabilities(tape, model, part).values.map(Double.init), part)
         }
         return out
     }
 
-    /// The completion tokens' log-probabilities of `rows` (one value each, row after row) and the batch.
+    /// The completion tokens' log-probabilities of `rows`, one value each, row after row.
     private func logProbabilities(_ tape: Tape, _ model: TrainableLlama, _ rows: [SupervisedSequence], recompute: TrainableLlama.Recompute = .none)
-        -> (Variable, TokenRows) {
+        -> Variable {
         let batch = SupervisedObjective.tokenRows(rows.map { SupervisedObjective.Row([$0]) }, packed: false, padding: padding)
         let logits = model.forward(tape, inputs: batch.inputs, batch: batch.rows, tokens: batch.length, recompute: recompute)
         let all = tape.tokenLogProbabilities(logits, targets: batch.targets)
         let scored = batch.targets.indices.filter { batch.targets[$0] >= 0 }
-        return (tape.segmentSums(all, scored.map { $0..<$0 + 1 }), batch)
+        return tape.segmentSums(all, scored.map { $0..<$0 + 1 })
     }
 
     /// Flat completion-token values cut into one array per row.
@@ -331,7 +330,7 @@ public final class GRPOObjective: TrainingObjective {
             let microTokens = rows.reduce(0) { $0 + $1.scoredCount }
             let divisor = settings.aggregation == .dapo ? Float(tokens) / Float(max(microTokens, 1)) : Float(count) / Float(part.count)
             return MicroBatch(divisor: divisor) { tape, model in
-                let (logps, _) = self.logProbabilities(tape, model, rows, recompute: s.recompute)
+                let logps = self.logProbabilities(tape, model, rows, recompute: s.recompute)
                 var metrics = batch.metrics
                 let value = tape.externalLoss(logps) { flat in
                     let current = Self.split(flat, rows)
