@@ -7,18 +7,21 @@ import Foundation
 /// What a GRPO run trains with (TRL's `GRPOConfig` names in the comments); saved in every
 /// checkpoint with the run's other settings.
 public struct GRPOSettings: Codable, Sendable, Equatable {
-    /// A reward function: the final number against the example's answer, a format regex, or an
-    /// outside program (`ExternalReward`).
+    /// A reward function: the final number against the example's answer, a format regex, an
+    /// outside program (`ExternalReward`), or a reward model (a `LlamaForSequenceClassification`
+    /// folder, as `ember train-reward` writes it) scoring prompt + completion.
     public enum Reward: Codable, Sendable, Equatable {
         case finalNumber
         case format(String)
         case command([String], timeout: Double)
+        case model(String)
 
         public var name: String {
             switch self {
             case .finalNumber: "final_number"
             case .format: "format"
             case .command: "command"
+            case .model: "reward_model"
             }
         }
     }
@@ -156,6 +159,8 @@ public final class GRPOObjective: TrainingObjective {
     public let tokenizerFiles: [String]
     public let rollouts: RolloutEngine
     let reference: TrainableLlama?
+    /// The reward models of `settings.rewards`, by path.
+    let rewardModels: [String: Llama]
     let padding: Int32
     let seed: UInt64
     private var order: EpochOrder
@@ -189,6 +194,11 @@ public final class GRPOObjective: TrainingObjective {
         self.tokenizerFiles = tokenizerFiles
         self.reference = reference
         self.seed = seed
+        var models: [String: Llama] = [:]
+        for case .model(let path) in settings.rewards {
+            models[path] = try Self.rewardModel(path, for: prompting, vocabulary: policy.configuration.vocabularySize)
+        }
+        rewardModels = models
         padding = Int32(prompting.paddingToken)
         rollouts = RolloutEngine(policy: policy, prompting: prompting, maxLength: maximumLength,
                                  maxSequences: max(16, min(64, settings.generations * 4)))
@@ -226,6 +236,26 @@ public final class GRPOObjective: TrainingObjective {
 
     public var checkpointState: String { order.state }
 
+    /// The reward model at `path`, refused unless it is one and reads the policy's tokens as the
+    /// policy writes them (it scores the policy's token ids as they are).
+    static func rewardModel(_ path: String, for prompting: Prompting, vocabulary: Int) throws -> Llama {
+        let loaded = try LoadedModel.load(path: path)
+        guard loaded.model.weights.score != nil else {
+            throw TrainingError("\(path) is not a reward model (a LlamaForSequenceClassification with one label, as ember train-reward writes it)")
+        }
+        let theirs = try loaded.prompting().tokenizer, ours = prompting.tokenizer
+        guard theirs.vocabularySize == ours.vocabularySize else {
+            throw TrainingError("the reward model \(path) has a vocabulary of \(theirs.vocabularySize) tokens and the policy one of \(ours.vocabularySize): a reward model scores the policy's tokens, so it must share the policy's tokenizer")
+        }
+        if let id = (0..<ours.vocabularySize).first(where: { theirs.bytes(of: $0) != ours.bytes(of: $0) }) {
+            throw TrainingError("the reward model \(path) reads token \(id) as \(String(decoding: theirs.bytes(of: id), as: UTF8.self).debugDescription) and the policy as \(String(decoding: ours.bytes(of: id), as: UTF8.self).debugDescription): a reward model scores the policy's tokens, so it must share the policy's tokenizer")
+        }
+        guard loaded.model.configuration.vocabularySize == vocabulary else {
+            throw TrainingError("the reward model \(path) embeds \(loaded.model.configuration.vocabularySize) tokens and the policy \(vocabulary): a reward model scores the policy's tokens, so it must share the policy's vocabulary")
+        }
+        return loaded.model
+    }
+
     /// The rewards of `completions` of `prompts` (completion k of prompt k / per), each function's
     /// values and their weighted sum.
     func rewards(_ prompts: [GRPOPrompt], _ completions: [RolloutEngine.Completion], per: Int) throws -> (total: [Double], each: [[Double]]) {
@@ -235,6 +265,9 @@ public final class GRPOObjective: TrainingObjective {
             case .finalNumber: try items.map(VerifiableReward.finalNumber.reward)
             case .format(let pattern): try items.map(VerifiableReward.format(pattern).reward)
             case .command(let command, let timeout): try ExternalReward(command: command, timeout: timeout).rewards(items)
+            case .model(let path):
+                // The score of prompt + completion (its end-of-turn token included when it stopped).
+                try completions.enumerated().map { k, c in Double(try rewardModels[path]!.scores((prompts[k / per].ids + c.tokens).map(Int.init))[0]) }
             }
         }
         let weights = settings.rewardWeights ?? Array(repeating: 1, count: each.count)

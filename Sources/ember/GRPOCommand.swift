@@ -11,6 +11,7 @@ struct GRPOCommand: ParsableCommand {
         --data is JSONL of prompts in TRL's prompt-only format, {"prompt": ..., "answer": ...}: the prompt a string or a list of messages (rendered by the chat template with the generation prompt), "answer" what rewards check completions against. Each step samples --num-generations completions of batch-size × grad-accum / G prompts from the weights being trained, through Ember's engine (continuous batching on the paged KV cache, in this process: no file is written). Rewards, summed with --reward-weights:
           final-number     1 when the completion's last number equals the answer's (commas and $ ignored), else 0
           format:REGEX     1 when REGEX matches the completion (. matches newlines), else 0
+          --reward-model   a reward model's score of prompt + completion (ember train-reward's model/; it must share the policy's tokenizer)
           --reward-command a program that reads {"prompt", "completion", "answer"} JSONL on standard input and prints one number a line; a crash, a hang past --reward-timeout or anything but a number is an error, and the run stops with its last checkpoint intact
         Advantages are each reward minus its group's mean, divided by the group's std (--scale-rewards group), the batch's (batch) or not at all (none); a group whose rewards are all equal has advantage 0 and teaches nothing (its share is logged as frac_reward_zero_std). The loss is the clipped ratio −min(ρA, clip(ρ, 1−ε, 1+ε_high)A), plus β times the k3 KL to the reference when --beta > 0 (the base with the adapter off for LoRA, else a frozen copy of --model), aggregated as --loss-type dapo (a mean over every completion token, the default), grpo (per-sequence means averaged) or dr_grpo (a sum over completion tokens / (sequences × --max-completion-length)). --num-iterations μ > 1 reuses each generated batch for μ steps, the ratio then against the log-probabilities at generation.
 
@@ -27,10 +28,12 @@ struct GRPOCommand: ParsableCommand {
 
     @OptionGroup var options: FineTuningOptions
     @Option(name: .customLong("reward"), help: "A built-in reward: final-number, or format:REGEX (repeat for several).") var rewards: [String] = []
+    @Option(name: .customLong("reward-model"), help: ArgumentHelp("A reward model (as `ember train-reward` writes its model/) scoring prompt + completion; it must share the policy's tokenizer.", valueName: "dir"))
+    var rewardModel: String?
     @Option(name: .customLong("reward-command"), help: "A reward program, a shell command line (run by sh -c: 'python3 score.py').")
     var rewardCommand: String?
     @Option(name: .customLong("reward-timeout"), help: "Seconds a reward program has for one batch.") var rewardTimeout: Double = 60
-    @Option(name: .customLong("reward-weights"), help: "Comma-separated weights of the rewards, in the order given (the built-ins, then the command).")
+    @Option(name: .customLong("reward-weights"), help: "Comma-separated weights of the rewards: the built-ins in the order given, then the reward model, then the command.")
     var rewardWeights: String?
     @Option(name: .customLong("num-generations"), help: "Completions per prompt, G.") var generations: Int = 8
     @Option(name: .customLong("max-completion-length"), help: "Tokens of the longest completion.") var maxCompletionLength: Int = 256
@@ -56,6 +59,7 @@ struct GRPOCommand: ParsableCommand {
             }
             throw ValidationError("--reward \(spec): expected final-number or format:REGEX")
         }
+        if let rewardModel { out.append(.model(absolute(rewardModel))) }
         if let rewardCommand { out.append(.command(["sh", "-c", rewardCommand], timeout: rewardTimeout)) }
         return out
     }
@@ -70,10 +74,10 @@ struct GRPOCommand: ParsableCommand {
     func validate() throws {
         if options.resume == nil {
             let count = try rewardSettings().count
-            guard count > 0 else { throw ValidationError("give a reward: --reward final-number, --reward format:REGEX or --reward-command PROGRAM") }
+            guard count > 0 else { throw ValidationError("give a reward: --reward final-number, --reward format:REGEX, --reward-model DIR or --reward-command 'COMMAND'") }
             if let w = try parsedWeights(), w.count != count { throw ValidationError("--reward-weights gives \(w.count) weights for \(count) rewards") }
-        } else if !rewards.isEmpty || rewardCommand != nil || loraOptions.rank != nil {
-            throw ValidationError("--resume continues a run with its own rewards and adapter; leave out --reward, --reward-command and --lora-rank")
+        } else if !rewards.isEmpty || rewardCommand != nil || rewardModel != nil || loraOptions.rank != nil {
+            throw ValidationError("--resume continues a run with its own rewards and adapter; leave out --reward, --reward-model, --reward-command and --lora-rank")
         }
         guard rewardTimeout > 0 else { throw ValidationError("--reward-timeout must be positive") }
         guard generations >= 2 else { throw ValidationError("--num-generations must be at least 2 (advantages compare completions of one prompt)") }

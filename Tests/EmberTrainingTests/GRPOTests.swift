@@ -137,6 +137,37 @@ struct GRPOTests {
         #expect(Array(UnsafeBufferPointer(start: model.arena.values.pointer, count: model.arena.count)) == before)
     }
 
+    @Test func rewardModelsOfAnotherVocabularyAreRefused() throws {
+        let (folder, path) = try Self.prompts((0..<10).map { Self.question(30 + $0, 4) })
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let model = try TrainableLlama.withLoRA(base: PreferenceTests.smolLM, lora: Self.lora).model
+        // The reward model of the fixtures (a tiny LLaMA), given SmolLM2's tokenizer: the same tokens, another embedding.
+        let base = try LoadedModel.load(path: PreferenceTests.fixture("lora/base"))
+        let adapter = try LoRAAdapter.load(directory: PreferenceTests.fixture("reward/peft-adapter"), for: base.model.configuration)
+        let rewardModel = folder + "/reward"
+        try MergedExport.write(base: PreferenceTests.fixture("lora/base"), adapter: adapter, padTokenID: 0,
+                               tokenizerFiles: ["tokenizer.json", "tokenizer_config.json"].map { PreferenceTests.smolLM + "/" + $0 }, to: rewardModel)
+        func refusal() -> String {
+            do { _ = try objective(model, data: path, rewards: [.model(rewardModel)]) } catch { return "\(error)" }
+            return "accepted"
+        }
+        let otherEmbedding = refusal()
+        // And with two of the tokenizer's tokens swapped: another vocabulary of the same size.
+        let tokenizerPath = rewardModel + "/tokenizer.json"
+        var tokenizer = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: tokenizerPath))) as! [String: Any]
+        var tokenModel = tokenizer["model"] as! [String: Any]
+        var vocabulary = tokenModel["vocab"] as! [String: Int]
+        let a = vocabulary.first { $0.value == 1000 }!.key, b = vocabulary.first { $0.value == 1001 }!.key
+        (vocabulary[a], vocabulary[b]) = (1001, 1000)
+        tokenModel["vocab"] = vocabulary
+        tokenizer["model"] = tokenModel
+        try JSONSerialization.data(withJSONObject: tokenizer).write(to: URL(fileURLWithPath: tokenizerPath))
+        let otherTokens = refusal()
+        print("a reward model with another embedding: \(otherEmbedding)\nwith two tokens swapped: \(otherTokens)")
+        #expect(otherEmbedding.contains("embeds \(base.model.configuration.vocabularySize) tokens and the policy 49152"))
+        #expect(otherTokens.contains("reads token 1000 as"))
+    }
+
     @Test func promptsAreReadWithTheirSkipsCounted() throws {
         let long = String(repeating: "many words ", count: 100)
         let (folder, path) = try Self.prompts([Self.question(1, 2), #"{"prompt": [{"role": "user", "content": "\#(long)"}], "answer": "x"}"#,
