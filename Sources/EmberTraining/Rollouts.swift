@@ -63,39 +63,26 @@ public final class RolloutEngine {
     public func generate(_ prompts: [[Int32]], n: Int, parameters: SamplingParameters, oneAtATime: Bool = false) throws -> [[Completion]] {
         let adapter = currentAdapter()
         let start = Date()
-        var results = [[Completion]](repeating: [], count: prompts.count)
-        if oneAtATime {
-            for (i, prompt) in prompts.enumerated() {
-                for j in 0..<n {
-                    var p = parameters
-                    p.n = 1
-                    p.seed = parameters.seed.map { $0 &+ UInt64(i * n + j) }
-                    results[i] += try wait([try engine.submit(prompt: prompt.map(Int.init), parameters: p, adapter: adapter).events], choices: 1)[0]
-                }
-            }
-        } else {
-            // One request per prompt and choice seed, so that the draws match the one-at-a-time run's.
-            var streams: [AsyncStream<GenerationEvent>] = []
-            for (i, prompt) in prompts.enumerated() {
-                for j in 0..<n {
-                    var p = parameters
-                    p.n = 1
-                    p.seed = parameters.seed.map { $0 &+ UInt64(i * n + j) }
-                    streams.append(try engine.submit(prompt: prompt.map(Int.init), parameters: p, adapter: adapter).events)
-                }
-            }
-            let all = try wait(streams, choices: 1)
-            for i in prompts.indices { results[i] = (0..<n).flatMap { all[i * n + $0] } }
+        // One request per prompt and choice, with its own seed, so that the draws are the same
+        // however many run together.
+        func submit(_ i: Int, _ j: Int) throws -> AsyncStream<GenerationEvent> {
+            var p = parameters
+            p.n = 1
+            p.seed = parameters.seed.map { $0 &+ UInt64(i * n + j) }
+            return try engine.submit(prompt: prompts[i].map(Int.init), parameters: p, adapter: adapter).events
         }
+        let pairs = prompts.indices.flatMap { i in (0..<n).map { (i, $0) } }
+        let flat = oneAtATime ? try pairs.flatMap { try wait([try submit($0, $1)]) } : try wait(pairs.map { try submit($0, $1) })
+        let results = prompts.indices.map { i in Array(flat[i * n..<(i + 1) * n]) }
         lastSeconds = Date().timeIntervalSince(start)
         seconds += lastSeconds
         generatedTokens += results.joined().reduce(0) { $0 + $1.tokens.count }
         return results
     }
 
-    /// Every stream's choices, read to their ends.
-    private func wait(_ streams: [AsyncStream<GenerationEvent>], choices: Int) throws -> [[Completion]] {
-        let box = Collected(count: streams.count, choices: choices)
+    /// Every stream's completion (each stream one request of one choice), read to its end.
+    private func wait(_ streams: [AsyncStream<GenerationEvent>]) throws -> [Completion] {
+        let box = Collected(count: streams.count)
         let done = DispatchSemaphore(value: 0)
         for (k, stream) in streams.enumerated() {
             Task.detached {
@@ -105,11 +92,7 @@ public final class RolloutEngine {
         }
         for _ in streams { done.wait() }
         if let failure = box.failure { throw TrainingError("generation failed: \(failure)") }
-        return box.results.map { request in
-            request.map { c in
-                Completion(tokens: c.tokens.map(Int32.init) + (c.stopped ? [endToken] : []), text: c.text, stopped: c.stopped)
-            }
-        }
+        return box.results.map { c in Completion(tokens: c.tokens.map(Int32.init) + (c.stopped ? [endToken] : []), text: c.text, stopped: c.stopped) }
     }
 }
 
@@ -117,19 +100,19 @@ public final class RolloutEngine {
 private final class Collected: @unchecked Sendable {
     struct Choice { var tokens: [Int] = [], text = "", stopped = false }
     private let lock = NSLock()
-    private(set) var results: [[Choice]]
+    private(set) var results: [Choice]
     private(set) var failure: String?
 
-    init(count: Int, choices: Int) { results = Array(repeating: Array(repeating: Choice(), count: choices), count: count) }
+    init(count: Int) { results = Array(repeating: Choice(), count: count) }
 
     func add(_ k: Int, _ event: GenerationEvent) {
         lock.lock()
         defer { lock.unlock() }
         switch event {
-        case .delta(let c, let text, let tokens, _):
-            results[k][c].tokens += tokens
-            results[k][c].text += text
-        case .finished(let c, let reason, _): results[k][c].stopped = reason == .stop
+        case .delta(_, let text, let tokens, _):
+            results[k].tokens += tokens
+            results[k].text += text
+        case .finished(_, let reason, _): results[k].stopped = reason == .stop
         case .failed(let message): failure = message
         case .started: break
         }
