@@ -95,7 +95,7 @@ public struct Sampler: Sendable {
             candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
         }
         if p.topK > 0, p.topK < candidates.count { candidates.removeSubrange(p.topK...) }
-        let top = p.topK > 0 || p.topP < 1 || p.minP > 0 ? candidates[0].logit : maximum / p.temperature
+        let top = maximum / p.temperature  // the best candidate's logit, sorted or not
         var probabilities = candidates.map { Double(expf($0.logit - top)) }
         var total = probabilities.reduce(0, +)
         if p.topP < 1 {

@@ -37,9 +37,11 @@ public enum VerifiableReward: Sendable {
         }
     }
 
+    private nonisolated(unsafe) static let numberPattern = try! NSRegularExpression(pattern: #"-?\$?[0-9][0-9,]*(\.[0-9]+)?"#)
+
     /// The value of the last number written in `text` (`-1,234.5`, `$12`), if any.
     public static func lastNumber(_ text: String) -> Double? {
-        let regex = try! NSRegularExpression(pattern: #"-?\$?[0-9][0-9,]*(\.[0-9]+)?"#)
+        let regex = numberPattern
         let matches = regex.matches(in: text, range: NSRange(text.startIndex..., in: text))
         guard let last = matches.last, let range = Range(last.range, in: text) else { return nil }
         return Double(text[range].filter { $0 != "," && $0 != "$" })
