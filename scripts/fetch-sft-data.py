@@ -4,6 +4,8 @@ TRL's standard JSONL formats, one file per dataset:
 
   alpaca.jsonl      llamafactory==0.9.5 data/alpaca_en_demo.json, 999 examples, conversational
                     prompt-completion ({"prompt": [user], "completion": [assistant]})
+  prompts.jsonl     the same 999 instructions alone, conversational prompt-only ({"prompt": [user]}),
+                    what `ember ppo` samples responses to
   dpo.jsonl         llamafactory==0.9.5 data/dpo_en_demo.json, 300 pairs, conversational preference
                     ({"prompt": [...], "chosen": [assistant], "rejected": [assistant]})
   tools.jsonl       llamafactory==0.9.5 data/glaive_toolcall_en_demo.json, conversational
@@ -73,8 +75,9 @@ ROLES = {"human": "user", "gpt": "assistant", "system": "system", "function_call
 
 factory = members(fetch("llamafactory", "0.9.5"))
 alpaca = json.loads(find(factory, "data/alpaca_en_demo.json"))
-write("alpaca.jsonl", [{"prompt": [{"role": "user", "content": e["instruction"] + ("\n\n" + e["input"] if e.get("input") else "")}],
-                        "completion": [{"role": "assistant", "content": e["output"]}]} for e in alpaca])
+alpaca_prompts = [[{"role": "user", "content": e["instruction"] + ("\n\n" + e["input"] if e.get("input") else "")}] for e in alpaca]
+write("alpaca.jsonl", [{"prompt": p, "completion": [{"role": "assistant", "content": e["output"]}]} for p, e in zip(alpaca_prompts, alpaca)])
+write("prompts.jsonl", [{"prompt": p} for p in alpaca_prompts])
 dpo = json.loads(find(factory, "data/dpo_en_demo.json"))
 write("dpo.jsonl", [{"prompt": [{"role": ROLES[t["from"]], "content": t["value"]} for t in e["conversations"]],
                      "chosen": [{"role": "assistant", "content": e["chosen"]["value"]}],

@@ -119,6 +119,18 @@ extension Tape {
         return y
     }
 
+    /// x · s, for a constant s.
+    public func scale(_ x: Variable, _ s: Float) -> Variable {
+        let y = Variable(output: x.shape), n = x.count
+        for i in 0..<n { y.pointer[i] = x.pointer[i] * s }
+        record {
+            guard let dx = x.gradientIfWanted else { return }
+            let dy = y.gradient.pointer
+            for i in 0..<n { dx[i] += dy[i] * s }
+        }
+        return y
+    }
+
     /// Rows of `table` [V, C] picked by `ids`: [ids.count, C].
     public func embedding(_ ids: [Int32], _ table: Variable) -> Variable {
         let C = table.shape[1], N = ids.count

@@ -66,7 +66,8 @@ public struct CheckpointFolder: Sendable {
         try files.createDirectory(atPath: partial, withIntermediateDirectories: true)
         do {
             for file in try files.contentsOfDirectory(atPath: checkpoint)
-            where file == "model.safetensors" || file == "config.json" || file.hasPrefix("tokenizer") || file.hasPrefix("adapter_") {
+            where file == "model.safetensors" || file == "config.json" || file.hasPrefix("tokenizer") || file.hasPrefix("adapter_")
+                || file == TrainableLlama.valueHeadFile {
                 try files.copyItem(atPath: checkpoint + "/" + file, toPath: partial + "/" + file)
             }
         } catch {
@@ -102,14 +103,27 @@ public struct CheckpointFolder: Sendable {
 
 /// The loss curve of a run as an SVG: training loss per step, validation loss as points.
 public func lossCurveSVG(_ history: [StepRecord], title: String = "loss") -> String {
+    curveSVG(title: title, training: history.map { ($0.step, Double($0.loss)) },
+             validation: history.compactMap { r in r.validationLoss.map { (r.step, Double($0)) } })
+}
+
+/// A metric's curve over a run's steps (`StepRecord.metrics[metric]`, and `val_` + `validation`
+/// at the validated steps as points).
+public func metricCurveSVG(_ history: [StepRecord], metric: String, validation: String? = nil, title: String) -> String {
+    curveSVG(title: title, training: history.compactMap { r in r.metrics[metric].map { (r.step, Double($0)) } },
+             validation: validation.map { v in history.compactMap { r in r.metrics["val_" + v].map { (r.step, Double($0)) } } } ?? [])
+}
+
+/// Values per step as an SVG line, with validation values as points joined by a second line.
+func curveSVG(title: String, training: [(step: Int, value: Double)], validation: [(step: Int, value: Double)]) -> String {
     let width = 720.0, height = 400.0, left = 60.0, right = 20.0, top = 30.0, bottom = 40.0
-    let losses = history.map { Double($0.loss) } + history.compactMap { $0.validationLoss.map(Double.init) }
-    guard let last = history.last, let low = losses.min(), let high = losses.max() else {
+    let values = (training + validation).map(\.value)
+    guard let lastStep = (training + validation).map(\.step).max(), let low = values.min(), let high = values.max() else {
         return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\"/>\n"
     }
-    let span = max(high - low, 1e-6), steps = Double(max(last.step, 1))
+    let span = max(high - low, 1e-6), steps = Double(max(lastStep, 1))
     func x(_ step: Int) -> Double { left + Double(step) / steps * (width - left - right) }
-    func y(_ loss: Double) -> Double { top + (high - loss) / span * (height - top - bottom) }
+    func y(_ value: Double) -> Double { top + (high - value) / span * (height - top - bottom) }
     var svg = """
     <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" font-family="sans-serif" font-size="12">
     <rect width="100%" height="100%" fill="white"/>
@@ -125,17 +139,16 @@ public func lossCurveSVG(_ history: [StepRecord], title: String = "loss") -> Str
         svg += String(format: "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%d</text>\n", x(step), height - bottom + 16, step)
     }
     svg += String(format: "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">step</text>\n", (left + width - right) / 2, height - 6)
-    let points = history.map { String(format: "%.1f,%.1f", x($0.step), y(Double($0.loss))) }.joined(separator: " ")
+    let points = training.map { String(format: "%.1f,%.1f", x($0.step), y($0.value)) }.joined(separator: " ")
     svg += "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.2\" points=\"\(points)\"/>\n"
-    let validation = history.filter { $0.validationLoss != nil }
     for r in validation {
-        svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", x(r.step), y(Double(r.validationLoss!)))
+        svg += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", x(r.step), y(r.value))
     }
     if validation.count > 1 {
-        let line = validation.map { String(format: "%.1f,%.1f", x($0.step), y(Double($0.validationLoss!))) }.joined(separator: " ")
+        let line = validation.map { String(format: "%.1f,%.1f", x($0.step), y($0.value)) }.joined(separator: " ")
         svg += "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" points=\"\(line)\"/>\n"
     }
     svg += String(format: "<text x=\"%.0f\" y=\"18\" fill=\"#1f77b4\">training</text>", width - 170)
-    svg += String(format: "<text x=\"%.0f\" y=\"18\" fill=\"#d62728\">validation</text>\n</svg>\n", width - 100)
-    return svg
+    if !validation.isEmpty { svg += String(format: "<text x=\"%.0f\" y=\"18\" fill=\"#d62728\">validation</text>", width - 100) }
+    return svg + "\n</svg>\n"
 }

@@ -136,6 +136,31 @@ extension SupervisedTokenizer {
     }
 }
 
+extension SupervisedTokenizer {
+    /// The prompts of a run (`s.data`) with room for `completionLength` tokens each, and those held
+    /// out (`f.validationData`, or `f.validationFraction` of them).
+    func prompts(settings s: TrainingSettings, fineTuning f: FineTuningSettings, completionLength: Int, context: Int) throws
+        -> (training: [GRPOPrompt], validation: [GRPOPrompt], skipped: Skipped) {
+        guard s.sequenceLength <= context else {
+            throw TrainingError("the maximum length \(s.sequenceLength) is longer than the model's context (\(context))")
+        }
+        guard completionLength < s.sequenceLength else {
+            throw TrainingError("the maximum completion length \(completionLength) leaves no room for a prompt within the maximum length \(s.sequenceLength)")
+        }
+        var (train, skipped) = try prompts(FineTuningDataset.load(path: s.data), maximumLength: s.sequenceLength, completionLength: completionLength)
+        let held: [GRPOPrompt]
+        if let path = f.validationData {
+            let more = try prompts(FineTuningDataset.load(path: path), maximumLength: s.sequenceLength, completionLength: completionLength)
+            guard !more.prompts.isEmpty else { throw TrainingError("\(path): no prompt is left to validate on (skipped \(more.skipped))") }
+            held = more.prompts
+        } else {
+            (train, held) = try holdOut(train, fraction: f.validationFraction, seed: s.seed, what: "prompts", path: s.data, skipped: skipped)
+        }
+        guard !train.isEmpty else { throw TrainingError("\(s.data): no prompt is left to train on (skipped \(skipped))") }
+        return (train, held, skipped)
+    }
+}
+
 /// Group relative policy optimisation (TRL's `GRPOTrainer`) on prompts and reward functions.
 ///
 /// Each generation draws batchSize × gradientAccumulation / G prompts in the epoch's order and
@@ -208,28 +233,11 @@ public final class GRPOObjective: TrainingObjective {
     /// Reads and tokenizes the run's prompts (`s.data`, held out as `f` says) and builds the objective.
     public convenience init(settings s: TrainingSettings, fineTuning f: FineTuningSettings, grpo: GRPOSettings, policy: TrainableLlama,
                             prompting: Prompting, tokenizerFiles: [String], reference: TrainableLlama? = nil, state: String? = nil) throws {
-        let c = policy.configuration
-        guard s.sequenceLength <= c.maxPositionEmbeddings else {
-            throw TrainingError("the maximum length \(s.sequenceLength) is longer than the model's context (\(c.maxPositionEmbeddings))")
-        }
-        guard grpo.maxCompletionLength < s.sequenceLength else {
-            throw TrainingError("the maximum completion length \(grpo.maxCompletionLength) leaves no room for a prompt within the maximum length \(s.sequenceLength)")
-        }
         guard (s.batchSize * s.gradientAccumulation) % grpo.generations == 0 else {
             throw TrainingError("a step's \(s.batchSize * s.gradientAccumulation) completions (batch size × accumulation) must be whole groups of \(grpo.generations) generations")
         }
-        let tokenizer = SupervisedTokenizer(prompting: prompting)
-        var (train, skipped) = try tokenizer.prompts(FineTuningDataset.load(path: s.data), maximumLength: s.sequenceLength,
-                                                     completionLength: grpo.maxCompletionLength)
-        let held: [GRPOPrompt]
-        if let path = f.validationData {
-            let more = try tokenizer.prompts(FineTuningDataset.load(path: path), maximumLength: s.sequenceLength, completionLength: grpo.maxCompletionLength)
-            guard !more.prompts.isEmpty else { throw TrainingError("\(path): no prompt is left to validate on (skipped \(more.skipped))") }
-            held = more.prompts
-        } else {
-            (train, held) = try holdOut(train, fraction: f.validationFraction, seed: s.seed, what: "prompts", path: s.data, skipped: skipped)
-        }
-        guard !train.isEmpty else { throw TrainingError("\(s.data): no prompt is left to train on (skipped \(skipped))") }
+        let (train, held, skipped) = try SupervisedTokenizer(prompting: prompting)
+            .prompts(settings: s, fineTuning: f, completionLength: grpo.maxCompletionLength, context: policy.configuration.maxPositionEmbeddings)
         try self.init(settings: grpo, training: train, validation: held, skipped: skipped, policy: policy, prompting: prompting,
                       tokenizerFiles: tokenizerFiles, reference: reference, maximumLength: s.sequenceLength, seed: s.seed, state: state)
     }

@@ -26,11 +26,15 @@ public protocol TrainingObjective: AnyObject {
     /// The tokens of the last step's global batch, when they are not batch size × sequence
     /// length × accumulation (rows of examples, each as long as it is).
     var lastStepTokens: Int? { get }
+    /// Curves a finished run draws besides loss.svg: the file, the logged metric, the validation
+    /// metric drawn as points (logged with `val_`), and the title.
+    var curves: [(file: String, metric: String, validation: String?, title: String)] { get }
 }
 
 extension TrainingObjective {
     public var validationMetrics: [String: Float] { [:] }
     public var lastStepTokens: Int? { nil }
+    public var curves: [(file: String, metric: String, validation: String?, title: String)] { [] }
 }
 
 /// Which part of each step's global batch a data-parallel rank computes: `rank` of `ranks`.

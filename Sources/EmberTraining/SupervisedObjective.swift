@@ -21,10 +21,12 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var preference: PreferenceSettings?
     /// GRPO instead (the data are then prompts).
     public var grpo: GRPOSettings?
+    /// PPO instead (the data are then prompts).
+    public var ppo: PPOSettings?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
                 overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, preference: PreferenceSettings? = nil,
-                grpo: GRPOSettings? = nil) {
+                grpo: GRPOSettings? = nil, ppo: PPOSettings? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
         self.packing = packing
@@ -34,6 +36,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
         self.fimSPMRate = fimSPMRate
         self.preference = preference
         self.grpo = grpo
+        self.ppo = ppo
     }
 }
 

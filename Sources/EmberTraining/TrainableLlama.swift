@@ -38,6 +38,11 @@ public final class TrainableLlama: @unchecked Sendable {
     /// A reward or value model's score head [1, C] (with a LoRA whose `scoreHead` is set): the
     /// forward then ends in one score per position instead of the vocabulary's logits.
     public let score: Variable?
+    /// PPO's value head [1, C] (with a LoRA, beside the adapter): one value per position, read
+    /// from the same final hidden states as the logits (`forwardWithValues`).
+    public let valueHead: Variable?
+    /// The value head's tensor name, and the file beside the adapter that holds it.
+    public static let valueHeadName = "value_head.weight", valueHeadFile = "value_head.safetensors"
     /// With LoRA: whether the adapter takes part in the forward (off, the model is its frozen base:
     /// DPO's reference).
     public var adapterEnabled = true
@@ -151,6 +156,7 @@ public final class TrainableLlama: @unchecked Sendable {
         base = nil
         lora = nil
         score = nil
+        valueHead = nil
         ropeMode = .neox
     }
 
@@ -159,8 +165,9 @@ public final class TrainableLlama: @unchecked Sendable {
     /// adapter's A [r, in] and B [out, r] per target, named as PEFT saves them. A new adapter is
     /// PEFT's initialisation, A uniform in ±1/√in from `seed` and B zero, so the model starts as
     /// the base; `adapter` continues a saved one.
+    /// `valueHead` adds PPO's value head (drawn as a new score head is, or `savedValueHead`).
     public init(base: LlamaWeights, configuration c: LlamaConfiguration, lora settings: LoRAConfiguration, adapter: LoRAAdapter? = nil,
-                seed: UInt64 = 1) throws {
+                seed: UInt64 = 1, valueHead: Bool = false, savedValueHead: [Float]? = nil) throws {
         try c.validate()
         try settings.validate()
         configuration = c
@@ -177,6 +184,8 @@ public final class TrainableLlama: @unchecked Sendable {
             }
         }
         if settings.scoreHead { tensors.append((LoRAConfiguration.scoreTensorName, [1, c.hiddenSize])) }
+        precondition(!(valueHead && settings.scoreHead), "a value head goes on a generating model, not a reward model")
+        if valueHead { tensors.append((Self.valueHeadName, [1, c.hiddenSize])) }
         arena = ParameterArena(tensors)
         parameters = arena.parameters
         var random = SplitMix64(seed: seed)
@@ -210,6 +219,18 @@ public final class TrainableLlama: @unchecked Sendable {
             score = head
         } else {
             score = nil
+        }
+        if valueHead {
+            let head = arena.parameters[next]
+            if let savedValueHead {
+                precondition(savedValueHead.count == head.count)
+                head.pointer.update(from: savedValueHead, count: head.count)
+            } else {
+                for i in 0..<head.count { head.pointer[i] = Float(0.02 * random.nextNormal()) }
+            }
+            self.valueHead = head
+        } else {
+            self.valueHead = nil
         }
         func frozenNorm(_ values: [Float], _ name: String) -> Variable {
             Variable(shape: [values.count], values: values, name: name, requiresGradient: false)
@@ -296,13 +317,26 @@ public final class TrainableLlama: @unchecked Sendable {
     /// `adapter`, a saved adapter folder to continue (its own configuration is then used).
     /// Returns the model and the loaded base (its tokenizer and chat format).
     public static func withLoRA(base path: String, lora: LoRAConfiguration, adapter directory: String? = nil,
-                                seed: UInt64 = 1) throws -> (model: TrainableLlama, base: LoadedModel) {
+                                seed: UInt64 = 1, valueHead: Bool = false) throws -> (model: TrainableLlama, base: LoadedModel) {
         let loaded = try LoadedModel.load(path: path)
         let c = loaded.model.configuration
         let adapter = try directory.map { try LoRAAdapter.load(directory: $0, for: c) }
         var settings = adapter?.configuration ?? lora
         settings.baseModel = URL(fileURLWithPath: path).standardizedFileURL.path
-        return (try TrainableLlama(base: loaded.model.weights, configuration: c, lora: settings, adapter: adapter, seed: seed), loaded)
+        let saved = try directory.flatMap { try loadValueHead(from: $0, hiddenSize: c.hiddenSize) }
+        return (try TrainableLlama(base: loaded.model.weights, configuration: c, lora: settings, adapter: adapter, seed: seed,
+                                   valueHead: valueHead || saved != nil, savedValueHead: saved), loaded)
+    }
+
+    /// The value head saved beside an adapter in `directory` (nil when there is none).
+    static func loadValueHead(from directory: String, hiddenSize: Int) throws -> [Float]? {
+        let path = directory + "/" + valueHeadFile
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let file = try SafetensorsFile(path: path)
+        guard let entry = file.entries[valueHeadName], entry.dtype == .f32, entry.shape == [1, hiddenSize] else {
+            throw TrainingError("\(path): no f32 \(valueHeadName) of shape [1, \(hiddenSize)]")
+        }
+        return Array(UnsafeBufferPointer(start: file.data(of: entry).assumingMemoryBound(to: Float.self), count: hiddenSize))
     }
 
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
@@ -311,7 +345,15 @@ public final class TrainableLlama: @unchecked Sendable {
     /// the adapter (`adapter_model.safetensors`, `adapter_config.json`).
     public func save(to directory: String) throws {
         precondition(layout.isWhole, "a part of a model is saved through its trainer, which assembles the whole")
-        if lora != nil { return try adapter().save(to: directory) }
+        if lora != nil {
+            try adapter().save(to: directory)
+            if let valueHead {
+                try SafetensorsWriter.write([SafetensorsWriter.Tensor(name: Self.valueHeadName, shape: valueHead.shape,
+                                                                      data: UnsafeBufferPointer(start: valueHead.pointer, count: valueHead.count))],
+                                            to: directory + "/" + Self.valueHeadFile)
+            }
+            return
+        }
         try Self.save(parameters.map { p in (p.name, p.shape, UnsafeBufferPointer(start: UnsafePointer(p.pointer), count: p.count)) },
                       configuration: configuration, to: directory)
     }
@@ -343,6 +385,26 @@ public final class TrainableLlama: @unchecked Sendable {
     /// restarts at 0, and attends only within itself (a block-diagonal causal mask).
     public func forward(_ tape: Tape, inputs: [Int32]? = nil, input: Variable? = nil, batch B: Int, tokens T: Int,
                         positions packed: [Int32]? = nil, recompute: Recompute = .none) -> Variable {
+        forward(tape, inputs: inputs, input: input, batch: B, tokens: T, positions: packed, recompute: recompute, head: nil)
+    }
+
+    /// PPO's policy and value in one pass: the logits of the final hidden states h scaled by
+    /// `logitScale` (h · s · Woutᵀ, TRL's logits / temperature) and the value head's h · vᵀ [B·T, 1].
+    public func forwardWithValues(_ tape: Tape, inputs: [Int32], batch B: Int, tokens T: Int, logitScale: Float = 1,
+                                  recompute: Recompute = .none) -> (logits: Variable, values: Variable) {
+        guard let valueHead, let output else { preconditionFailure("this model has no value head") }
+        var values: Variable?
+        let logits = forward(tape, inputs: inputs, input: nil, batch: B, tokens: T, positions: nil, recompute: recompute) { tape, h in
+            values = tape.linear(h, valueHead)
+            return self.apply(tape, logitScale == 1 ? h : tape.scale(h, logitScale), output, seed: 0)
+        }
+        return (logits, values!)
+    }
+
+    /// The forward, ending in `head` of the final hidden states when given (else the logits, or
+    /// the score head's scores).
+    func forward(_ tape: Tape, inputs: [Int32]?, input: Variable?, batch B: Int, tokens T: Int, positions packed: [Int32]?,
+                 recompute: Recompute, head: ((Tape, Variable) -> Variable)?) -> Variable {
         let c = configuration
         precondition(T <= c.maxPositionEmbeddings && (inputs == nil || inputs!.count == B * T))
         let positions = packed ?? (0..<B * T).map { Int32($0 % T) }
@@ -414,6 +476,7 @@ public final class TrainableLlama: @unchecked Sendable {
         markReady(lora == nil ? finalNorm : nil)
         return units([2 * blocks.count + 1]) {
             let h = enter(tape, tape.rmsNorm(x, finalNorm, epsilon: c.rmsNormEpsilon))
+            if let head { return head(tape, h) }
             if let score { return tape.linear(h, score) }
             return self.apply(tape, h, output, seed: 0)
         }

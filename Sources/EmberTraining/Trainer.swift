@@ -632,7 +632,10 @@ public final class Trainer {
             prompting = { try LoadedModel.prompting(directory: checkpoint) }
         }
         let objective: any TrainingObjective
-        if let fineTuning = settings.fineTuning, let grpo = fineTuning.grpo {
+        if let fineTuning = settings.fineTuning, let ppo = fineTuning.ppo {
+            objective = try PPOObjective(settings: settings, fineTuning: fineTuning, ppo: ppo, policy: model, prompting: prompting(),
+                                         tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint), state: state.samplerState)
+        } else if let fineTuning = settings.fineTuning, let grpo = fineTuning.grpo {
             objective = try GRPOObjective(settings: settings, fineTuning: fineTuning, grpo: grpo, policy: model, prompting: prompting(),
                                           tokenizerFiles: SupervisedObjective.tokenizerFiles(in: checkpoint),
                                           reference: grpo.reference.map { try TrainableLlama(directory: $0) }, state: state.samplerState)

@@ -99,7 +99,12 @@ public final class TrainingRun {
             if leader { model = try folder.publishModel(from: lastCheckpoint ?? CheckpointFolder.locate(output)) }
         }
         if leader {
-            try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \((output as NSString).lastPathComponent)").utf8), to: output + "/loss.svg")
+            let name = (output as NSString).lastPathComponent
+            try writeFile(Data(lossCurveSVG(trainer.history, title: "loss, \(name)").utf8), to: output + "/loss.svg")
+            for c in trainer.objective.curves {
+                try writeFile(Data(metricCurveSVG(trainer.history, metric: c.metric, validation: c.validation, title: "\(c.title), \(name)").utf8),
+                              to: output + "/" + c.file)
+            }
         }
         return .finished(model: model)
     }

@@ -108,14 +108,15 @@ func runTraining(_ trainer: Trainer, folder: CheckpointFolder, parallel: Paralle
     let outcome = try run.run { p in
         var line = String(format: "step %d/%d loss %.4f lr %.2e %.0f tok/s", p.record.step, s.steps, p.record.loss, p.record.learningRate,
                           p.tokensPerSecond)
-        for (key, label) in [("reward", "reward"), ("frac_reward_zero_std", "zero-std groups"), ("kl", "kl")] {
+        for (key, label) in [("reward", "reward"), ("frac_reward_zero_std", "zero-std groups"), ("kl", "kl"), ("objective/scores", "score"),
+                             ("objective/kl", "kl")] {
             if let value = p.record.metrics[key] { line += String(format: " %@ %.3f", label, value) }
         }
         if let validation = p.validationLoss {
             line += String(format: " val %.4f", validation)
             let metrics = trainer.history.last?.metrics ?? [:]
             for (key, label) in [("val_token_accuracy", "val accuracy"), ("val_accuracy", "val accuracy"), ("val_rewards/accuracies", "val reward accuracy"),
-                                 ("val_rewards/margins", "val margin"), ("val_reward", "val reward")] {
+                                 ("val_rewards/margins", "val margin"), ("val_reward", "val reward"), ("val_score", "val score")] {
                 if let value = metrics[key] { line += String(format: " %@ %.4f", label, value) }
             }
             if interactive { printError("\r" + line + "\u{1B}[K") } else { printError(line) }
@@ -239,9 +240,10 @@ struct FineTuningOptions: ParsableArguments {
 
     /// The model to train from `path`: a LoRA over it when `lora` is given (with a score head for a
     /// reward model), else the whole model; its prompting and the tokenizer files its checkpoints carry.
-    func load(_ path: String, lora: LoRAConfiguration?, parallelism: Parallelism) throws -> (model: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]) {
+    func load(_ path: String, lora: LoRAConfiguration?, parallelism: Parallelism, valueHead: Bool = false) throws
+        -> (model: TrainableLlama, prompting: Prompting, tokenizerFiles: [String]) {
         if let lora {
-            let adapted = try TrainableLlama.withLoRA(base: path, lora: lora, seed: seed)
+            let adapted = try TrainableLlama.withLoRA(base: path, lora: lora, seed: seed, valueHead: valueHead)
             return (adapted.model, try adapted.base.prompting(), adapted.base.gguf == nil ? SupervisedObjective.tokenizerFiles(in: path) : [])
         }
         guard !path.hasSuffix(".gguf") else {
@@ -272,7 +274,8 @@ struct FineTuningOptions: ParsableArguments {
         if let lora = weights.lora, let base = weights.base {
             let types = Set(base.blocks.flatMap { [$0.query.type, $0.gate.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
             say(String(format: "model: LoRA rank %d, alpha %g on %@%@: %.2fM trained parameters over the frozen %@ base (hidden %d, %d layers) from %@",
-                       lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","), weights.score == nil ? "" : " and a score head",
+                       lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","),
+                       weights.score != nil ? " and a score head" : weights.valueHead != nil ? " and a value head" : "",
                        Double(weights.parameterCount) / 1e6, types, c.hiddenSize, c.layerCount, path))
         } else {
             say(String(format: "model: %.1fM parameters (hidden %d, %d layers, vocabulary %d) from %@", Double(weights.parameterCount) / 1e6,

@@ -98,7 +98,7 @@ import Testing
         let tape = Tape()
         tape.backward(loss(tape))
         var worst = 0.0, scale = 0.0
-        let checked = model.parameters.filter { $0.name.hasSuffix("score.weight") || $0.name.contains("layers.1.self_attn.v_proj") }
+        let checked = model.parameters.filter { $0.name.hasSuffix("score.weight") || $0.name == TrainableLlama.valueHeadName || $0.name.contains("layers.1.self_attn.v_proj") }
         for p in checked {
             let analytic = p.gradient.values
             scale = max(scale, Double(analytic.map(abs).max()!))
@@ -140,8 +140,21 @@ import Testing
             let values = model.forward(tape, inputs: Array(ids[..<(2 * T)]), batch: 2, tokens: T)
             return tape.externalLoss(values) { v in (zip(v, weights).reduce(0) { $0 + $1.0 * $1.1 }, weights) }
         }
-        print("finite differences: score head read at the last token (Bradley–Terry loss, centring 0.01) worst error \(reward), at every token (a value head) \(value), of the largest gradient")
-        #expect(reward < 1e-2 && value < 1e-2)
+        // PPO's policy with a value head: log-probabilities of logits / 0.7 and the values of one
+        // pass, both weighted (the LoRA's B drawn, not zero, so that every path carries a gradient).
+        let c = base.model.configuration
+        let policy = try TrainableLlama(base: base.model.weights, configuration: c, lora: LoRAConfiguration(rank: 4, alpha: 8, targets: LoRATarget.allCases),
+                                        seed: 3, valueHead: true)
+        for p in policy.parameters where p.name.contains("lora_B") { for i in 0..<p.count { p.pointer[i] = Float(0.05 * random.nextNormal()) } }
+        let inputs = Array(ids[..<(2 * T)]), targets = inputs.indices.map { i in i % T + 1 < T ? inputs[i + 1] : -1 }
+        let both = finiteDifferenceError(policy) { tape in
+            let (logits, values) = policy.forwardWithValues(tape, inputs: inputs, batch: 2, tokens: T, logitScale: 1 / 0.7)
+            let logps = tape.tokenLogProbabilities(logits, targets: targets)
+            let a = tape.externalLoss(logps) { v in (zip(v, weights).reduce(0) { $0 + $1.0 * $1.1 }, weights) }
+            return tape.add(a, tape.externalLoss(values) { v in (zip(v, weights.reversed()).reduce(0) { $0 + $1.0 * $1.1 }, weights.reversed()) })
+        }
+        print("finite differences: score head read at the last token (Bradley–Terry loss, centring 0.01) worst error \(reward), at every token (a value head) \(value), PPO's policy and value head in one pass \(both), of the largest gradient")
+        #expect(reward < 1e-2 && value < 1e-2 && both < 1e-2)
     }
 
     @Test func dpoStartsAtLn2WithZeroAccuracy() throws {
