@@ -202,6 +202,22 @@ public enum GGMLType: UInt32, Sendable {
         }
     }
 
+    /// The block type for the types Ember reads by dequantizing to f32; nil for the others.
+    public var blockType: BlockType? {
+        switch self {
+        case .q5_0: .q5_0
+        case .q5_1: .q5_1
+        case .q2_K: .q2_K
+        case .q3_K: .q3_K
+        case .q4_K: .q4_K
+        case .q5_K: .q5_K
+        case .q6_K: .q6_K
+        case .iq4_nl: .iq4_nl
+        case .iq4_xs: .iq4_xs
+        default: nil
+        }
+    }
+
     public init(_ dtype: DType) {
         switch dtype {
         case .f32: self = .f32
@@ -213,17 +229,12 @@ public enum GGMLType: UInt32, Sendable {
         }
     }
 
-    /// Sizes of the types Ember can skip over but not compute with, so that such files still open and inspect.
+    /// Sizes of the types Ember reads by dequantizing, or can skip over but not compute with (so that
+    /// such files still open and inspect).
     func byteCount(elements: Int) -> Int? {
+        if let blockType { return byteCount(elements: elements, block: blockType.blockSize, bytes: blockType.blockBytes) }
         let (block, bytes): (Int, Int) = switch self {
-        case .q5_0: (32, 22)
-        case .q5_1: (32, 24)
         case .q8_1: (32, 36)
-        case .q2_K: (256, 84)
-        case .q3_K: (256, 110)
-        case .q4_K: (256, 144)
-        case .q5_K: (256, 176)
-        case .q6_K: (256, 210)
         case .q8_K: (256, 292)
         case .i8: (1, 1)
         case .i16: (1, 2)
@@ -231,6 +242,10 @@ public enum GGMLType: UInt32, Sendable {
         case .i64, .f64: (1, 8)
         default: (0, 0)
         }
+        return byteCount(elements: elements, block: block, bytes: bytes)
+    }
+
+    private func byteCount(elements: Int, block: Int, bytes: Int) -> Int? {
         guard block > 0, elements % block == 0 else { return nil }
         let (n, overflow) = (elements / block).multipliedReportingOverflow(by: bytes)
         return overflow ? nil : n

@@ -184,7 +184,7 @@ public final class TrainableLlama: @unchecked Sendable {
             }
         }
         if settings.scoreHead { tensors.append((LoRAConfiguration.scoreTensorName, [1, c.hiddenSize])) }
-        precondition(!(valueHead && settings.scoreHead), "a value head goes on a generating model, not a reward model")
+        guard !(valueHead && settings.scoreHead) else { throw TrainingError("a value head goes on a generating model's adapter, not on a reward model's (SEQ_CLS)") }
         if valueHead { tensors.append((Self.valueHeadName, [1, c.hiddenSize])) }
         arena = ParameterArena(tensors)
         parameters = arena.parameters
@@ -223,7 +223,7 @@ public final class TrainableLlama: @unchecked Sendable {
         if valueHead {
             let head = arena.parameters[next]
             if let savedValueHead {
-                precondition(savedValueHead.count == head.count)
+                guard savedValueHead.count == head.count else { throw TrainingError("the saved value head has \(savedValueHead.count) values, not \(head.count)") }
                 head.pointer.update(from: savedValueHead, count: head.count)
             } else {
                 for i in 0..<head.count { head.pointer[i] = Float(0.02 * random.nextNormal()) }

@@ -1,5 +1,6 @@
 import EmberFormats
 import EmberModels
+import EmberTensor
 import Foundation
 import Testing
 
@@ -35,10 +36,17 @@ func loadError(_ path: String) -> String? {
         #expect(loadError(path)?.contains("tensor blk.1.ffn_up.weight is missing") == true)
     }
 
-    @Test func rejectsTensorTypeEmberCannotComputeWith() {
-        let path = TinyModel(queryType: .q6_K).write()
+    @Test func rejectsTensorTypeEmberCannotRead() throws {
+        let path = TinyModel(queryType: .q8_K).write()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(loadError(path)?.contains("stored as q6_K") == true)
+        let message = loadError(path)
+        print("a q8_K tensor: \(message ?? "loaded")")
+        #expect(message?.contains("stored as q8_K, which Ember cannot read") == true)
+        // q6_K is read as f32 (its zero bytes are zeros).
+        let readable = TinyModel(queryType: .q6_K).write()
+        defer { try? FileManager.default.removeItem(atPath: readable) }
+        let query = try LoadedModel.load(path: readable).model.weights.blocks[0].query
+        #expect(query.type == .f32 && dequantize(.f32, from: query.data, count: query.rows * query.columns).allSatisfy { $0 == 0 })
     }
 
     @Test func rejectsContextOverflowAndBadTokens() throws {

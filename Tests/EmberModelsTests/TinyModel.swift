@@ -39,8 +39,8 @@ struct TinyModel {
             if type == .f32 {
                 let values = (0..<count).map { _ in (Float(random.next() % 2001) / 1000 - 1) * scale }
                 w.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
-            } else {  // a type Ember cannot compute with: only its size matters
-                w.addTensor(name: name, type: type, extents: extents, data: [UInt8](repeating: 0, count: count / 256 * 210))
+            } else {  // q6_K or q8_K, zeros: only the size matters
+                w.addTensor(name: name, type: type, extents: extents, data: [UInt8](repeating: 0, count: count / 256 * (type == .q8_K ? 292 : 210)))
             }
         }
         let headDim = hidden / headCount

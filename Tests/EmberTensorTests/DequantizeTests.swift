@@ -16,6 +16,20 @@ import Testing
         #expect(mismatches.isEmpty, "first mismatch: \(mismatches.first.map { "\($0.offset): \($0.element)" } ?? "")")
     }
 
+    @Test(arguments: BlockType.allCases)
+    func blockTypesMatchGGUFBitForBit(type: BlockType) throws {
+        let raw = try Fixtures.bytes("Tests/Fixtures/dequant/\(type.rawValue).bin")
+        let expected = try Fixtures.floats("Tests/Fixtures/dequant/\(type.rawValue).f32")
+        let count = raw.count / type.blockBytes * type.blockSize
+        #expect(count == expected.count && raw.count % type.blockBytes == 0)
+        var actual = [Float](repeating: .nan, count: count)
+        raw.withUnsafeBytes { dequantize(type, from: $0.baseAddress!, to: &actual, count: count) }
+        let mismatches = zip(actual, expected).enumerated().filter { $0.element.0.bitPattern != $0.element.1.bitPattern }
+        let largest = zip(actual, expected).map { abs($0 - $1) }.max() ?? 0
+        print("\(type.rawValue): \(count) values in \(count / type.blockSize) blocks, \(mismatches.count) differ in any bit, max |Δ| \(largest)")
+        #expect(mismatches.isEmpty, "first mismatch: \(mismatches.first.map { "\($0.offset): \($0.element)" } ?? "")")
+    }
+
     @Test func halfConversionsRoundTrip() {
         for bits in stride(from: 0, through: 0xFFFF, by: 7).map(UInt16.init) where !halfToFloat(bits).isNaN {
             #expect(floatToHalf(halfToFloat(bits)) == bits)
