@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct quantized by llama.cpp's llama-quantize to the GGUF types Ember reads by
 # dequantizing (and the mixes real files use), scored by llama-perplexity and by `ember perplexity`
-# (its default path) on the same text and context; prints a Markdown table.
+# (its default path) on the same text and context; prints a Markdown table. A third column is
+# llama-perplexity on the same weights dequantized to f32 by the gguf package
+# (scripts/dequantize-gguf.py): what Ember computes with, without llama.cpp's quantization of the
+# activations for its integer products on these types.
 #   - the source is the f32 folder (make's .cache/models/SmolLM2-135M-f32) written as an f32 GGUF
 #     by `ember export`;
 #   - SmolLM2's rows of 576 are not whole 256-element super-blocks, so llama-quantize gives those
@@ -24,22 +27,27 @@ work=.cache/kquants
 mkdir -p "$work"
 [ -f "$work/f32.gguf" ] || .build/release/ember export --input "$folder" --gguf "$work/f32.gguf" --type f32 >&2
 
-echo "| file | tensor types (count) | size | llama-perplexity | ember perplexity | difference |"
-echo "| --- | --- | ---: | ---: | ---: | ---: |"
+python=$(scripts/python-env.sh gguf==0.19.0 numpy)
+echo "| file | tensor types (count) | size | llama-perplexity | llama-perplexity, f32 of the same weights | ember perplexity | vs llama-perplexity | vs the f32 weights |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for type in "${types[@]}"; do
     file="$work/SmolLM2-135M-$type.gguf"
     [ -f "$file" ] || "$bin/llama-quantize" "$work/f32.gguf" "$file" "$type" >"$work/$type.quantize.log" 2>&1
-    reference=$("$bin/llama-perplexity" -m "$file" -f "$text" -c "$context" -t "$(nproc)" 2>&1 \
-        | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+    llama() { "$bin/llama-perplexity" -m "$1" -f "$text" -c "$context" -t "$(nproc)" 2>&1 | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'; }
+    reference=$(llama "$file")
+    "$python" scripts/dequantize-gguf.py "$file" "$work/dequantized.gguf" >/dev/null
+    dequantized=$(llama "$work/dequantized.gguf")
+    rm -f "$work/dequantized.gguf"
     ours=$(.build/release/ember perplexity --model "$file" --file "$text" --context "$context" 2>/dev/null \
         | sed -n 's/^perplexity \([0-9.]*\).*/\1/p')
     mix=$(.build/release/ember inspect --model "$file" 2>/dev/null \
         | awk '/^  [^ ]+\.weight / && $2 != "f32" {c[$2]++} END {for (t in c) printf "%s%s %d", (n++ ? ", " : ""), t, c[t]}')
     size=$(du -m "$file" | cut -f1)
-    python3 - "$type" "$mix" "$size" "$reference" "$ours" <<'PY'
+    python3 - "$type" "$mix" "$size" "$reference" "$dequantized" "$ours" <<'PY'
 import sys
-name, mix, size, reference, ours = sys.argv[1:]
-difference = (float(ours) - float(reference)) / float(reference) * 100
-print(f"| {name} | {mix} | {size} MB | {float(reference):.4f} | {float(ours):.4f} | {difference:+.2f}% |")
+name, mix, size = sys.argv[1:4]
+reference, dequantized, ours = map(float, sys.argv[4:])
+print(f"| {name} | {mix} | {size} MB | {reference:.4f} | {dequantized:.4f} | {ours:.4f} | "
+      f"{(ours - reference) / reference * 100:+.2f}% | {(ours - dequantized) / dequantized * 100:+.2f}% |")
 PY
 done
