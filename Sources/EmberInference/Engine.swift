@@ -96,6 +96,25 @@ public final class Engine: @unchecked Sendable {
     /// `adapter` runs the request under a LoRA adapter (nil: the base); requests of different
     /// adapters share the batch but not the prefix cache.
     public func submit(prompt: [Int], parameters: SamplingParameters, adapter: InferenceAdapter? = nil) throws -> (id: Int, events: AsyncStream<GenerationEvent>) {
+        try validate(prompt: prompt, parameters: parameters)
+        let (stream, continuation) = AsyncStream.makeStream(of: GenerationEvent.self, bufferingPolicy: .unbounded)
+        let id = enqueue(prompt: prompt, parameters: parameters, adapter: adapter, emit: { continuation.yield($0) }, finish: { continuation.finish() })
+        continuation.onTermination = { [weak self] termination in
+            if case .cancelled = termination { self?.cancel(id) }
+        }
+        return (id, stream)
+    }
+
+    /// Queues a request whose events `handler` receives on the engine's thread, in order, then nil
+    /// when the request has ended: for callers that wait on a thread of their own (a trainer's
+    /// rollouts), where a task reading the stream could find no thread of the concurrency pool free.
+    public func submit(prompt: [Int], parameters: SamplingParameters, adapter: InferenceAdapter? = nil,
+                       handler: @escaping @Sendable (GenerationEvent?) -> Void) throws -> Int {
+        try validate(prompt: prompt, parameters: parameters)
+        return enqueue(prompt: prompt, parameters: parameters, adapter: adapter, emit: { handler($0) }, finish: { handler(nil) })
+    }
+
+    private func validate(prompt: [Int], parameters: SamplingParameters) throws {
         let c = configuration
         guard !prompt.isEmpty else { throw RequestError("the prompt is empty") }
         guard prompt.allSatisfy({ $0 >= 0 && $0 < model.configuration.vocabularySize }) else {
@@ -114,20 +133,20 @@ public final class Engine: @unchecked Sendable {
         guard scheduler.fits(tokens: prompt.count + parameters.maxTokens) else {
             throw RequestError("the KV cache (\(c.blockCount * c.blockSize) tokens) cannot hold \(prompt.count + parameters.maxTokens) tokens; raise --kv-cache-memory")
         }
-        let (stream, continuation) = AsyncStream.makeStream(of: GenerationEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    private func enqueue(prompt: [Int], parameters: SamplingParameters, adapter: InferenceAdapter?,
+                         emit: @escaping @Sendable (GenerationEvent) -> Void, finish: @escaping @Sendable () -> Void) -> Int {
         lock.lock()
         let id = nextRequestID
         nextRequestID += 1
         let seed = parameters.seed ?? UInt64.random(in: 0...UInt64.max)
-        let state = RequestState(id: id, prompt: prompt, parameters: parameters, seed: seed, continuation: continuation, adapter: adapter)
+        let state = RequestState(id: id, prompt: prompt, parameters: parameters, seed: seed, emit: emit, finish: finish, adapter: adapter)
         inbox.append(state)
         inFlight += 1
         lock.signal()
         lock.unlock()
-        continuation.onTermination = { [weak self] termination in
-            if case .cancelled = termination { self?.cancel(id) }
-        }
-        return (id, stream)
+        return id
     }
 
     public func cancel(_ id: Int) {
@@ -176,7 +195,7 @@ public final class Engine: @unchecked Sendable {
     /// A request ended: its stream is finished and it no longer counts as in flight.
     private func retire(_ r: RequestState) {
         requests[r.id] = nil
-        r.continuation.finish()
+        r.finish()
         lock.lock()
         inFlight -= 1
         lock.unlock()
@@ -236,7 +255,7 @@ public final class Engine: @unchecked Sendable {
             // Validated requests should never get here; end what ran, saying why, rather than loop forever.
             for chunk in plan.chunks {
                 guard let o = owners[chunk.sequence], requests[o.request.id] != nil else { continue }
-                o.request.continuation.yield(.failed(message: "the model could not run this request: \(error)"))
+                o.request.emit(.failed(message: "the model could not run this request: \(error)"))
                 end(o.request, reason: .error)
             }
             return
@@ -251,7 +270,7 @@ public final class Engine: @unchecked Sendable {
             if !r.started {
                 r.started = true
                 let cached = scheduler.cachedTokens(of: chunk.sequence) ?? 0
-                r.continuation.yield(.started(promptTokens: r.prompt.count, cachedTokens: cached))
+                r.emit(.started(promptTokens: r.prompt.count, cachedTokens: cached))
                 metrics.promptProcessed(tokens: r.prompt.count)
                 // n > 1: the other choices share the prompt's blocks from here on.
                 for choice in 1..<r.parameters.n {
@@ -297,7 +316,7 @@ public final class Engine: @unchecked Sendable {
         let piece = c.decoder.append(tokenizer.bytes(of: token))
         let (release, stopped) = c.stops.append(piece)
         if !release.isEmpty || logprob != nil || stopped {
-            r.continuation.yield(.delta(choice: index, text: release, tokens: [token], logprobs: logprob.map { [$0] } ?? []))
+            r.emit(.delta(choice: index, text: release, tokens: [token], logprobs: logprob.map { [$0] } ?? []))
         }
         r.choices[index] = c
         if stopped {
@@ -314,13 +333,13 @@ public final class Engine: @unchecked Sendable {
         if flush {
             let (release, stopped) = c.stops.append(c.decoder.finish())
             let tail = release + (stopped ? "" : c.stops.flush())
-            if !tail.isEmpty { r.continuation.yield(.delta(choice: index, text: tail, tokens: [], logprobs: [])) }
+            if !tail.isEmpty { r.emit(.delta(choice: index, text: tail, tokens: [], logprobs: [])) }
         }
         c.finished = true
         r.choices[index] = c
         scheduler.finish(c.sequence)
         owners[c.sequence] = nil
-        r.continuation.yield(.finished(choice: index, reason: reason, completionTokens: c.outputTokens.count))
+        r.emit(.finished(choice: index, reason: reason, completionTokens: c.outputTokens.count))
         if r.choices.count == r.parameters.n || reason == .cancelled, r.choices.allSatisfy(\.finished), requests[r.id] != nil {
             retire(r)
             metrics.requestFinished(since: r.arrival, reason: reason)
@@ -350,20 +369,23 @@ final class RequestState {
     let prompt: [Int]
     let parameters: SamplingParameters
     let seed: UInt64
-    let continuation: AsyncStream<GenerationEvent>.Continuation
+    /// Delivers an event to the request's reader, and tells it the request has ended.
+    let emit: @Sendable (GenerationEvent) -> Void
+    let finish: @Sendable () -> Void
     let arrival = Date()
     var started = false
     var choices: [ChoiceState] = []
     let adapter: InferenceAdapter?
 
-    init(id: Int, prompt: [Int], parameters: SamplingParameters, seed: UInt64, continuation: AsyncStream<GenerationEvent>.Continuation,
-         adapter: InferenceAdapter?) {
+    init(id: Int, prompt: [Int], parameters: SamplingParameters, seed: UInt64, emit: @escaping @Sendable (GenerationEvent) -> Void,
+         finish: @escaping @Sendable () -> Void, adapter: InferenceAdapter?) {
         self.adapter = adapter
         self.id = id
         self.prompt = prompt
         self.parameters = parameters
         self.seed = seed
-        self.continuation = continuation
+        self.emit = emit
+        self.finish = finish
     }
 }
 

@@ -55,6 +55,8 @@ protocol TensorSource {
     var path: String { get }
     /// The tensor's dtype, shape as [rows, columns] (a vector is [1, n]) and data, or nil when absent.
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)?
+    /// Whether the source holds `name` (without reading it: a lookup may dequantize).
+    func contains(_ name: String) -> Bool
 }
 
 extension TensorSource {
@@ -77,6 +79,8 @@ struct GGUFTensorSource: TensorSource {
     let gguf: GGUFFile
     var path: String { gguf.path }
 
+    func contains(_ name: String) -> Bool { gguf.tensorInfo(named: name) != nil }
+
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)? {
         guard let info = gguf.tensorInfo(named: name) else { return nil }
         let shape = info.extents.count == 1 ? [1, info.extents[0]] : Array(info.extents.reversed())
@@ -96,6 +100,8 @@ struct GGUFTensorSource: TensorSource {
 struct SafetensorsTensorSource: TensorSource {
     let collection: SafetensorsCollection
     let path: String
+
+    func contains(_ name: String) -> Bool { collection.entry(name) != nil }
 
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)? {
         guard let (file, entry) = collection.entry(name) else { return nil }
@@ -123,7 +129,7 @@ extension LlamaWeights {
         }
         let finalNorm = try vector(.finalNorm)
         // The output matrix is read when the file has one, whatever the configuration says.
-        let output = try source.lookup(LlamaTensor(.output, c).name(format)) == nil ? embedding : try matrix(.output)
+        let output = source.contains(LlamaTensor(.output, c).name(format)) ? try matrix(.output) : embedding
         let score = c.scoresSequences ? try source.matrix("score.weight", rows: 1, columns: c.hiddenSize) : nil
         return LlamaWeights(embedding: embedding, blocks: blocks, finalNorm: finalNorm, output: output, ropeMode: ropeMode, score: score)
     }

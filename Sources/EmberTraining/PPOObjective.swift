@@ -227,10 +227,8 @@ public final class PPOObjective: TrainingObjective {
         let valueCounts = lengths.map { min($0 + 1, W) }
         let (old, values) = forwardOnly(model, rows, promptLengths: promptLengths, valueCounts: valueCounts, micro: s.batchSize, adapter: true)
         let reference = forwardOnly(model, rows, promptLengths: promptLengths, valueCounts: valueCounts, micro: s.batchSize, adapter: false).logps
-        var scores = try self.scores(prompts, responses)
-        if let penalty = settings.missingEOSPenalty {
-            for (i, r) in responses.enumerated() where !r.stopped { scores[i] -= penalty }
-        }
+        let modelScores = try self.scores(prompts, responses), penalty = settings.missingEOSPenalty ?? 0
+        let scores = zip(modelScores, responses).map { score, r in r.stopped ? score : score - penalty }
         // Past the last token the log-probabilities are equal (0): no KL there.
         func padded(_ x: [[Double]]) -> [[Double]] { zip(x, valueCounts).map { $0 + [Double](repeating: 0, count: $1 - $0.count) } }
         var (kl, rewards) = PPO.rewards(logprobs: padded(old), reference: padded(reference), scores: scores,
@@ -256,7 +254,7 @@ public final class PPOObjective: TrainingObjective {
             "rollout/seconds": seconds,
             "rollout/tokens_per_second": Double(lengths.reduce(0, +)) / max(seconds, 1e-9),
         ]
-        if let penalty = settings.missingEOSPenalty, penalty != 0 { metrics["objective/scores_without_penalty"] = meanScore + penalty * Double(responses.filter { !$0.stopped }.count) / n }
+        if penalty != 0 { metrics["objective/scores_without_penalty"] = mean(modelScores) }
         return Rollout(rows: rows, promptLengths: promptLengths, old: old, values: values, advantages: advantages, returns: returns, metrics: metrics)
     }
 

@@ -41,8 +41,7 @@ public enum VerifiableReward: Sendable {
 
     /// The value of the last number written in `text` (`-1,234.5`, `$12`), if any.
     public static func lastNumber(_ text: String) -> Double? {
-        let regex = numberPattern
-        let matches = regex.matches(in: text, range: NSRange(text.startIndex..., in: text))
+        let matches = numberPattern.matches(in: text, range: NSRange(text.startIndex..., in: text))
         guard let last = matches.last, let range = Range(last.range, in: text) else { return nil }
         return Double(text[range].filter { $0 != "," && $0 != "$" })
     }

@@ -64,35 +64,39 @@ public final class RolloutEngine {
         let adapter = currentAdapter()
         let start = Date()
         // One request per prompt and choice, with its own seed, so that the draws are the same
-        // however many run together.
-        func submit(_ i: Int, _ j: Int) throws -> AsyncStream<GenerationEvent> {
+        // however many run together. The engine hands each request's events to `box` on its own
+        // thread, so this thread waits without any task having to run.
+        let pairs = prompts.indices.flatMap { i in (0..<n).map { (i, $0) } }
+        let box = Collected(count: pairs.count)
+        let done = DispatchSemaphore(value: 0)
+        func submit(_ k: Int) throws {
+            let (i, j) = pairs[k]
             var p = parameters
             p.n = 1
             p.seed = parameters.seed.map { $0 &+ UInt64(i * n + j) }
-            return try engine.submit(prompt: prompts[i].map(Int.init), parameters: p, adapter: adapter).events
+            _ = try engine.submit(prompt: prompts[i].map(Int.init), parameters: p, adapter: adapter) { event in
+                if let event { box.add(k, event) } else { done.signal() }
+            }
         }
-        let pairs = prompts.indices.flatMap { i in (0..<n).map { (i, $0) } }
-        let flat = oneAtATime ? try pairs.flatMap { try wait([try submit($0, $1)]) } : try wait(pairs.map { try submit($0, $1) })
+        do {
+            var running = 0
+            defer { for _ in 0..<running { done.wait() } }  // every request has ended, even after an error
+            for k in pairs.indices {
+                try submit(k)
+                running += 1
+                if oneAtATime {
+                    done.wait()
+                    running -= 1
+                }
+            }
+        }
+        if let failure = box.failure { throw TrainingError("generation failed: \(failure)") }
+        let flat = box.results.map { c in Completion(tokens: c.tokens.map(Int32.init) + (c.stopped ? [endToken] : []), text: c.text, stopped: c.stopped) }
         let results = prompts.indices.map { i in Array(flat[i * n..<(i + 1) * n]) }
         lastSeconds = Date().timeIntervalSince(start)
         seconds += lastSeconds
         generatedTokens += results.joined().reduce(0) { $0 + $1.tokens.count }
         return results
-    }
-
-    /// Every stream's completion (each stream one request of one choice), read to its end.
-    private func wait(_ streams: [AsyncStream<GenerationEvent>]) throws -> [Completion] {
-        let box = Collected(count: streams.count)
-        let done = DispatchSemaphore(value: 0)
-        for (k, stream) in streams.enumerated() {
-            Task.detached {
-                for await event in stream { box.add(k, event) }
-                done.signal()
-            }
-        }
-        for _ in streams { done.wait() }
-        if let failure = box.failure { throw TrainingError("generation failed: \(failure)") }
-        return box.results.map { c in Completion(tokens: c.tokens.map(Int32.init) + (c.stopped ? [endToken] : []), text: c.text, stopped: c.stopped) }
     }
 }
 
