@@ -198,13 +198,6 @@ public enum GGMLType: UInt32, Sendable {
         case .q8_0: .q8_0
         case .q4_0: .q4_0
         case .q4_1: .q4_1
-        default: nil
-        }
-    }
-
-    /// The block type for the types Ember reads by dequantizing to f32; nil for the others.
-    public var blockType: BlockType? {
-        switch self {
         case .q5_0: .q5_0
         case .q5_1: .q5_1
         case .q2_K: .q2_K
@@ -226,13 +219,21 @@ public enum GGMLType: UInt32, Sendable {
         case .q8_0: self = .q8_0
         case .q4_0: self = .q4_0
         case .q4_1: self = .q4_1
+        case .q5_0: self = .q5_0
+        case .q5_1: self = .q5_1
+        case .q2_K: self = .q2_K
+        case .q3_K: self = .q3_K
+        case .q4_K: self = .q4_K
+        case .q5_K: self = .q5_K
+        case .q6_K: self = .q6_K
+        case .iq4_nl: self = .iq4_nl
+        case .iq4_xs: self = .iq4_xs
         }
     }
 
-    /// Sizes of the types Ember reads by dequantizing, or can skip over but not compute with (so that
-    /// such files still open and inspect).
+    /// Sizes of the types Ember can skip over but not compute with (so that such files still open
+    /// and inspect).
     func byteCount(elements: Int) -> Int? {
-        if let blockType { return byteCount(elements: elements, block: blockType.blockSize, bytes: blockType.blockBytes) }
         let (block, bytes): (Int, Int) = switch self {
         case .q8_1: (32, 36)
         case .q8_K: (256, 292)

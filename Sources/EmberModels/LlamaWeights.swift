@@ -84,14 +84,8 @@ struct GGUFTensorSource: TensorSource {
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)? {
         guard let info = gguf.tensorInfo(named: name) else { return nil }
         let shape = info.extents.count == 1 ? [1, info.extents[0]] : Array(info.extents.reversed())
-        if let blockType = info.ggmlType.blockType {
-            // Read as f32: Ember has no products on these types yet.
-            let values = FloatBuffer(uninitializedCount: info.elementCount)
-            dequantize(blockType, from: gguf.data(of: info), to: values.pointer, count: info.elementCount)
-            return (.f32, shape, UnsafeRawPointer(values.pointer), values)
-        }
         guard let type = info.ggmlType.dtype else {
-            throw FormatError("\(path): tensor \(name) is stored as \(info.ggmlType), which Ember cannot read (it computes with f32, f16, bf16, q8_0, q4_0 and q4_1, and reads q5_0, q5_1, q2_K–q6_K, iq4_nl and iq4_xs as f32)")
+            throw FormatError("\(path): tensor \(name) is stored as \(info.ggmlType), which Ember cannot read (it reads f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K–q6_K, iq4_nl and iq4_xs)")
         }
         return (type, shape, gguf.data(of: info), gguf.file)
     }

@@ -44,6 +44,8 @@ public func dequantize(_ type: DType, from source: UnsafeRawPointer, to destinat
                 out[j + 16] = d * Float(byte >> 4) + m
             }
         }
+    case .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_nl, .iq4_xs:
+        dequantizeSubBlocks(type, from: source, to: destination, count: count)
     }
 }
 

@@ -9,7 +9,8 @@ import CKernels
 ///   decodes each weight row once into a small buffer and reuses it for four rows of x at a time;
 /// - f16 / bf16 weights: direct dot products for few rows of x; for many, each thread expands a slab
 ///   of weight rows into a small f32 buffer and runs SGEMM on it;
-/// - f32 weights: SGEMM.
+/// - f32 weights: SGEMM;
+/// - the 5-bit, K-quant and non-linear 4-bit types: slabs of rows dequantized and multiplied by SGEMM.
 /// `multiplyByIntegers` (IntegerProducts.swift) is the serving path's integer form for quantized weights.
 public struct WeightMatrix: @unchecked Sendable {
     public let type: DType
@@ -110,6 +111,9 @@ public struct WeightMatrix: @unchecked Sendable {
             }
         case .q8_0, .q4_0, .q4_1:
             multiplyByDotProducts(Q8Activations(quantizing: x, rows: m, columns: columns), y, m: m, pool: pool)
+        case .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_nl, .iq4_xs:
+            // No float lanes of llama.cpp's to follow: f32 products on the exact values.
+            multiplyByDequantizedSlabs(x, y, m: m, pool: pool)
         }
     }
 
@@ -119,7 +123,7 @@ public struct WeightMatrix: @unchecked Sendable {
                                 pool: ThreadPool = .shared) {
         var quantized: Q8Activations?
         for (weight, output) in products {
-            guard weight.type.isQuantized else {
+            guard weight.type.hasFloatLanes else {
                 weight.multiply(x, output, m: m, pool: pool)
                 continue
             }

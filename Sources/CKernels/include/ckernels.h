@@ -2,8 +2,11 @@
 #define EMBER_CKERNELS_H
 #include <stdint.h>
 
-/// Type codes of the quantized weight types (the `type` of the functions below).
-enum { EMBER_Q4_0 = 0, EMBER_Q4_1 = 1, EMBER_Q8_0 = 2 };
+/// Type codes of the packed weight types (the `type` of the functions below): GGML's q4_0, q4_1 and
+/// q8_0 blocks, and the integer types, which hold any block type's 32-element sub-blocks as signed
+/// bytes with f32 scales: one scale (I8), a scale and a minimum (I8_MIN), a scale for each 16
+/// elements (I8_HALVES), or a scale and a minimum for each 16 (I8_HALVES_MIN).
+enum { EMBER_Q4_0 = 0, EMBER_Q4_1 = 1, EMBER_Q8_0 = 2, EMBER_I8 = 3, EMBER_I8_MIN = 4, EMBER_I8_HALVES = 5, EMBER_I8_HALVES_MIN = 6 };
 
 /// Kernel tiers of the integer products, each one bit-identical to the others:
 /// 3 = AVX-512 VNNI (with BW, DQ, VL), 2 = 256-bit VNNI (AVX-VNNI, or AVX512_VNNI + VL, whichever the
@@ -20,26 +23,34 @@ int ember_kernel_tier(void);
 const char *ember_tier_name(int tier);
 
 /// Packed layout: weight rows in groups of 16 (the last group padded with zero rows); within a group,
-/// block by block: the 16 rows' scales (f16), for q4_1 their minimums (f16), then the values with
-/// the 16 rows interleaved four bytes at a time, one 64-byte vector per four byte columns:
-/// q4 blocks keep their nibble bytes (byte j holds values j and j + 16), q8_0 values are stored
-/// offset by 128 as unsigned bytes.
+/// block (of 32 elements) by block: the 16 rows' scales (f16; f32 for the integer types), for the
+/// halves types their second scales, for the types with minimums their minimums (and second
+/// minimums), then the values with the 16 rows interleaved four bytes at a time, one 64-byte vector
+/// per four byte columns: q4 blocks keep their nibble bytes (byte j holds values j and j + 16), the
+/// byte types' values are stored offset by 128 as unsigned bytes.
 long ember_packed_block_bytes(int type);
 
 /// Repacks `rows` rows of GGML blocks (`row_bytes` apart, `blocks` blocks each) into `packed`, which
 /// holds ceil(rows / 16) * blocks * ember_packed_block_bytes(type) bytes.
 void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows, int blocks, uint8_t *packed);
 
+/// Writes one 32-element sub-block of one row (`lane` 0..<16 of its group) of an integer type into the
+/// packed block at `block` (which `ember_packed_block_bytes` sizes): 32 `values` in −127...127, the
+/// scales of elements 0..<16 and 16..<32 and their minimums (what the type does not have is ignored).
+void ember_pack_sub_block(int type, uint8_t *block, int lane, const int8_t *values, const float *scales, const float *minimums);
+
 /// Integer products of packed row groups `g0 ..< g1` (of a matrix of `rows` rows) with `m` rows of
 /// 8-bit activations: `xq` [m, blocks * 32] values in −127...127, per block the scale `xd`, the integer
 /// value sum `xsum` (which must be the sum of the block's `xq` values) and scale × value sum `xs`
-/// ([m, blocks] each):
-/// y[i * y_stride + r] = Σ_b wd_b · xd_b · Σ_j (wq_j − offset) · xq_j  (+ wm_b · xs_b for q4_1).
+/// ([m, blocks] each), and the same two sums for each half of 16 values (`xsum16`, `xs16`, [m, 2 * blocks]):
+/// y[i * y_stride + r] = Σ_b wd_b · xd_b · Σ_j (wq_j − offset) · xq_j  (+ wm_b · xs_b with minimums),
+/// with each half's scale and minimum for the halves types.
 /// Runs the kernel of `tier` (normally ember_kernel_tier()), lowered to ember_best_tier() when above
 /// it; tier 0 (or less) runs a slow portable C version. Every tier gives the same bits, and every
 /// output is formed in the same order whatever m is.
 void ember_packed_products(int tier, int type, const uint8_t *packed, int g0, int g1, int rows, int blocks,
-                           const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, int m, float *y, long y_stride);
+                           const int8_t *xq, const float *xd, const int32_t *xsum, const float *xs, const int32_t *xsum16,
+                           const float *xs16, int m, float *y, long y_stride);
 /// Keeps freed memory in the heap instead of returning it to the kernel (glibc: no mmap for large
 /// blocks, no trimming), so that buffers freed and allocated again each training step do not fault
 /// in and zero their pages every time.

@@ -3,35 +3,46 @@ import Synchronization
 
 /// Activations quantized to 8-bit blocks of 32 in natural order, for the integer products: the
 /// values and, per block, the scale (rounded through f16, as llama.cpp stores it), the integer
-/// value sum, and scale × value sum.
-public struct Int8Activations {
-    public let rows: Int
-    public let columns: Int
-    var values: [Int8]
-    var scales: [Float]
-    var integerSums: [Int32]
-    var sums: [Float]
+/// value sum, and scale × value sum; and per half block of 16 the integer sum and scale × that sum
+/// (in f32), for the weight types with a scale or minimum per 16.
+final class Int8Activations {
+    let values: UnsafeMutablePointer<Int8>
+    let scales: UnsafeMutablePointer<Float>
+    let integerSums: UnsafeMutablePointer<Int32>
+    let sums: UnsafeMutablePointer<Float>
+    let halfIntegerSums: UnsafeMutablePointer<Int32>
+    let halfSums: UnsafeMutablePointer<Float>
 
-    public init(quantizing x: UnsafePointer<Float>, rows: Int, columns: Int) {
+    init(quantizing x: UnsafePointer<Float>, rows: Int, columns: Int) {
         precondition(columns % 32 == 0)
-        self.rows = rows
-        self.columns = columns
         let blocks = rows * columns / 32
-        var values = [Int8](repeating: 0, count: rows * columns)
-        var scales = [Float](repeating: 0, count: blocks), sums = scales
-        var integerSums = [Int32](repeating: 0, count: blocks)
+        values = .allocate(capacity: rows * columns)
+        scales = .allocate(capacity: blocks)
+        integerSums = .allocate(capacity: blocks)
+        sums = .allocate(capacity: blocks)
+        halfIntegerSums = .allocate(capacity: 2 * blocks)
+        halfSums = .allocate(capacity: 2 * blocks)
         for b in 0..<blocks {
-            var total: Int32 = 0
+            var halves: (Int32, Int32) = (0, 0)
             (scales[b], sums[b]) = quantizeBlock(x + 32 * b) { j, v in
                 values[32 * b + j] = Int8(v)
-                total += v
+                if j < 16 { halves.0 += v } else { halves.1 += v }
             }
-            integerSums[b] = total
+            integerSums[b] = halves.0 + halves.1
+            halfIntegerSums[2 * b] = halves.0
+            halfIntegerSums[2 * b + 1] = halves.1
+            halfSums[2 * b] = scales[b] * Float(halves.0)
+            halfSums[2 * b + 1] = scales[b] * Float(halves.1)
         }
-        self.values = values
-        self.scales = scales
-        self.integerSums = integerSums
-        self.sums = sums
+    }
+
+    deinit {
+        values.deallocate()
+        scales.deallocate()
+        integerSums.deallocate()
+        sums.deallocate()
+        halfIntegerSums.deallocate()
+        halfSums.deallocate()
     }
 }
 
@@ -78,17 +89,47 @@ final class PackedRows: @unchecked Sendable {
     let groups: Int
 
     init(_ weight: WeightMatrix) {
-        let code = PackedRows.code(weight.type), blocks = Int32(weight.columns / 32)
+        let type = weight.type, code = PackedRows.code(type), blocks = weight.columns / 32
         groups = (weight.rows + 15) / 16
-        let bytes = groups * Int(blocks) * ember_packed_block_bytes(code)
+        let blockBytes = ember_packed_block_bytes(code), bytes = groups * blocks * blockBytes
         data = .allocate(byteCount: bytes, alignment: 64)
-        ember_pack_rows(code, weight.data.assumingMemoryBound(to: UInt8.self), weight.rowBytes, Int32(weight.rows), blocks,
-                        data.assumingMemoryBound(to: UInt8.self))
+        guard type.hasIntegerSubBlocks else {
+            ember_pack_rows(code, weight.data.assumingMemoryBound(to: UInt8.self), weight.rowBytes, Int32(weight.rows), Int32(blocks),
+                            data.assumingMemoryBound(to: UInt8.self))
+            return
+        }
+        // The integer types: each 32-element sub-block decoded to its integers, scales and minimums.
+        data.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        let perBlock = type.blockSize / 32
+        let packed = data.assumingMemoryBound(to: UInt8.self)
+        for r in 0..<weight.rows {
+            let row = weight.row(r)
+            for b in 0..<blocks {
+                var sub = integerSubBlock(type, row + (b / perBlock) * type.blockBytes, b % perBlock)
+                withUnsafeBytes(of: &sub.values) { values in
+                    withUnsafeBytes(of: &sub.scales) { scales in
+                        withUnsafeBytes(of: &sub.minimums) { minimums in
+                            ember_pack_sub_block(code, packed + ((r / 16) * blocks + b) * blockBytes, Int32(r % 16),
+                                                 values.baseAddress!.assumingMemoryBound(to: Int8.self),
+                                                 scales.baseAddress!.assumingMemoryBound(to: Float.self),
+                                                 minimums.baseAddress!.assumingMemoryBound(to: Float.self))
+                        }
+                    }
+                }
+            }
+        }
     }
 
     deinit { data.deallocate() }
 
-    static func code(_ type: DType) -> Int32 { Int32(type == .q4_0 ? EMBER_Q4_0 : type == .q4_1 ? EMBER_Q4_1 : EMBER_Q8_0) }
+    static func code(_ type: DType) -> Int32 {
+        switch type {
+        case .q4_0: Int32(EMBER_Q4_0)
+        case .q4_1: Int32(EMBER_Q4_1)
+        case .q8_0: Int32(EMBER_Q8_0)
+        default: Int32(type.hasHalfScales ? (type.hasMinimums ? EMBER_I8_HALVES_MIN : EMBER_I8_HALVES) : (type.hasMinimums ? EMBER_I8_MIN : EMBER_I8))
+        }
+    }
 
     /// Holds the packed rows of one matrix once they are made.
     final class Slot: Sendable {
@@ -124,22 +165,14 @@ extension WeightMatrix {
         let packed = quantized.map { $0.weight.packedRows.rows(of: $0.weight) }
         var offsets = [0]
         for p in packed { offsets.append(offsets.last! + p.groups) }
-        a.values.withUnsafeBufferPointer { q in
-            a.scales.withUnsafeBufferPointer { d in
-                a.integerSums.withUnsafeBufferPointer { n in
-                    a.sums.withUnsafeBufferPointer { s in
-                        let tier = Int32(KernelTier.current.rawValue)
-                        pool.parallelRanges(offsets.last!) { range in
-                            for (k, (weight, output)) in quantized.enumerated() {
-                                let lower = max(range.lowerBound, offsets[k]), upper = min(range.upperBound, offsets[k + 1])
-                                guard lower < upper else { continue }
-                                ember_packed_products(tier, PackedRows.code(weight.type), packed[k].data.assumingMemoryBound(to: UInt8.self),
-                                                      Int32(lower - offsets[k]), Int32(upper - offsets[k]), Int32(weight.rows), Int32(weight.columns / 32),
-                                                      q.baseAddress!, d.baseAddress!, n.baseAddress!, s.baseAddress!, Int32(m), output, weight.rows)
-                            }
-                        }
-                    }
-                }
+        let tier = Int32(KernelTier.current.rawValue)
+        pool.parallelRanges(offsets.last!) { range in
+            for (k, (weight, output)) in quantized.enumerated() {
+                let lower = max(range.lowerBound, offsets[k]), upper = min(range.upperBound, offsets[k + 1])
+                guard lower < upper else { continue }
+                ember_packed_products(tier, PackedRows.code(weight.type), packed[k].data.assumingMemoryBound(to: UInt8.self),
+                                      Int32(lower - offsets[k]), Int32(upper - offsets[k]), Int32(weight.rows), Int32(weight.columns / 32),
+                                      a.values, a.scales, a.integerSums, a.sums, a.halfIntegerSums, a.halfSums, Int32(m), output, weight.rows)
             }
         }
     }
