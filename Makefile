@@ -8,7 +8,7 @@ SWIFT_BUILD = swift build -c release
 MODEL = .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 F32_MODEL = .cache/models/SmolLM2-135M-f32
 PYTHON_PACKAGES = gguf==0.19.0 safetensors==0.8.0 numpy tokenizers==0.23.3
-TOKENIZERS = .cache/models/SmolLM2-135M-tokenizer/tokenizer.json .cache/models/all-minilm-l6-v2/tokenizer.json
+TOKENIZERS = .cache/models/SmolLM2-135M-tokenizer/tokenizer.json .cache/models/all-minilm-l6-v2/tokenizer.json .cache/models/all-minilm-l6-v2/model.safetensors
 THREADS ?= $(shell nproc)
 HOST ?= 127.0.0.1
 PORT ?= 8000

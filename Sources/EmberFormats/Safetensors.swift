@@ -15,6 +15,9 @@ public final class SafetensorsFile: @unchecked Sendable {
 
     public let path: String
     public let entries: [String: Entry]
+    /// Tensors of dtypes Ember does not compute with (I64 position ids, BOOL masks): name → dtype.
+    /// The file opens; reading one of them is an error that names it.
+    public let otherTensors: [String: String]
     public let metadata: [String: String]
     public let file: MappedFile
     private let dataStart: Int
@@ -36,7 +39,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard let json = try? JSONSerialization.jsonObject(with: headerData), let header = json as? [String: Any] else {
             throw FormatError("\(path): the header is not a JSON object")
         }
-        var entries: [String: Entry] = [:]
+        var entries: [String: Entry] = [:], otherTensors: [String: String] = [:]
         var metadata: [String: String] = [:]
         let dataSize = file.size - dataStart
         for (name, value) in header {
@@ -47,13 +50,14 @@ public final class SafetensorsFile: @unchecked Sendable {
             guard let object = value as? [String: Any], let dtypeName = object["dtype"] as? String,
                   let shape = object["shape"] as? [Int], let offsets = object["data_offsets"] as? [Int], offsets.count == 2
             else { throw FormatError("\(path): tensor \(name) has a malformed header entry") }
-            guard let dtype = Self.dtypes[dtypeName] else {
-                throw FormatError("\(path): tensor \(name) has dtype \(dtypeName); Ember reads F32, F16 and BF16")
-            }
             guard shape.allSatisfy({ $0 >= 0 && $0 < 1 << 40 }) else { throw FormatError("\(path): tensor \(name) has absurd shape \(shape)") }
             let count = shape.reduce(1, *)
             guard offsets[0] >= 0, offsets[1] >= offsets[0], offsets[1] <= dataSize else {
                 throw FormatError("\(path): truncated file: tensor \(name) occupies bytes \(offsets[0])..<\(offsets[1]) but the data section has \(dataSize)")
+            }
+            guard let dtype = Self.dtypes[dtypeName] else {
+                otherTensors[name] = dtypeName
+                continue
             }
             guard dtype.byteCount(elements: count) == offsets[1] - offsets[0] else {
                 throw FormatError("\(path): tensor \(name) has shape \(shape) of \(dtypeName) but \(offsets[1] - offsets[0]) bytes")
@@ -61,6 +65,7 @@ public final class SafetensorsFile: @unchecked Sendable {
             entries[name] = Entry(name: name, dtype: dtype, shape: shape, begin: offsets[0], end: offsets[1])
         }
         self.entries = entries
+        self.otherTensors = otherTensors
         self.metadata = metadata
     }
 

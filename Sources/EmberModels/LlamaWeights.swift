@@ -98,7 +98,12 @@ struct SafetensorsTensorSource: TensorSource {
     func contains(_ name: String) -> Bool { collection.entry(name) != nil }
 
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)? {
-        guard let (file, entry) = collection.entry(name) else { return nil }
+        guard let (file, entry) = collection.entry(name) else {
+            if let (file, dtype) = collection.files.lazy.compactMap({ f in f.otherTensors[name].map { (f, $0) } }).first {
+                throw FormatError("\(file.path): tensor \(name) has dtype \(dtype); Ember reads F32, F16 and BF16")
+            }
+            return nil
+        }
         let shape = entry.shape.count == 1 ? [1, entry.shape[0]] : entry.shape
         return (entry.dtype, shape, file.data(of: entry), file.file)
     }

@@ -66,6 +66,9 @@ public struct OpenAIServer: Sendable {
         router.post("v1/completions") { request, _ in try await handle { try await completion(try await body(request), chat: false) } }
         router.post("infill") { request, _ in try await handle { try await infill(try await body(request)) } }
         router.post("pooling") { request, _ in try await handle { try await pooling(try await body(request)) } }
+        router.post("v1/embeddings") { _, _ -> Response in
+            throw APIError.badRequest("\(modelName) is a generative model; POST /v1/embeddings answers on a server of an embedding model (a BERT sentence-transformers folder)")
+        }
         return router
     }
 
@@ -125,12 +128,15 @@ public struct OpenAIServer: Sendable {
                                   ("usage", .object([("prompt_tokens", .int(count)), ("total_tokens", .int(count)), ("completion_tokens", .int(0))]))]))
     }
 
-    private func body(_ request: Request) async throws -> Fields {
+    private func body(_ request: Request) async throws -> Fields { try await Self.fields(request, limit: limits.maxBodyBytes) }
+
+    /// A JSON request body of at most `limit` bytes (413 above it).
+    static func fields(_ request: Request, limit: Int) async throws -> Fields {
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: limits.maxBodyBytes)
+            buffer = try await request.body.collect(upTo: limit)
         } catch is NIOTooManyBytesError {
-            throw APIError(status: 413, message: "the request body is larger than \(limits.maxBodyBytes) bytes")
+            throw APIError(status: 413, message: "the request body is larger than \(limit) bytes")
         }
         return try Fields(body: Array(buffer.readableBytesView))
     }

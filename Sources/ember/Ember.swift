@@ -23,7 +23,7 @@ struct Ember: AsyncParsableCommand {
           ember pretrain --preset tiny --output runs/tiny
           ember sft --model base --data train.jsonl --output runs/sft
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, Export.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, Embed.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, Export.self, Inspect.self])
 }
 
 /// Options every model-running command shares.

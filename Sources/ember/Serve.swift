@@ -2,6 +2,7 @@ import ArgumentParser
 import EmberInference
 import EmberModels
 import EmberServer
+import EmberTensor
 import Foundation
 import Hummingbird
 
@@ -9,7 +10,9 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a model over an OpenAI-compatible HTTP API.",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus), and for models with fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle>, as `ember sft --fim-rate` adds) POST /infill (llama.cpp's: input_prefix, input_suffix, input_extra, prompt) and "suffix" on /v1/completions.
+        A BERT sentence-transformers folder (such as all-MiniLM-L6-v2) is served as an embedding model: POST /v1/embeddings (OpenAI's: input as a string, a list of strings or of token ids; encoding_format float or base64), GET /v1/models, POST /tokenize, GET /health.
+
+        Endpoints of a generative model: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /metrics (Prometheus), and for models with fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle>, as `ember sft --fim-rate` adds) POST /infill (llama.cpp's: input_prefix, input_suffix, input_extra, prompt) and "suffix" on /v1/completions.
 
         Many requests run at once: each engine step batches the sequences that are decoding with chunks of new prompts (up to --max-batched-tokens tokens and --max-num-seqs sequences), over a paged KV cache of --kv-cache-memory bytes that also keeps recent prompt prefixes for reuse. SIGINT or SIGTERM stops accepting connections, lets running requests finish, and exits.
 
@@ -76,6 +79,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if SentenceEncoder.isEncoder(path: options.model) { return try await serveEmbeddings() }
         let loaded = try options.load()
         let tokenizer = try loaded.requireTokenizer()
         let model = loaded.model
@@ -114,6 +118,22 @@ struct Serve: AsyncParsableCommand {
                               })
         try await app.runService()
         engine.stop()
+        printError("Stopped.")
+    }
+
+    /// An embedding model's server: only the options that apply to it.
+    private func serveEmbeddings() async throws {
+        guard loraModules.isEmpty else { throw CommandError("--lora-modules: \(options.model) is an embedding model, which takes no adapters") }
+        ThreadPool.configureShared(threadCount: options.threads)
+        let encoder = try SentenceEncoder(path: options.model)
+        let name = servedModelName ?? URL(fileURLWithPath: options.model).lastPathComponent
+        let server = EmbeddingServer(encoder: encoder, modelName: name, apiKey: apiKey)
+        let threads = options.threads
+        let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
+                              onServerRunning: { _ in
+                                  printError("Serving embedding model \(name) (\(encoder.dimensions) dimensions, \(encoder.pooling.rawValue) pooling\(encoder.normalize ? ", normalised" : ""), inputs cut at \(encoder.maxSequenceLength) tokens) on http://\(host):\(port) (\(threads) threads)")
+                              })
+        try await app.runService()
         printError("Stopped.")
     }
 }

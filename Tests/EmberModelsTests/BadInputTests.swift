@@ -42,11 +42,11 @@ func loadError(_ path: String) -> String? {
         let message = loadError(path)
         print("a q8_K tensor: \(message ?? "loaded")")
         #expect(message?.contains("stored as q8_K, which Ember cannot read") == true)
-        // q6_K is read as f32 (its zero bytes are zeros).
+        // q6_K is read as it is stored (its zero bytes are zeros).
         let readable = TinyModel(queryType: .q6_K).write()
         defer { try? FileManager.default.removeItem(atPath: readable) }
         let query = try LoadedModel.load(path: readable).model.weights.blocks[0].query
-        #expect(query.type == .f32 && dequantize(.f32, from: query.data, count: query.rows * query.columns).allSatisfy { $0 == 0 })
+        #expect(query.type == .q6_K && dequantize(.q6_K, from: query.data, count: query.rows * query.columns).allSatisfy { $0 == 0 })
     }
 
     @Test func rejectsContextOverflowAndBadTokens() throws {

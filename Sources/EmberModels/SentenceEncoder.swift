@@ -1,0 +1,305 @@
+import EmberFormats
+import EmberTensor
+import EmberTokenizers
+import Foundation
+
+/// A BERT encoder with sentence-transformers' pooling: what turns texts into embeddings
+/// (all-MiniLM-L6-v2 and its kin).
+///
+/// The folder is a sentence-transformers model: `config.json` (`model_type` bert), `model.safetensors`
+/// (`BertModel`'s tensors, with or without a `bert.` prefix), `tokenizer.json` (WordPiece), and
+/// optionally `modules.json` (a `Normalize` module turns normalisation on), `1_Pooling/config.json`
+/// (`pooling_mode_mean_tokens`, `_cls_token` or `_max_tokens`) and `sentence_bert_config.json`
+/// (`max_seq_length`, where inputs are cut). Without the pooling files the embedding is the mean of
+/// the token states, not normalised, and inputs are cut at the position table's length.
+///
+/// The forward is BERT's post-norm block: x = LN(x + Attention(x)); x = LN(x + FFN(x)), with GELU
+/// (erf) in the FFN, biases on every product, learned absolute positions and token type 0.
+/// Sequences of a batch are laid end to end (no padding): the products run once over all their
+/// tokens, and each sequence attends only to itself.
+public final class SentenceEncoder: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public let hiddenSize: Int
+        public let intermediateSize: Int
+        public let layerCount: Int
+        public let headCount: Int
+        public let vocabularySize: Int
+        public let maxPositions: Int
+        public let layerNormEpsilon: Float
+    }
+
+    public enum Pooling: String, Sendable {
+        case mean, cls, max
+    }
+
+    struct Linear {
+        let weight: WeightMatrix
+        let bias: [Float]
+    }
+
+    struct Norm {
+        let weight: [Float]
+        let bias: [Float]
+    }
+
+    struct Layer {
+        let query: Linear, key: Linear, value: Linear, output: Linear
+        let attentionNorm: Norm
+        let intermediate: Linear, down: Linear
+        let outputNorm: Norm
+    }
+
+    public let path: String
+    public let configuration: Configuration
+    public let tokenizer: any Tokenizer
+    public let pooling: Pooling
+    public let normalize: Bool
+    /// Token count (with [CLS] and [SEP]) at which inputs are cut.
+    public let maxSequenceLength: Int
+    let wordEmbeddings: WeightMatrix
+    let positionEmbeddings: WeightMatrix
+    let tokenTypeEmbedding: [Float]
+    let embeddingNorm: Norm
+    let layers: [Layer]
+    let classToken: Int
+    let separatorToken: Int
+
+    /// Whether the folder at `path` holds a BERT encoder (its config.json says `model_type` bert).
+    public static func isEncoder(path: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: path + "/config.json"),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
+        return object["model_type"] as? String == "bert"
+    }
+
+    public init(path: String) throws {
+        self.path = path
+        func json(_ name: String) throws -> [String: Any]? {
+            let file = path + "/" + name
+            guard let data = FileManager.default.contents(atPath: file) else { return nil }
+            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw FormatError("\(file): not a JSON object") }
+            return object
+        }
+        guard let config = try json("config.json") else { throw FormatError("\(path): no config.json in the model directory") }
+        func int(_ key: String) throws -> Int {
+            guard let value = config[key] as? Int else { throw FormatError("\(path)/config.json: missing field \(key)") }
+            return value
+        }
+        guard config["model_type"] as? String == "bert" else {
+            throw FormatError("\(path)/config.json: model_type \(config["model_type"] ?? "(none)") is not bert")
+        }
+        if let activation = config["hidden_act"] as? String, activation != "gelu" {
+            throw FormatError("\(path)/config.json: hidden_act \(activation) is not supported (gelu is)")
+        }
+        if let embedding = config["position_embedding_type"] as? String, embedding != "absolute" {
+            throw FormatError("\(path)/config.json: position_embedding_type \(embedding) is not supported (absolute is)")
+        }
+        let c = Configuration(hiddenSize: try int("hidden_size"), intermediateSize: try int("intermediate_size"),
+                              layerCount: try int("num_hidden_layers"), headCount: try int("num_attention_heads"),
+                              vocabularySize: try int("vocab_size"), maxPositions: try int("max_position_embeddings"),
+                              layerNormEpsilon: Float((config["layer_norm_eps"] as? Double) ?? 1e-12))
+        guard c.hiddenSize > 0, c.headCount > 0, c.hiddenSize % c.headCount == 0, c.layerCount > 0, c.intermediateSize > 0,
+              c.vocabularySize > 0, c.maxPositions > 0 else {
+            throw FormatError("\(path)/config.json: hidden_size \(c.hiddenSize) is not a multiple of num_attention_heads \(c.headCount), or a size is not positive")
+        }
+        configuration = c
+
+        // sentence-transformers' modules: pooling, normalisation and the length cut.
+        var pooling = Pooling.mean
+        if let options = try json("1_Pooling/config.json") {
+            if options["pooling_mode_cls_token"] as? Bool == true { pooling = .cls }
+            else if options["pooling_mode_max_tokens"] as? Bool == true { pooling = .max }
+            else if options["pooling_mode_mean_tokens"] as? Bool != true {
+                throw FormatError("\(path)/1_Pooling/config.json: no pooling mode Ember runs (mean, cls or max tokens)")
+            }
+        }
+        self.pooling = pooling
+        var normalize = false
+        if let data = FileManager.default.contents(atPath: path + "/modules.json") {
+            guard let modules = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
+                throw FormatError("\(path)/modules.json: not a list of modules")
+            }
+            normalize = modules.contains { ($0["type"] as? String)?.hasSuffix(".Normalize") == true }
+        }
+        self.normalize = normalize
+        maxSequenceLength = min((try json("sentence_bert_config.json"))?["max_seq_length"] as? Int ?? c.maxPositions, c.maxPositions)
+
+        let tokenizerPath = path + "/tokenizer.json"
+        guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(path): no tokenizer.json in the model directory") }
+        tokenizer = try TokenizerJSON.load(path: tokenizerPath)
+        guard let cls = tokenizer.id(of: "[CLS]"), let sep = tokenizer.id(of: "[SEP]") else {
+            throw FormatError("\(tokenizerPath): no [CLS] or [SEP] token")
+        }
+        guard tokenizer.vocabularySize <= c.vocabularySize else {
+            throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(c.vocabularySize)")
+        }
+        classToken = cls
+        separatorToken = sep
+
+        let tensors = try SafetensorsCollection(directory: path)
+        let source = SafetensorsTensorSource(collection: tensors, path: path)
+        let prefix = source.contains("bert.embeddings.word_embeddings.weight") ? "bert." : ""
+        func matrix(_ name: String, _ rows: Int, _ columns: Int) throws -> WeightMatrix {
+            try source.matrix(prefix + name, rows: rows, columns: columns)
+        }
+        func vector(_ name: String, _ count: Int) throws -> [Float] { try source.vector(prefix + name, count: count) }
+        func linear(_ name: String, _ rows: Int, _ columns: Int) throws -> Linear {
+            Linear(weight: try matrix(name + ".weight", rows, columns), bias: try vector(name + ".bias", rows))
+        }
+        func norm(_ name: String) throws -> Norm {
+            Norm(weight: try vector(name + ".weight", c.hiddenSize), bias: try vector(name + ".bias", c.hiddenSize))
+        }
+        let C = c.hiddenSize, F = c.intermediateSize
+        wordEmbeddings = try matrix("embeddings.word_embeddings.weight", c.vocabularySize, C)
+        positionEmbeddings = try matrix("embeddings.position_embeddings.weight", c.maxPositions, C)
+        let types = try matrix("embeddings.token_type_embeddings.weight", (config["type_vocab_size"] as? Int) ?? 2, C)
+        var typeZero = [Float](repeating: 0, count: C)
+        types.dequantizeRow(0, into: &typeZero)
+        tokenTypeEmbedding = typeZero
+        embeddingNorm = try norm("embeddings.LayerNorm")
+        layers = try (0..<c.layerCount).map { i in
+            let p = "encoder.layer.\(i)."
+            return Layer(query: try linear(p + "attention.self.query", C, C), key: try linear(p + "attention.self.key", C, C),
+                         value: try linear(p + "attention.self.value", C, C), output: try linear(p + "attention.output.dense", C, C),
+                         attentionNorm: try norm(p + "attention.output.LayerNorm"),
+                         intermediate: try linear(p + "intermediate.dense", F, C), down: try linear(p + "output.dense", C, F),
+                         outputNorm: try norm(p + "output.LayerNorm"))
+        }
+    }
+
+    /// The embedding size.
+    public var dimensions: Int { configuration.hiddenSize }
+
+    /// [CLS] + the text's tokens + [SEP], cut at `maxSequenceLength` as sentence-transformers cuts.
+    public func tokens(_ text: String) -> [Int] {
+        sequence(tokenizer.encode(text, parseSpecial: false))
+    }
+
+    /// [CLS] + `ids` + [SEP], cut at `maxSequenceLength`.
+    public func sequence(_ ids: [Int]) -> [Int] {
+        [classToken] + ids.prefix(max(0, maxSequenceLength - 2)) + [separatorToken]
+    }
+
+    /// The embeddings of whole sequences (as `tokens` makes them), each `dimensions` long.
+    public func embed(sequences: [[Int]], pool: ThreadPool = .shared) throws -> [[Float]] {
+        for (i, s) in sequences.enumerated() {
+            guard !s.isEmpty, s.count <= configuration.maxPositions else {
+                throw FormatError("input \(i) has \(s.count) tokens; the model takes 1 to \(configuration.maxPositions)")
+            }
+            if let bad = s.first(where: { $0 < 0 || $0 >= configuration.vocabularySize }) {
+                throw FormatError("input \(i) has token id \(bad), outside the vocabulary of \(configuration.vocabularySize)")
+            }
+        }
+        let states = hiddenStates(sequences, pool: pool)
+        let C = configuration.hiddenSize
+        var start = 0
+        return sequences.map { s in
+            defer { start += s.count }
+            let rows = states.pointer + start * C
+            var e = [Float](repeating: pooling == .max ? -.infinity : 0, count: C)
+            switch pooling {
+            case .cls:
+                for i in 0..<C { e[i] = rows[i] }
+            case .max:
+                for t in 0..<s.count { for i in 0..<C { e[i] = max(e[i], rows[t * C + i]) } }
+            case .mean:
+                var sums = [Double](repeating: 0, count: C)
+                for t in 0..<s.count { for i in 0..<C { sums[i] += Double(rows[t * C + i]) } }
+                for i in 0..<C { e[i] = Float(sums[i] / Double(s.count)) }
+            }
+            if normalize {
+                let norm = e.reduce(0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let scale = Float(1 / max(norm, 1e-12))  // torch.nn.functional.normalize's eps
+                for i in 0..<C { e[i] *= scale }
+            }
+            return e
+        }
+    }
+
+    /// The last layer's states of every token of every sequence, end to end: [Σ lengths, hidden].
+    func hiddenStates(_ sequences: [[Int]], pool: ThreadPool) -> FloatBuffer {
+        let c = configuration, C = c.hiddenSize, T = sequences.reduce(0) { $0 + $1.count }
+        let x = FloatBuffer(count: T * C), y = FloatBuffer(count: T * C)
+        let q = FloatBuffer(count: T * C), k = FloatBuffer(count: T * C), v = FloatBuffer(count: T * C), context = FloatBuffer(count: T * C)
+        let hidden = FloatBuffer(count: T * c.intermediateSize)
+        var row = 0
+        for s in sequences {
+            for (position, id) in s.enumerated() {
+                let out = x.pointer + row * C
+                wordEmbeddings.dequantizeRow(id, into: out)
+                positionEmbeddings.dequantizeRow(position, into: y.pointer)
+                for i in 0..<C { out[i] = out[i] + y.pointer[i] + tokenTypeEmbedding[i] }
+                row += 1
+            }
+        }
+        layerNorm(x.pointer, embeddingNorm, rows: T)
+        func apply(_ l: Linear, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
+            l.weight.multiply(input, output, m: T, pool: pool)
+            let n = l.weight.rows
+            pool.parallelRanges(T) { rows in
+                for t in rows { for j in 0..<n { output[t * n + j] += l.bias[j] } }
+            }
+        }
+        let D = C / c.headCount
+        for layer in layers {
+            apply(layer.query, x.pointer, q.pointer)
+            apply(layer.key, x.pointer, k.pointer)
+            apply(layer.value, x.pointer, v.pointer)
+            var start = 0
+            for s in sequences {
+                let L = s.count, o = start * C
+                let mask = [Float](repeating: 0, count: L * L)  // every token sees every token of its sequence
+                attentionForward(q: q.pointer + o, k: k.pointer + o, v: v.pointer + o, out: context.pointer + o, tokens: L, keys: L, offset: 0,
+                                 heads: c.headCount, kvHeads: c.headCount, headDim: D, mask: mask, pool: pool)
+                start += L
+            }
+            apply(layer.output, context.pointer, y.pointer)
+            for i in 0..<T * C { x.pointer[i] += y.pointer[i] }
+            layerNorm(x.pointer, layer.attentionNorm, rows: T)
+            apply(layer.intermediate, x.pointer, hidden.pointer)
+            let n = T * c.intermediateSize
+            pool.parallelRanges(n, minimumChunk: 4096) { range in
+                for i in range {
+                    let h = Double(hidden.pointer[i])
+                    hidden.pointer[i] = Float(0.5 * h * (1 + erf(h / 2.0.squareRoot())))
+                }
+            }
+            apply(layer.down, hidden.pointer, y.pointer)
+            for i in 0..<T * C { x.pointer[i] += y.pointer[i] }
+            layerNorm(x.pointer, layer.outputNorm, rows: T)
+        }
+        return x
+    }
+
+    /// LayerNorm in place over rows of the hidden size, mean and variance summed in double.
+    func layerNorm(_ x: UnsafeMutablePointer<Float>, _ norm: Norm, rows: Int) {
+        let C = configuration.hiddenSize, epsilon = Double(configuration.layerNormEpsilon)
+        for r in 0..<rows {
+            let xr = x + r * C
+            var sum = 0.0
+            for i in 0..<C { sum += Double(xr[i]) }
+            let mean = sum / Double(C)
+            var squares = 0.0
+            for i in 0..<C { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
+            let scale = 1 / (squares / Double(C) + epsilon).squareRoot()
+            for i in 0..<C { xr[i] = Float((Double(xr[i]) - mean) * scale) * norm.weight[i] + norm.bias[i] }
+        }
+    }
+}
+
+extension SentenceEncoder {
+    /// `sequences` in order, in batches of at most `tokens` tokens (a longer sequence alone).
+    public static func batches(_ sequences: [[Int]], tokens: Int) -> [[[Int]]] {
+        var batches: [[[Int]]] = [], current: [[Int]] = [], count = 0
+        for s in sequences {
+            if !current.isEmpty && count + s.count > tokens {
+                batches.append(current)
+                current = []
+                count = 0
+            }
+            current.append(s)
+            count += s.count
+        }
+        if !current.isEmpty { batches.append(current) }
+        return batches
+    }
+}
