@@ -1,11 +1,18 @@
 import CKernels
 import Synchronization
 
-/// Activations quantized to 8-bit blocks of 32 in natural order, for the integer products: the
-/// values and, per block, the scale (rounded through f16, as llama.cpp stores it), the integer
-/// value sum, and scale × value sum; and per half block of 16 the integer sum and scale × that sum
-/// (in f32), for the weight types with a scale or minimum per 16.
+/// Activations quantized to 8 bits for the integer products, in natural order, the way llama.cpp
+/// quantizes the input of a product for the weight type:
+/// - `blocks32` (q8_0 / q8_1, for q4_0, q4_1, q8_0, q5_0, q5_1 and iq4_nl weights): per block of 32,
+///   d = max|x| / 127 rounded through f16, q = roundeven(x / d);
+/// - `superBlocks` (q8_K, for the K-quants and iq4_xs): per 256, with m the value of largest
+///   magnitude (the first such), q = min(127, roundeven(x · −127 / m)) and d = m / −127 in f32.
+/// Kept per block of 32 either way: the scale, the integer value sum and scale × value sum (rounded
+/// through f16 for blocks of 32, as q8_1 stores it); and per half block of 16 the integer sum and
+/// scale × that sum in f32, for the weight types with a scale or minimum per 16.
 final class Int8Activations {
+    enum Blocking { case blocks32, superBlocks }
+
     let values: UnsafeMutablePointer<Int8>
     let scales: UnsafeMutablePointer<Float>
     let integerSums: UnsafeMutablePointer<Int32>
@@ -13,8 +20,8 @@ final class Int8Activations {
     let halfIntegerSums: UnsafeMutablePointer<Int32>
     let halfSums: UnsafeMutablePointer<Float>
 
-    init(quantizing x: UnsafePointer<Float>, rows: Int, columns: Int) {
-        precondition(columns % 32 == 0)
+    init(quantizing x: UnsafePointer<Float>, rows: Int, columns: Int, blocking: Blocking = .blocks32) {
+        precondition(columns % (blocking == .blocks32 ? 32 : 256) == 0)
         let blocks = rows * columns / 32
         values = .allocate(capacity: rows * columns)
         scales = .allocate(capacity: blocks)
@@ -22,13 +29,29 @@ final class Int8Activations {
         sums = .allocate(capacity: blocks)
         halfIntegerSums = .allocate(capacity: 2 * blocks)
         halfSums = .allocate(capacity: 2 * blocks)
+        if blocking == .superBlocks {
+            for s in 0..<blocks / 8 {
+                let xs = x + 256 * s
+                var largest: Float = 0, magnitude: Float = 0
+                for j in 0..<256 where abs(xs[j]) > magnitude {
+                    magnitude = abs(xs[j])
+                    largest = xs[j]
+                }
+                let inverse: Float = magnitude == 0 ? 0 : -127 / largest
+                for j in 0..<256 { values[256 * s + j] = Int8(min(127, (inverse * xs[j]).rounded(.toNearestOrEven))) }
+                for b in 8 * s..<8 * s + 8 { scales[b] = magnitude == 0 ? 0 : 1 / inverse }
+            }
+        }
         for b in 0..<blocks {
             var halves: (Int32, Int32) = (0, 0)
-            (scales[b], sums[b]) = quantizeBlock(x + 32 * b) { j, v in
-                values[32 * b + j] = Int8(v)
-                if j < 16 { halves.0 += v } else { halves.1 += v }
+            if blocking == .blocks32 {
+                (scales[b], sums[b]) = quantizeBlock(x + 32 * b) { j, v in values[32 * b + j] = Int8(v) }
+            }
+            for j in 0..<32 {
+                if j < 16 { halves.0 += Int32(values[32 * b + j]) } else { halves.1 += Int32(values[32 * b + j]) }
             }
             integerSums[b] = halves.0 + halves.1
+            if blocking == .superBlocks { sums[b] = scales[b] * Float(integerSums[b]) }
             halfIntegerSums[2 * b] = halves.0
             halfIntegerSums[2 * b + 1] = halves.1
             halfSums[2 * b] = scales[b] * Float(halves.0)
@@ -161,7 +184,13 @@ extension WeightMatrix {
         let quantized = products.filter { $0.weight.type.isQuantized }
         for (weight, output) in products where !weight.type.isQuantized { weight.multiply(x, output, m: m, pool: pool) }
         guard let first = quantized.first else { return }
-        let a = Int8Activations(quantizing: x, rows: m, columns: first.weight.columns)
+        // One quantization of x for each form the weight types take.
+        var forms: [Int8Activations.Blocking: Int8Activations] = [:]
+        let activations = quantized.map { product in
+            let blocking = product.weight.type.blockSize == 256 ? Int8Activations.Blocking.superBlocks : .blocks32
+            if forms[blocking] == nil { forms[blocking] = Int8Activations(quantizing: x, rows: m, columns: first.weight.columns, blocking: blocking) }
+            return forms[blocking]!
+        }
         let packed = quantized.map { $0.weight.packedRows.rows(of: $0.weight) }
         var offsets = [0]
         for p in packed { offsets.append(offsets.last! + p.groups) }
@@ -172,7 +201,8 @@ extension WeightMatrix {
                 guard lower < upper else { continue }
                 ember_packed_products(tier, PackedRows.code(weight.type), packed[k].data.assumingMemoryBound(to: UInt8.self),
                                       Int32(lower - offsets[k]), Int32(upper - offsets[k]), Int32(weight.rows), Int32(weight.columns / 32),
-                                      a.values, a.scales, a.integerSums, a.sums, a.halfIntegerSums, a.halfSums, Int32(m), output, weight.rows)
+                                      activations[k].values, activations[k].scales, activations[k].integerSums, activations[k].sums,
+                                      activations[k].halfIntegerSums, activations[k].halfSums, Int32(m), output, weight.rows)
             }
         }
     }
