@@ -233,25 +233,24 @@ public final class SentenceEncoder: @unchecked Sendable {
         }
         layerNorm(x.pointer, embeddingNorm, rows: T)
         func apply(_ l: Linear, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
-            l.weight.multiply(input, output, m: T, pool: pool)
+            if l.weight.type == .f32 {
+                // Split by rows of the batch: each thread packs the weight once.
+                matmulLarge(input, l.weight.data.assumingMemoryBound(to: Float.self), output, m: T, n: l.weight.rows, k: l.weight.columns, pool: pool)
+            } else {
+                l.weight.multiply(input, output, m: T, pool: pool)
+            }
             let n = l.weight.rows
             pool.parallelRanges(T) { rows in
                 for t in rows { for j in 0..<n { output[t * n + j] += l.bias[j] } }
             }
         }
-        let D = C / c.headCount
+        var starts = [0]
+        for s in sequences { starts.append(starts.last! + s.count) }
         for layer in layers {
             apply(layer.query, x.pointer, q.pointer)
             apply(layer.key, x.pointer, k.pointer)
             apply(layer.value, x.pointer, v.pointer)
-            var start = 0
-            for s in sequences {
-                let L = s.count, o = start * C
-                let mask = [Float](repeating: 0, count: L * L)  // every token sees every token of its sequence
-                attentionForward(q: q.pointer + o, k: k.pointer + o, v: v.pointer + o, out: context.pointer + o, tokens: L, keys: L, offset: 0,
-                                 heads: c.headCount, kvHeads: c.headCount, headDim: D, mask: mask, pool: pool)
-                start += L
-            }
+            attend(q.pointer, k.pointer, v.pointer, into: context.pointer, starts: starts, pool: pool)
             apply(layer.output, context.pointer, y.pointer)
             for i in 0..<T * C { x.pointer[i] += y.pointer[i] }
             layerNorm(x.pointer, layer.attentionNorm, rows: T)
@@ -259,8 +258,8 @@ public final class SentenceEncoder: @unchecked Sendable {
             let n = T * c.intermediateSize
             pool.parallelRanges(n, minimumChunk: 4096) { range in
                 for i in range {
-                    let h = Double(hidden.pointer[i])
-                    hidden.pointer[i] = Float(0.5 * h * (1 + erf(h / 2.0.squareRoot())))
+                    let h = hidden.pointer[i]
+                    hidden.pointer[i] = 0.5 * h * (1 + erff(h * 0.70710678118654752))
                 }
             }
             apply(layer.down, hidden.pointer, y.pointer)
@@ -268,6 +267,66 @@ public final class SentenceEncoder: @unchecked Sendable {
             layerNorm(x.pointer, layer.outputNorm, rows: T)
         }
         return x
+    }
+
+    /// Each sequence's bidirectional attention over its own tokens (`starts`: where each begins, and
+    /// the end), one job per sequence and head: its keys and values copied into contiguous tiles,
+    /// scores and weighted sums in eight-wide vectors.
+    func attend(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>,
+                starts: [Int], pool: ThreadPool) {
+        let C = configuration.hiddenSize, H = configuration.headCount, D = C / H
+        let scale = 1 / Float(D).squareRoot()
+        let longest = zip(starts, starts.dropFirst()).map { $1 - $0 }.max() ?? 0
+        pool.parallelFor((starts.count - 1) * H) { job in
+            let sequence = job / H, h = job % H
+            let first = starts[sequence], L = starts[sequence + 1] - first
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(longest, 1) * (2 * D + 1) + D) { buffer in
+                let keys = buffer.baseAddress!, values = keys + L * D, scores = values + L * D, row = scores + L
+                for s in 0..<L {
+                    (keys + s * D).update(from: k + (first + s) * C + h * D, count: D)
+                    (values + s * D).update(from: v + (first + s) * C + h * D, count: D)
+                }
+                for t in first..<first + L {
+                    let query = q + t * C + h * D
+                    var maximum = -Float.infinity
+                    for s in 0..<L {
+                        scores[s] = Self.dot(query, keys + s * D, D) * scale
+                        maximum = max(maximum, scores[s])
+                    }
+                    var sum: Float = 0
+                    for s in 0..<L {
+                        scores[s] = expf(scores[s] - maximum)
+                        sum += scores[s]
+                    }
+                    for i in 0..<D { row[i] = 0 }
+                    for s in 0..<L { Self.addScaled(scores[s] / sum, values + s * D, into: row, D) }
+                    (out + t * C + h * D).update(from: row, count: D)
+                }
+            }
+        }
+    }
+
+    @inline(__always) static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n {
+            acc.addProduct(UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self), UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self))
+            i += 8
+        }
+        var total = acc.sum()
+        while i < n { total += a[i] * b[i]; i += 1 }
+        return total
+    }
+
+    @inline(__always) static func addScaled(_ alpha: Float, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
+        var i = 0
+        while i + 8 <= n {
+            var yv = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+            yv.addProduct(SIMD8(repeating: alpha), UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            UnsafeMutableRawPointer(y + i).storeBytes(of: yv, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 
     /// LayerNorm in place over rows of the hidden size, mean and variance summed in double.

@@ -45,7 +45,7 @@ struct Embed: ParsableCommand {
         let encoder = try SentenceEncoder(path: options.model)
         var texts = text
         if let file {
-            let data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file)
+            let data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileHandle(forReadingAtPath: file)?.readDataToEndOfFile()
             guard let data else { throw CommandError("cannot read \(file)") }
             guard let content = String(data: data, encoding: .utf8) else { throw CommandError("\(file) is not valid UTF-8") }
             texts += content.split(separator: "\n", omittingEmptySubsequences: false).map { String($0.hasSuffix("\r") ? $0.dropLast() : $0) }
