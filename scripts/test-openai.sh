@@ -3,7 +3,8 @@
 # Tests/openai/client_test.py against it with the official openai package (installed into
 # .cache/venv), with two random LoRA adapters served beside the base (--lora-modules), and a second
 # server on the f32 model with fill-in-the-middle tokens added (ember export --add-fim-tokens) for
-# /infill, and a third on a reward model that one step of `ember train-reward` makes, for /pooling.
+# /infill, a third on a reward model that one step of `ember train-reward` makes, for /pooling, and a
+# fourth on the all-MiniLM-L6-v2 sentence encoder, for /v1/embeddings.
 # Stops the servers afterwards, and fails if one crashed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +23,9 @@ fim_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1"
 fim_log=$(mktemp)
 reward_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 reward_log=$(mktemp)
-trap 'kill $server ${fim_server:-} ${reward_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$reward_log" "$adapters"' EXIT
+embedding_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+embedding_log=$(mktemp)
+trap 'kill $server ${fim_server:-} ${reward_server:-} ${embedding_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$reward_log" "$embedding_log" "$adapters"' EXIT
 .build/release/ember export --input .cache/models/SmolLM2-135M-f32 --add-fim-tokens "$adapters/fim"
 .build/release/ember serve --model "$adapters/fim" --served-model-name fim --port "$fim_port" --api-key "$key" \
     --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 128MiB > "$fim_log" 2>&1 &
@@ -35,7 +38,9 @@ done > "$adapters/pairs.jsonl"
 .build/release/ember serve --model "$adapters/reward/model" --served-model-name reward --port "$reward_port" --api-key "$key" \
     --max-model-len 512 --kv-cache-memory 64MiB > "$reward_log" 2>&1 &
 reward_server=$!
-for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log" "$reward_port:$reward_server:$reward_log"; do
+.build/release/ember serve --model .cache/models/all-minilm-l6-v2 --port "$embedding_port" --api-key "$key" > "$embedding_log" 2>&1 &
+embedding_server=$!
+for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log" "$reward_port:$reward_server:$reward_log" "$embedding_port:$embedding_server:$embedding_log"; do
     IFS=: read -r at pid out <<< "$p"
     for _ in $(seq 150); do
         "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$at/health').status_code != 200)" 2>/dev/null && break
@@ -44,11 +49,12 @@ for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log" "$reward_port:$re
     done
 done
 status=0
-EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_REWARD_URL="http://127.0.0.1:$reward_port" EMBER_API_KEY="$key" \
+EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_REWARD_URL="http://127.0.0.1:$reward_port" \
+    EMBER_EMBEDDING_URL="http://127.0.0.1:$embedding_port" EMBER_API_KEY="$key" \
     EMBER_MODEL=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf EMBER_ADAPTERS="$adapters" "$python" Tests/openai/client_test.py || status=$?
-for p in "$server:$log" "$fim_server:$fim_log" "$reward_server:$reward_log"; do
+for p in "$server:$log" "$fim_server:$fim_log" "$reward_server:$reward_log" "$embedding_server:$embedding_log"; do
     kill -0 "${p%%:*}" 2>/dev/null || { cat "${p#*:}"; echo "ember serve crashed during the tests" >&2; exit 1; }
 done
-kill -INT $server $fim_server $reward_server
-wait $server $fim_server $reward_server || true
+kill -INT $server $fim_server $reward_server $embedding_server
+wait $server $fim_server $reward_server $embedding_server || true
 exit $status

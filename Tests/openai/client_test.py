@@ -4,7 +4,9 @@ Run by scripts/test-openai.sh against a live `ember serve` on loopback (base URL
 from EMBER_BASE_URL and EMBER_API_KEY; the server runs with --max-model-len 512,
 --max-tokens-limit 256 and the default n limit of 8). EMBER_FIM_URL is a second server, on a model
 with fill-in-the-middle tokens, for /infill and `suffix`; EMBER_REWARD_URL a third, on a reward model
-(a LlamaForSequenceClassification written by `ember train-reward`), for /pooling.
+(a LlamaForSequenceClassification written by `ember train-reward`), for /pooling; EMBER_EMBEDDING_URL
+a fourth, on all-MiniLM-L6-v2, for /v1/embeddings (compared with Tests/Fixtures/embeddings, the
+embeddings sentence-transformers gives).
 """
 import concurrent.futures
 import json
@@ -12,6 +14,9 @@ import os
 import subprocess
 import time
 import unittest
+
+import base64
+import struct
 
 import httpx
 import openai
@@ -370,6 +375,64 @@ class Pooling(unittest.TestCase):
         r = self.post("/pooling", {"input": "a"}, base=BASE)
         self.assertEqual(r.status_code, 400)
         self.assertIn("no score head", r.json()["error"]["message"])
+
+
+def embedding_fixture():
+    """The sentences, their token ids and sentence-transformers' embeddings (384 floats each)."""
+    folder = os.path.join(os.path.dirname(__file__), "..", "Fixtures", "embeddings")
+    with open(os.path.join(folder, "minilm.json")) as f:
+        fixture = json.load(f)
+    with open(os.path.join(folder, "minilm.f32"), "rb") as f:
+        raw = f.read()
+    return fixture, [list(struct.unpack_from("<384f", raw, 4 * 384 * i)) for i in range(len(fixture["sentences"]))]
+
+
+class Embeddings(unittest.TestCase):
+    """OpenAI's embeddings API on a sentence encoder, through the openai client."""
+
+    URL = os.environ["EMBER_EMBEDDING_URL"]
+    embedder = openai.OpenAI(base_url=URL + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    fixture, reference = embedding_fixture()
+
+    @staticmethod
+    def cosine(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+    def test_embeddings_create_equals_sentence_transformers(self):
+        model = self.embedder.models.list().data[0].id
+        texts = self.fixture["sentences"][:8]
+        answer = self.embedder.embeddings.create(model=model, input=texts)
+        self.assertEqual([d.index for d in answer.data], list(range(8)))
+        self.assertEqual(answer.usage.prompt_tokens, sum(len(i) for i in self.fixture["ids"][:8]))
+        worst = min(self.cosine(d.embedding, r) for d, r in zip(answer.data, self.reference))
+        print(f"embeddings.create, 8 sentences: lowest cosine to sentence-transformers {worst:.10f}")
+        self.assertGreater(worst, 1 - 1e-6)
+        # One string, token ids, and base64 (little-endian f32, which the client decodes) agree.
+        single = self.embedder.embeddings.create(model=model, input=texts[1]).data[0].embedding
+        ids = self.embedder.embeddings.create(model=model, input=[self.fixture["ids"][1][1:-1]]).data[0].embedding
+        # Alone or in a batch the products are split differently, so the sums round differently.
+        self.assertLess(max(abs(x - y) for x, y in zip(single, answer.data[1].embedding)), 1e-6)
+        self.assertEqual(ids, single)
+        r = httpx.post(self.URL + "/v1/embeddings", headers=HEADERS, json={"input": texts[1], "encoding_format": "base64"})
+        decoded = list(struct.unpack("<384f", base64.b64decode(r.json()["data"][0]["embedding"])))
+        self.assertEqual(decoded, [struct.unpack("<f", struct.pack("<f", x))[0] for x in single])
+
+    def test_bad_embedding_requests(self):
+        cases = [({"input": 5}, 400), ({"input": []}, 400), ({"input": [10 ** 9]}, 400), ({"input": ["a", 3]}, 400), ({}, 400),
+                 ({"input": "a", "encoding_format": "int8"}, 400), ({"input": "a", "dimensions": 64}, 400),
+                 ({"input": "a", "model": "nope"}, 404)]
+        for body, status in cases:
+            r = httpx.post(self.URL + "/v1/embeddings", headers=HEADERS, json=body)
+            print(f"/v1/embeddings {json.dumps(body)}: {r.status_code} {r.json()['error']['message']}")
+            self.assertEqual(r.status_code, status)
+        self.assertEqual(httpx.post(self.URL + "/v1/embeddings", headers=HEADERS, json={"input": "a", "dimensions": 384}).status_code, 200)
+        r = httpx.post(self.URL + "/v1/completions", headers=HEADERS, json={"prompt": "a"})
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("embedding model", r.json()["error"]["message"])
+        r = httpx.post(BASE + "/v1/embeddings", headers=HEADERS, json={"input": "a"})
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("generative model", r.json()["error"]["message"])
 
 
 if __name__ == "__main__":
