@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the llama.cpp tools Ember is compared against (llama-bench, llama-perplexity,
-# llama-tokenize, llama-server and the shared libllama) from the source vendored in the
+# llama-tokenize, llama-server and the shared libllama; llama-embedding when named) from the source vendored in the
 # llama-cpp-python sdist on PyPI, plus bench/llama-ref.c, a small program that dumps
 # llama.cpp's logits and greedy completions for the parity fixtures.
 # Output: .cache/llama.cpp/build/bin. Nothing built here is committed.
@@ -30,8 +30,10 @@ fi
 
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(llama llama-bench llama-perplexity llama-tokenize llama-server)
+examples=OFF  # llama-embedding is one of llama.cpp's examples
+for t in "${targets[@]}"; do [ "$t" = llama-embedding ] && examples=ON; done
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >/dev/null
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=$examples -DGGML_NATIVE=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 
 cc -O2 -o "$build/bin/llama-ref" "$root/bench/llama-ref.c" -I "$src/include" -I "$src/ggml/include" \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# SmolLM2-135M-Instruct quantized by llama.cpp's llama-quantize to the GGUF types Ember reads by
-# dequantizing (and the mixes real files use), scored by llama-perplexity and by `ember perplexity`
-# (its default path) on the same text and context; prints a Markdown table. A third column is
-# llama-perplexity on the same weights dequantized to f32 by the gguf package
-# (scripts/dequantize-gguf.py): what Ember computes with, without llama.cpp's quantization of the
-# activations for its integer products on these types.
+# SmolLM2-135M-Instruct quantized by llama.cpp's llama-quantize to the K-quant mixes real files use
+# and to q5_0, iq4_nl and iq4_xs, scored by llama-perplexity and by `ember perplexity` (its default
+# path: integer products with llama.cpp's activation quantization) on the same text and context;
+# prints a Markdown table. A third column is llama-perplexity on the same weights dequantized to f32
+# by the gguf package (scripts/dequantize-gguf.py): the weights alone, without the quantization of
+# the activations.
 #   - the source is the f32 folder (make's .cache/models/SmolLM2-135M-f32) written as an f32 GGUF
 #     by `ember export`;
 #   - SmolLM2's rows of 576 are not whole 256-element super-blocks, so llama-quantize gives those

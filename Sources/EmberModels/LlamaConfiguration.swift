@@ -166,7 +166,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
             throw FormatError("\(gguf.path): metadata general.architecture is missing")
         }
         guard ["llama", "mistral"].contains(architecture) else {
-            throw FormatError("\(gguf.path): architecture \(architecture) is not supported (Ember runs llama and mistral)")
+            let hint = architecture == "bert" ? "; a bert file is an embedding model: ember embed and ember serve run it" : ""
+            throw FormatError("\(gguf.path): architecture \(architecture) is not supported (Ember generates with llama and mistral\(hint))")
         }
         let a = architecture
         hiddenSize = try gguf.requireInt("\(a).embedding_length")

@@ -64,15 +64,84 @@ public final class SentenceEncoder: @unchecked Sendable {
     let classToken: Int
     let separatorToken: Int
 
-    /// Whether the folder at `path` holds a BERT encoder (its config.json says `model_type` bert).
+    /// Whether `path` holds a BERT encoder: a folder whose config.json says `model_type` bert, or a
+    /// GGUF file of architecture bert.
     public static func isEncoder(path: String) -> Bool {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return false }
+        if !isDirectory.boolValue { return (try? GGUFFile(path: path))?.string("general.architecture") == "bert" }
         guard let data = FileManager.default.contents(atPath: path + "/config.json"),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return false }
         return object["model_type"] as? String == "bert"
     }
 
-    public init(path: String) throws {
+    /// What a loader reads from a folder or a GGUF file.
+    struct Parts {
+        var configuration: Configuration
+        var tokenizer: any Tokenizer
+        var classToken: Int, separatorToken: Int
+        var pooling: Pooling, normalize: Bool, maxSequenceLength: Int
+        var typeVocabularySize: Int
+        var source: TensorSource
+        /// The file's name of each tensor (Hugging Face's name without a prefix).
+        var name: (String) -> String
+    }
+
+    /// A sentence-transformers folder, or a GGUF `bert` file (as llama.cpp's convert_hf_to_gguf.py
+    /// writes it: pooling from `bert.pooling_type`, normalised as llama.cpp's embeddings are, inputs
+    /// cut at the context length).
+    public convenience init(path: String) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FormatError("\(path): no such file or directory") }
+        try self.init(path: path, parts: isDirectory.boolValue ? try Self.folder(path) : try Self.gguf(path))
+    }
+
+    init(path: String, parts p: Parts) throws {
         self.path = path
+        let c = p.configuration
+        guard c.hiddenSize > 0, c.headCount > 0, c.hiddenSize % c.headCount == 0, c.layerCount > 0, c.intermediateSize > 0,
+              c.vocabularySize > 0, c.maxPositions > 0 else {
+            throw FormatError("\(path): hidden size \(c.hiddenSize) is not a multiple of the head count \(c.headCount), or a size is not positive")
+        }
+        guard p.tokenizer.vocabularySize <= c.vocabularySize else {
+            throw FormatError("\(path): the tokenizer has \(p.tokenizer.vocabularySize) tokens but the model \(c.vocabularySize)")
+        }
+        configuration = c
+        tokenizer = p.tokenizer
+        classToken = p.classToken
+        separatorToken = p.separatorToken
+        pooling = p.pooling
+        normalize = p.normalize
+        maxSequenceLength = min(p.maxSequenceLength, c.maxPositions)
+        func matrix(_ name: String, _ rows: Int, _ columns: Int) throws -> WeightMatrix {
+            try p.source.matrix(p.name(name), rows: rows, columns: columns)
+        }
+        func vector(_ name: String, _ count: Int) throws -> [Float] { try p.source.vector(p.name(name), count: count) }
+        func linear(_ name: String, _ rows: Int, _ columns: Int) throws -> Linear {
+            Linear(weight: try matrix(name + ".weight", rows, columns), bias: try vector(name + ".bias", rows))
+        }
+        func norm(_ name: String) throws -> Norm {
+            Norm(weight: try vector(name + ".weight", c.hiddenSize), bias: try vector(name + ".bias", c.hiddenSize))
+        }
+        let C = c.hiddenSize, F = c.intermediateSize
+        wordEmbeddings = try matrix("embeddings.word_embeddings.weight", c.vocabularySize, C)
+        positionEmbeddings = try matrix("embeddings.position_embeddings.weight", c.maxPositions, C)
+        let types = try matrix("embeddings.token_type_embeddings.weight", p.typeVocabularySize, C)
+        var typeZero = [Float](repeating: 0, count: C)
+        types.dequantizeRow(0, into: &typeZero)
+        tokenTypeEmbedding = typeZero
+        embeddingNorm = try norm("embeddings.LayerNorm")
+        layers = try (0..<c.layerCount).map { i in
+            let l = "encoder.layer.\(i)."
+            return Layer(query: try linear(l + "attention.self.query", C, C), key: try linear(l + "attention.self.key", C, C),
+                         value: try linear(l + "attention.self.value", C, C), output: try linear(l + "attention.output.dense", C, C),
+                         attentionNorm: try norm(l + "attention.output.LayerNorm"),
+                         intermediate: try linear(l + "intermediate.dense", F, C), down: try linear(l + "output.dense", C, F),
+                         outputNorm: try norm(l + "output.LayerNorm"))
+        }
+    }
+
+    static func folder(_ path: String) throws -> Parts {
         func json(_ name: String) throws -> [String: Any]? {
             let file = path + "/" + name
             guard let data = FileManager.default.contents(atPath: file) else { return nil }
@@ -97,11 +166,6 @@ public final class SentenceEncoder: @unchecked Sendable {
                               layerCount: try int("num_hidden_layers"), headCount: try int("num_attention_heads"),
                               vocabularySize: try int("vocab_size"), maxPositions: try int("max_position_embeddings"),
                               layerNormEpsilon: Float((config["layer_norm_eps"] as? Double) ?? 1e-12))
-        guard c.hiddenSize > 0, c.headCount > 0, c.hiddenSize % c.headCount == 0, c.layerCount > 0, c.intermediateSize > 0,
-              c.vocabularySize > 0, c.maxPositions > 0 else {
-            throw FormatError("\(path)/config.json: hidden_size \(c.hiddenSize) is not a multiple of num_attention_heads \(c.headCount), or a size is not positive")
-        }
-        configuration = c
 
         // sentence-transformers' modules: pooling, normalisation and the length cut.
         var pooling = Pooling.mean
@@ -112,7 +176,6 @@ public final class SentenceEncoder: @unchecked Sendable {
                 throw FormatError("\(path)/1_Pooling/config.json: no pooling mode Ember runs (mean, cls or max tokens)")
             }
         }
-        self.pooling = pooling
         var normalize = false
         if let data = FileManager.default.contents(atPath: path + "/modules.json") {
             guard let modules = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]] else {
@@ -120,50 +183,60 @@ public final class SentenceEncoder: @unchecked Sendable {
             }
             normalize = modules.contains { ($0["type"] as? String)?.hasSuffix(".Normalize") == true }
         }
-        self.normalize = normalize
-        maxSequenceLength = min((try json("sentence_bert_config.json"))?["max_seq_length"] as? Int ?? c.maxPositions, c.maxPositions)
-
         let tokenizerPath = path + "/tokenizer.json"
         guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(path): no tokenizer.json in the model directory") }
-        tokenizer = try TokenizerJSON.load(path: tokenizerPath)
+        let tokenizer = try TokenizerJSON.load(path: tokenizerPath)
         guard let cls = tokenizer.id(of: "[CLS]"), let sep = tokenizer.id(of: "[SEP]") else {
             throw FormatError("\(tokenizerPath): no [CLS] or [SEP] token")
         }
-        guard tokenizer.vocabularySize <= c.vocabularySize else {
-            throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(c.vocabularySize)")
-        }
-        classToken = cls
-        separatorToken = sep
-
-        let tensors = try SafetensorsCollection(directory: path)
-        let source = SafetensorsTensorSource(collection: tensors, path: path)
+        let source = SafetensorsTensorSource(collection: try SafetensorsCollection(directory: path), path: path)
         let prefix = source.contains("bert.embeddings.word_embeddings.weight") ? "bert." : ""
-        func matrix(_ name: String, _ rows: Int, _ columns: Int) throws -> WeightMatrix {
-            try source.matrix(prefix + name, rows: rows, columns: columns)
+        return Parts(configuration: c, tokenizer: tokenizer, classToken: cls, separatorToken: sep, pooling: pooling, normalize: normalize,
+                     maxSequenceLength: (try json("sentence_bert_config.json"))?["max_seq_length"] as? Int ?? c.maxPositions,
+                     typeVocabularySize: (config["type_vocab_size"] as? Int) ?? 2, source: source, name: { prefix + $0 })
+    }
+
+    static func gguf(_ path: String) throws -> Parts {
+        let gguf = try GGUFFile(path: path)
+        guard let architecture = gguf.string("general.architecture") else { throw FormatError("\(path): metadata general.architecture is missing") }
+        guard architecture == "bert" else { throw FormatError("\(path): architecture \(architecture) is not an encoder Ember embeds with (bert is)") }
+        guard let embeddings = gguf.tensorInfo(named: "token_embd.weight"), embeddings.extents.count == 2 else {
+            throw FormatError("\(path): tensor token_embd.weight is missing")
         }
-        func vector(_ name: String, _ count: Int) throws -> [Float] { try source.vector(prefix + name, count: count) }
-        func linear(_ name: String, _ rows: Int, _ columns: Int) throws -> Linear {
-            Linear(weight: try matrix(name + ".weight", rows, columns), bias: try vector(name + ".bias", rows))
+        let c = Configuration(hiddenSize: try gguf.requireInt("bert.embedding_length"), intermediateSize: try gguf.requireInt("bert.feed_forward_length"),
+                              layerCount: try gguf.requireInt("bert.block_count"), headCount: try gguf.requireInt("bert.attention.head_count"),
+                              vocabularySize: embeddings.extents[1], maxPositions: try gguf.requireInt("bert.context_length"),
+                              layerNormEpsilon: gguf.float("bert.attention.layer_norm_epsilon") ?? 1e-12)
+        // llama.cpp's pooling types: 0 none, 1 mean, 2 cls, 3 last, 4 rank.
+        let pooling: Pooling
+        switch gguf.int("bert.pooling_type") ?? 1 {
+        case 1: pooling = .mean
+        case 2: pooling = .cls
+        case let other: throw FormatError("\(path): bert.pooling_type \(other) is not a pooling Ember runs (1 mean, 2 cls)")
         }
-        func norm(_ name: String) throws -> Norm {
-            Norm(weight: try vector(name + ".weight", c.hiddenSize), bias: try vector(name + ".bias", c.hiddenSize))
+        let tokenizer = try GGUFTokenizer.load(gguf)
+        guard let cls = gguf.int("tokenizer.ggml.bos_token_id") ?? tokenizer.id(of: "[CLS]"),
+              let sep = gguf.int("tokenizer.ggml.seperator_token_id") ?? gguf.int("tokenizer.ggml.eos_token_id") ?? tokenizer.id(of: "[SEP]") else {
+            throw FormatError("\(path): no [CLS] or [SEP] token id in the metadata")
         }
-        let C = c.hiddenSize, F = c.intermediateSize
-        wordEmbeddings = try matrix("embeddings.word_embeddings.weight", c.vocabularySize, C)
-        positionEmbeddings = try matrix("embeddings.position_embeddings.weight", c.maxPositions, C)
-        let types = try matrix("embeddings.token_type_embeddings.weight", (config["type_vocab_size"] as? Int) ?? 2, C)
-        var typeZero = [Float](repeating: 0, count: C)
-        types.dequantizeRow(0, into: &typeZero)
-        tokenTypeEmbedding = typeZero
-        embeddingNorm = try norm("embeddings.LayerNorm")
-        layers = try (0..<c.layerCount).map { i in
-            let p = "encoder.layer.\(i)."
-            return Layer(query: try linear(p + "attention.self.query", C, C), key: try linear(p + "attention.self.key", C, C),
-                         value: try linear(p + "attention.self.value", C, C), output: try linear(p + "attention.output.dense", C, C),
-                         attentionNorm: try norm(p + "attention.output.LayerNorm"),
-                         intermediate: try linear(p + "intermediate.dense", F, C), down: try linear(p + "output.dense", C, F),
-                         outputNorm: try norm(p + "output.LayerNorm"))
-        }
+        let types = gguf.tensorInfo(named: "token_types.weight")?.extents.last ?? 2
+        return Parts(configuration: c, tokenizer: tokenizer, classToken: cls, separatorToken: sep, pooling: pooling, normalize: true,
+                     maxSequenceLength: c.maxPositions, typeVocabularySize: types, source: GGUFTensorSource(gguf: gguf), name: Self.ggufName)
+    }
+
+    /// llama.cpp's name of a BERT tensor given by its Hugging Face name.
+    static func ggufName(_ name: String) -> String {
+        let whole = ["embeddings.word_embeddings.weight": "token_embd.weight", "embeddings.position_embeddings.weight": "position_embd.weight",
+                     "embeddings.token_type_embeddings.weight": "token_types.weight", "embeddings.LayerNorm.weight": "token_embd_norm.weight",
+                     "embeddings.LayerNorm.bias": "token_embd_norm.bias"]
+        if let n = whole[name] { return n }
+        let parts = name.split(separator: ".")  // encoder.layer.I.<module...>.weight|bias
+        guard parts.count >= 5, parts[0] == "encoder", parts[1] == "layer" else { return name }
+        let module = parts[3..<(parts.count - 1)].joined(separator: ".")
+        let modules = ["attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
+                       "attention.output.dense": "attn_output", "attention.output.LayerNorm": "attn_output_norm",
+                       "intermediate.dense": "ffn_up", "output.dense": "ffn_down", "output.LayerNorm": "layer_output_norm"]
+        return "blk.\(parts[2]).\(modules[module] ?? module).\(parts.last!)"
     }
 
     /// The embedding size.
