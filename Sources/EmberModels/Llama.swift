@@ -31,8 +31,9 @@ public final class Llama: @unchecked Sendable {
     public init(configuration: LlamaConfiguration, weights: LlamaWeights) {
         self.configuration = configuration
         self.weights = weights
-        rope = RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta,
-                              linearScale: configuration.ropeLinearScale, mode: weights.ropeMode)
+        rope = RopeParameters(dimensions: configuration.ropeDimensions, base: configuration.ropeTheta,
+                              linearScale: configuration.ropeLinearScale, mode: weights.ropeMode,
+                              frequencyFactors: configuration.ropeFrequencyFactors)
     }
 
     public func makeCache(capacity: Int? = nil) -> KVCache {
@@ -147,6 +148,14 @@ public final class Llama: @unchecked Sendable {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
             multiply(h.pointer, [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)])
             adapt(layer, h.pointer, [(.query, q.pointer), (.key, k.pointer), (.value, v.pointer)])
+            for (bias, y) in [(block.queryBias, q.pointer), (block.keyBias, k.pointer), (block.valueBias, v.pointer)] {
+                guard let bias else { continue }
+                addRows(bias, into: y, rows: T, pool: pool)
+            }
+            if let queryNorm = block.queryNorm, let keyNorm = block.keyNorm {
+                normalizeHeads(q.pointer, queryNorm, rows: T * c.headCount, pool: pool)
+                normalizeHeads(k.pointer, keyNorm, rows: T * c.kvHeadCount, pool: pool)
+            }
             positions.withUnsafeBufferPointer { p in
                 pool.parallelRanges(T) { rows in
                     ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
@@ -158,6 +167,7 @@ public final class Llama: @unchecked Sendable {
             attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
             multiply(attention.pointer, [(block.output, h.pointer)])
             adapt(layer, attention.pointer, [(.output, h.pointer)])
+            if let norm = block.postAttentionNorm { normalize(h.pointer, norm, into: h.pointer, rows: T, pool: pool) }
             add(h.pointer, into: x.pointer, T * C)
 
             normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
@@ -169,9 +179,30 @@ public final class Llama: @unchecked Sendable {
             }
             multiply(gate.pointer, [(block.down, h.pointer)])
             adapt(layer, gate.pointer, [(.down, h.pointer)])
+            if let norm = block.postFeedForwardNorm { normalize(h.pointer, norm, into: h.pointer, rows: T, pool: pool) }
             add(h.pointer, into: x.pointer, T * C)
         }
         return x
+    }
+
+    /// y[r] += bias for each of `rows` rows of bias.count values.
+    func addRows(_ bias: [Float], into y: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
+        let n = bias.count
+        bias.withUnsafeBufferPointer { b in
+            pool.parallelRanges(rows) { r in
+                for t in r { add(b.baseAddress!, into: y + t * n, n) }
+            }
+        }
+    }
+
+    /// RMSNorm in place over each head of `rows` heads (Qwen3's q and k norms).
+    func normalizeHeads(_ x: UnsafeMutablePointer<Float>, _ weight: [Float], rows: Int, pool: ThreadPool) {
+        let D = configuration.headDim, eps = configuration.rmsNormEpsilon
+        weight.withUnsafeBufferPointer { w in
+            pool.parallelRanges(rows) { r in
+                rmsNormForward(x + r.lowerBound * D, weight: w.baseAddress!, out: x + r.lowerBound * D, rows: r.count, dim: D, epsilon: eps)
+            }
+        }
     }
 
     func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {

@@ -2,9 +2,19 @@ import EmberFormats
 import EmberTensor
 import Foundation
 
-/// The hyper-parameters of a LLaMA-family model (LLaMA-2/3, SmolLM, Mistral), named as in
-/// Hugging Face's `config.json` through `CodingKeys`, and readable from GGUF metadata.
+/// The hyper-parameters of a LLaMA-family model (LLaMA-2/3, SmolLM, Mistral, Qwen2/3, Phi-3, GLM-4),
+/// named as in Hugging Face's `config.json` through `CodingKeys`, and readable from GGUF metadata.
+/// `family` says which of the variations in Architectures.swift the model has.
 public struct LlamaConfiguration: Codable, Sendable, Equatable {
+    public var family: ModelFamily = .llama
+    /// Q, K and V have biases.
+    public var attentionBias = false
+    /// The leading dimensions of each head that RoPE rotates (the head dimension unless partial).
+    public var ropeDimensions: Int
+    /// Per-frequency divisors of the RoPE angles (LLaMA-3's scaling; llama.cpp's `rope_freqs`).
+    public var ropeFrequencyFactors: [Float]?
+    /// Mistral's sliding window, when the model has one (recorded, not applied: see Architectures.swift).
+    public var slidingWindow: Int?
     public var hiddenSize: Int
     public var intermediateSize: Int
     public var layerCount: Int
@@ -41,6 +51,9 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         case labels = "id2label"
         case labelCount = "num_labels"
         case padTokenID = "pad_token_id"
+        case attentionBias = "attention_bias"
+        case partialRotaryFactor = "partial_rotary_factor"
+        case slidingWindow = "sliding_window"
     }
 
     /// A reward model (`LlamaForSequenceClassification` with one label): its forward ends in the
@@ -56,6 +69,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         self.headCount = headCount
         self.kvHeadCount = kvHeadCount
         self.headDim = headDim ?? hiddenSize / max(headCount, 1)
+        ropeDimensions = self.headDim
         self.vocabularySize = vocabularySize
         self.maxPositionEmbeddings = maxPositionEmbeddings
         self.rmsNormEpsilon = rmsNormEpsilon
@@ -69,10 +83,11 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
         let modelType = try c.decodeIfPresent(String.self, forKey: .modelType)
-        let supported: Set = ["LlamaForCausalLM", "MistralForCausalLM", "LlamaForSequenceClassification"]
-        if let architectures, !architectures.contains(where: supported.contains) {
-            throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs LlamaForCausalLM, MistralForCausalLM and LlamaForSequenceClassification)")
+        let classes = ModelFamily.huggingFaceClasses
+        if let architectures, !architectures.contains(where: { classes[$0] != nil }) {
+            throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs \(classes.keys.sorted().joined(separator: ", ")))")
         }
+        family = architectures?.lazy.compactMap { classes[$0] }.first ?? modelType.flatMap(ModelFamily.init(rawValue:)) ?? .llama
         if architectures?.first == "LlamaForSequenceClassification" {
             // transformers' default is two labels when the config names none.
             let labels = try c.decodeIfPresent([String: String].self, forKey: .labels)?.count ?? c.decodeIfPresent(Int.self, forKey: .labelCount) ?? 2
@@ -81,8 +96,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
             }
             padTokenID = try c.decodeIfPresent(Int.self, forKey: .padTokenID)
         }
-        if architectures == nil, let modelType, !["llama", "mistral"].contains(modelType) {
-            throw FormatError("config.json: model_type \(modelType) is not supported (Ember runs llama and mistral)")
+        if architectures == nil, let modelType, ModelFamily(rawValue: modelType) == nil {
+            throw FormatError("config.json: model_type \(modelType) is not supported (Ember runs \(ModelFamily.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
         hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
         intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
@@ -90,6 +105,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         headCount = try c.decode(Int.self, forKey: .headCount)
         kvHeadCount = try c.decodeIfPresent(Int.self, forKey: .kvHeadCount) ?? headCount
         headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / max(headCount, 1)
+        attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? family.attentionBiasByDefault
+        slidingWindow = try c.decodeIfPresent(Int.self, forKey: .slidingWindow)
         vocabularySize = try c.decode(Int.self, forKey: .vocabularySize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         rmsNormEpsilon = try c.decodeIfPresent(Float.self, forKey: .rmsNormEpsilon) ?? 1e-6
@@ -99,11 +116,20 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         self.architectures = architectures
         ropeLinearScale = 1
+        let partial = try c.decodeIfPresent(Float.self, forKey: .partialRotaryFactor) ?? parameters?.partialRotaryFactor ?? 1
+        ropeDimensions = Int((Float(headDim) * partial).rounded())
         if let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) ?? parameters {
             switch scaling.type {
             case "linear": ropeLinearScale = scaling.factor ?? 1
+            case "llama3":
+                guard let factor = scaling.factor, let low = scaling.lowFrequencyFactor, let high = scaling.highFrequencyFactor,
+                      let original = scaling.originalContext, high > low else {
+                    throw FormatError("config.json: rope_scaling llama3 needs factor, low_freq_factor < high_freq_factor and original_max_position_embeddings")
+                }
+                ropeFrequencyFactors = llama3FrequencyFactors(dimensions: ropeDimensions, base: ropeTheta, factor: factor, lowFrequencyFactor: low,
+                                                              highFrequencyFactor: high, originalContext: Float(original))
             case "default", nil: break
-            default: throw FormatError("config.json: rope_scaling type \(scaling.type!) is not supported (linear is)")
+            default: throw FormatError("config.json: rope_scaling type \(scaling.type!) is not supported (linear and llama3 are)")
             }
         }
         try validate()
@@ -132,12 +158,28 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         var type: String?
         var factor: Float?
         var theta: Float?
-        enum CodingKeys: String, CodingKey { case type = "rope_type", factor, theta = "rope_theta" }
+        var partialRotaryFactor: Float?
+        var lowFrequencyFactor: Float?
+        var highFrequencyFactor: Float?
+        var originalContext: Int?
+        enum CodingKeys: String, CodingKey {
+            case type = "rope_type", factor, theta = "rope_theta", partialRotaryFactor = "partial_rotary_factor"
+            case lowFrequencyFactor = "low_freq_factor", highFrequencyFactor = "high_freq_factor", originalContext = "original_max_position_embeddings"
+        }
         init(type: String?, factor: Float?) { self.type = type; self.factor = factor }
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encodeIfPresent(type, forKey: .type)
+            try c.encodeIfPresent(factor, forKey: .factor)
+        }
         init(from decoder: Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             factor = try c.decodeIfPresent(Float.self, forKey: .factor)
             theta = try c.decodeIfPresent(Float.self, forKey: .theta)
+            partialRotaryFactor = try c.decodeIfPresent(Float.self, forKey: .partialRotaryFactor)
+            lowFrequencyFactor = try c.decodeIfPresent(Float.self, forKey: .lowFrequencyFactor)
+            highFrequencyFactor = try c.decodeIfPresent(Float.self, forKey: .highFrequencyFactor)
+            originalContext = try c.decodeIfPresent(Int.self, forKey: .originalContext)
             let legacy = try decoder.container(keyedBy: LegacyKey.self)
             type = try c.decodeIfPresent(String.self, forKey: .type) ?? legacy.decodeIfPresent(String.self, forKey: .type)
         }
@@ -165,10 +207,11 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         guard let architecture = gguf.string("general.architecture") else {
             throw FormatError("\(gguf.path): metadata general.architecture is missing")
         }
-        guard ["llama", "mistral"].contains(architecture) else {
+        guard let family = ModelFamily(gguf: architecture) else {
             let hint = architecture == "bert" ? "; a bert file is an embedding model: ember embed and ember serve run it" : ""
-            throw FormatError("\(gguf.path): architecture \(architecture) is not supported (Ember generates with llama and mistral\(hint))")
+            throw FormatError("\(gguf.path): architecture \(architecture) is not supported (Ember generates with \(ModelFamily.allCases.map(\.rawValue).joined(separator: ", "))\(hint))")
         }
+        self.family = family
         let a = architecture
         hiddenSize = try gguf.requireInt("\(a).embedding_length")
         intermediateSize = try gguf.requireInt("\(a).feed_forward_length")
@@ -188,9 +231,15 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
             guard type == "linear" else { throw FormatError("\(gguf.path): rope scaling \(type) is not supported (linear is)") }
             ropeLinearScale = gguf.float("\(a).rope.scaling.factor") ?? 1
         }
-        if let ropeDimensions = gguf.int("\(a).rope.dimension_count"), ropeDimensions != headDim {
-            throw FormatError("\(gguf.path): partial rotary embeddings (\(ropeDimensions) of \(headDim)) are not supported for llama")
+        ropeDimensions = gguf.int("\(a).rope.dimension_count") ?? headDim
+        if let factors = gguf.tensorInfo(named: "rope_freqs.weight") {
+            guard factors.ggmlType == .f32, factors.elementCount == ropeDimensions / 2 else {
+                throw FormatError("\(gguf.path): tensor rope_freqs.weight is not \(ropeDimensions / 2) f32 values")
+            }
+            ropeFrequencyFactors = dequantize(.f32, from: gguf.data(of: factors), count: ropeDimensions / 2)
         }
+        attentionBias = gguf.tensorInfo(named: "blk.0.attn_q.bias") != nil
+        slidingWindow = gguf.int("\(a).attention.sliding_window").flatMap { $0 > 0 ? $0 : nil }
         tieWordEmbeddings = gguf.tensorInfo(named: "output.weight") == nil
         architectures = ["LlamaForCausalLM"]
         try validate()
@@ -209,6 +258,10 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         try check((1...1 << 24).contains(maxPositionEmbeddings), "context length \(maxPositionEmbeddings) is out of range")
         try check(rmsNormEpsilon > 0 && rmsNormEpsilon < 1, "rms_norm_eps \(rmsNormEpsilon) is out of range")
         try check(ropeTheta > 1, "rope_theta \(ropeTheta) is out of range")
+        try check(ropeDimensions >= 2 && ropeDimensions % 2 == 0 && ropeDimensions <= headDim,
+                  "rotary dimensions \(ropeDimensions) must be even and at most the head dimension \(headDim)")
+        try check(ropeFrequencyFactors.map { $0.count == ropeDimensions / 2 && $0.allSatisfy { $0 > 0 && $0.isFinite } } ?? true,
+                  "RoPE frequency factors must be \(ropeDimensions / 2) positive numbers")
     }
 
     public var queryDim: Int { headCount * headDim }

@@ -13,6 +13,11 @@ public struct LlamaBlockWeights: Sendable {
     public var gate: WeightMatrix      // [I, C]
     public var up: WeightMatrix        // [I, C]
     public var down: WeightMatrix      // [C, I]
+    /// What some families add (see Architectures.swift): Q/K/V biases, the per-head q and k norms
+    /// [D], and the norms of the attention and MLP outputs [C].
+    public var queryBias: [Float]?, keyBias: [Float]?, valueBias: [Float]?
+    public var queryNorm: [Float]?, keyNorm: [Float]?
+    public var postAttentionNorm: [Float]?, postFeedForwardNorm: [Float]?
 
     public init(attentionNorm: [Float], query: WeightMatrix, key: WeightMatrix, value: WeightMatrix, output: WeightMatrix,
                 feedForwardNorm: [Float], gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
@@ -119,12 +124,42 @@ extension LlamaWeights {
             let t = LlamaTensor(role, layer: layer, c)
             return try source.vector(t.name(format), count: t.shape[0])
         }
+        func extra(_ tensor: ExtraTensor, _ layer: Int, count: Int) throws -> [Float] {
+            try source.vector(tensor.name(layer: layer, format), count: count)
+        }
+        /// Consecutive row ranges of one stored matrix, each a matrix of its own (no copy).
+        func split(_ tensor: ExtraTensor, _ layer: Int, rows: [Int]) throws -> [WeightMatrix] {
+            let whole = try source.matrix(tensor.name(layer: layer, format), rows: rows.reduce(0, +), columns: c.hiddenSize)
+            var first = 0
+            return rows.map { count in
+                defer { first += count }
+                return WeightMatrix(type: whole.type, rows: count, columns: whole.columns, data: whole.row(first), owner: whole.owner)
+            }
+        }
+        let family = c.family
         let embedding = try matrix(.embedding)
         let blocks = try (0..<c.layerCount).map { i in
-            LlamaBlockWeights(attentionNorm: try vector(.attentionNorm, i), query: try matrix(.query, i), key: try matrix(.key, i),
-                              value: try matrix(.value, i), output: try matrix(.attentionOutput, i),
-                              feedForwardNorm: try vector(.feedForwardNorm, i), gate: try matrix(.gate, i), up: try matrix(.up, i),
-                              down: try matrix(.down, i))
+            let qkv = family.fusesQKV ? try split(.fusedQKV, i, rows: [c.queryDim, c.kvDim, c.kvDim])
+                                      : [try matrix(.query, i), try matrix(.key, i), try matrix(.value, i)]
+            let gateUp = family.fusesGateUp ? try split(.fusedGateUp, i, rows: [c.intermediateSize, c.intermediateSize])
+                                            : [try matrix(.gate, i), try matrix(.up, i)]
+            var block = LlamaBlockWeights(attentionNorm: try vector(.attentionNorm, i), query: qkv[0], key: qkv[1], value: qkv[2],
+                                          output: try matrix(.attentionOutput, i), feedForwardNorm: try vector(.feedForwardNorm, i),
+                                          gate: gateUp[0], up: gateUp[1], down: try matrix(.down, i))
+            if c.attentionBias {
+                block.queryBias = try extra(.queryBias, i, count: c.queryDim)
+                block.keyBias = try extra(.keyBias, i, count: c.kvDim)
+                block.valueBias = try extra(.valueBias, i, count: c.kvDim)
+            }
+            if family.normalizesQueryAndKey {
+                block.queryNorm = try extra(.queryNorm, i, count: c.headDim)
+                block.keyNorm = try extra(.keyNorm, i, count: c.headDim)
+            }
+            if family.normalizesSublayerOutputs {
+                block.postAttentionNorm = try extra(.postAttentionNorm, i, count: c.hiddenSize)
+                block.postFeedForwardNorm = try extra(.postFeedForwardNorm, i, count: c.hiddenSize)
+            }
+            return block
         }
         let finalNorm = try vector(.finalNorm)
         // The output matrix is read when the file has one, whatever the configuration says.

@@ -46,7 +46,8 @@ public struct LoadedModel: Sendable {
         if isDirectory.boolValue { return try loadDirectory(path) }
         let gguf = try GGUFFile(path: path)
         let configuration = try LlamaConfiguration(gguf: gguf)
-        let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, format: .gguf, ropeMode: .interleaved)
+        let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, format: .gguf,
+                                            ropeMode: configuration.family.ropeMode(.gguf))
         let tokenizer = try GGUFTokenizer.load(gguf)
         guard tokenizer.vocabularySize == configuration.vocabularySize else {
             throw FormatError("\(path): the tokenizer has \(tokenizer.vocabularySize) tokens but the model \(configuration.vocabularySize)")
@@ -62,7 +63,7 @@ public struct LoadedModel: Sendable {
         let configuration = try LlamaConfiguration.load(configPath: configPath)
         let tensors = try SafetensorsCollection(directory: path)
         let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
-                                            format: .huggingFace, ropeMode: .neox)
+                                            format: .huggingFace, ropeMode: configuration.family.ropeMode(.huggingFace))
         let (tokenizer, settings) = try tokenizerFiles(path)
         return LoadedModel(path: path, model: Llama(configuration: configuration, weights: weights), tokenizer: tokenizer,
                            chatTemplate: settings.chatTemplate, addBOS: settings.addBOS, gguf: nil, specialTokens: (settings.bos, settings.eos))

@@ -117,16 +117,29 @@ public final class TrainableLlama: @unchecked Sendable {
     public enum Recompute: String, Sendable, CaseIterable, Codable { case none, block }
 
     var rope: RopeParameters {
-        RopeParameters(dimensions: configuration.headDim, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: ropeMode)
+        RopeParameters(dimensions: configuration.ropeDimensions, base: configuration.ropeTheta, linearScale: configuration.ropeLinearScale, mode: ropeMode,
+                       frequencyFactors: configuration.ropeFrequencyFactors)
     }
 
     /// Draws of dropout masks so far (each forward with LoRA dropout takes one seed per layer).
     private var dropoutDraws: UInt64 = 0
 
+    /// The training path is LLaMA's: other families (their biases, norms and fused matrices) run
+    /// for inference only.
+    static func checkTrainable(_ c: LlamaConfiguration) throws {
+        guard c.family.trains else {
+            throw TrainingError("\(c.family.rawValue) models run for inference only; Ember trains \(ModelFamily.allCases.filter(\.trains).map(\.rawValue).joined(separator: " and ")) models")
+        }
+        guard !c.attentionBias, c.ropeDimensions == c.headDim else {
+            throw TrainingError("attention biases and partial rotary embeddings run for inference only; training needs a plain LLaMA configuration")
+        }
+    }
+
     /// Weights from `values(name, shape)`, every tensor of the whole model asked for in Hugging
     /// Face's order (so that a seeded draw is the same whatever the layout), this layout's cut of
     /// each copied into one `ParameterArena`.
     init(configuration c: LlamaConfiguration, layout: ModelLayout = .whole, values: (String, [Int]) throws -> FloatBuffer) throws {
+        try Self.checkTrainable(c)
         try layout.check(c)
         configuration = c
         self.layout = layout
@@ -169,6 +182,7 @@ public final class TrainableLlama: @unchecked Sendable {
     public init(base: LlamaWeights, configuration c: LlamaConfiguration, lora settings: LoRAConfiguration, adapter: LoRAAdapter? = nil,
                 seed: UInt64 = 1, valueHead: Bool = false, savedValueHead: [Float]? = nil) throws {
         try c.validate()
+        try Self.checkTrainable(c)
         try settings.validate()
         configuration = c
         layout = .whole

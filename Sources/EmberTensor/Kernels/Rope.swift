@@ -20,12 +20,15 @@ public struct RopeParameters: Sendable, Equatable {
     /// Linear position scaling: positions are divided by this factor.
     public var linearScale: Float
     public var mode: RopeMode
+    /// Per-pair divisors of the angles (LLaMA-3's frequency scaling, llama.cpp's `rope_freqs`).
+    public var frequencyFactors: [Float]?
 
-    public init(dimensions: Int, base: Float, linearScale: Float = 1, mode: RopeMode) {
+    public init(dimensions: Int, base: Float, linearScale: Float = 1, mode: RopeMode, frequencyFactors: [Float]? = nil) {
         self.dimensions = dimensions
         self.base = base
         self.linearScale = linearScale
         self.mode = mode
+        self.frequencyFactors = frequencyFactors
     }
 }
 
@@ -52,7 +55,8 @@ private func rotate(_ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<I
         for t in 0..<tokens {
             var theta = Float(positions[t])
             for i in 0..<half {
-                let angle = frequencyScale * theta
+                var angle = frequencyScale * theta
+                if let factors = parameters.frequencyFactors { angle /= factors[i] }
                 cosines[i] = cosf(angle)
                 sines[i] = direction * sinf(angle)
                 theta *= thetaScale
