@@ -7,7 +7,7 @@ import Foundation
 /// | family  | Hugging Face                          | GGUF    | differences from LLaMA-2 (config key)                      |
 /// |---------|---------------------------------------|---------|------------------------------------------------------------|
 /// | llama   | LlamaForCausalLM (LLaMA-2/3, SmolLM)  | llama   | LLaMA-3: `rope_scaling.rope_type` llama3 (`rope_freqs`)   |
-/// | mistral | MistralForCausalLM                    | llama   | `sliding_window` (not applied yet: refused when shorter than the context) |
+/// | mistral | MistralForCausalLM                    | llama   | `sliding_window`: a query sees the last `sliding_window` positions (llama.cpp's conversion drops it) |
 /// | qwen2   | Qwen2ForCausalLM                      | qwen2   | Q/K/V biases (always)                                      |
 /// | qwen3   | Qwen3ForCausalLM                      | qwen3   | RMSNorm of each head's q and k (`q_norm`, `k_norm`)        |
 /// | phi3    | Phi3ForCausalLM                       | phi3    | fused `qkv_proj` and `gate_up_proj`                        |
@@ -51,8 +51,18 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         }
     }
 
+    /// Whether block `layer` attends through the sliding window (when the model has one).
+    func slidesWindow(layer: Int) -> Bool { self == .mistral }
+
     /// Whether Ember trains this family (the others are inference only).
     public var trains: Bool { self == .llama || self == .mistral }
+}
+
+extension LlamaConfiguration {
+    /// The attention of block `layer`: the sliding window where the family applies it.
+    public func attentionOptions(layer: Int) -> AttentionOptions {
+        AttentionOptions(window: family.slidesWindow(layer: layer) ? slidingWindow : nil)
+    }
 }
 
 /// The tensors some families add to a block, named in both formats (`{i}`: the block).

@@ -71,7 +71,7 @@ public final class Llama: @unchecked Sendable {
             cache.store(layer: layer, keys: k, values: v, at: start, count: T)
             cachedAttentionForward(q: q, k: cache.keys[layer], v: cache.values[layer], out: attention,
                                    tokens: T, offset: start, heads: c.headCount, kvHeads: c.kvHeadCount,
-                                   headDim: c.headDim, pool: pool)
+                                   headDim: c.headDim, options: c.attentionOptions(layer: layer), pool: pool)
         }
         cache.count = start + T
 
@@ -103,7 +103,7 @@ public final class Llama: @unchecked Sendable {
         let x = transformer(tokens: tokens, positions: (0..<T).map(Int32.init), pool: pool) { layer, q, k, v, attention in
             cache.store(layer: layer, keys: k, values: v, at: 0, count: T)
             cachedAttentionForward(q: q, k: cache.keys[layer], v: cache.values[layer], out: attention, tokens: T, offset: 0, heads: c.headCount,
-                                   kvHeads: c.kvHeadCount, headDim: c.headDim, pool: pool)
+                                   kvHeads: c.kvHeadCount, headDim: c.headDim, options: c.attentionOptions(layer: layer), pool: pool)
         }
         let last = c.padTokenID.flatMap { pad in tokens.lastIndex { $0 != pad } } ?? T - 1
         let first = outputs == .last ? last : 0, rows = outputs == .last ? 1 : T

@@ -13,7 +13,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     public var ropeDimensions: Int
     /// Per-frequency divisors of the RoPE angles (LLaMA-3's scaling; llama.cpp's `rope_freqs`).
     public var ropeFrequencyFactors: [Float]?
-    /// Mistral's sliding window, when the model has one (recorded, not applied: see Architectures.swift).
+    /// The sliding window of the layers that have one (Mistral's `sliding_window`): a query sees
+    /// the last `slidingWindow` positions, itself included.
     public var slidingWindow: Int?
     public var hiddenSize: Int
     public var intermediateSize: Int

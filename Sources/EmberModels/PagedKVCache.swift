@@ -134,7 +134,7 @@ extension Llama {
             for t in 0..<T { cache.store(layer: layer, row: k + t * c.kvDim, value: v + t * c.kvDim, slot: slots[t]) }
             pagedAttentionForward(q: q, keys: cache.keys[layer], values: cache.values[layer], out: attention,
                                   sequences: sequences, blockSize: cache.blockSize, heads: c.headCount, kvHeads: c.kvHeadCount,
-                                  headDim: c.headDim, splitKeys: splitKeys, pool: pool)
+                                  headDim: c.headDim, splitKeys: splitKeys, options: c.attentionOptions(layer: layer), pool: pool)
         }
         // Logits only for the rows that need them.
         let wanted = zip(batch, sequences).flatMap { entry, sequence in

@@ -14,20 +14,22 @@ import Foundation
 /// activations identical to its own, so the next layer's 8-bit quantization rounds the same way.
 public func cachedAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, v: UnsafePointer<Float16>,
                                    out: UnsafeMutablePointer<Float>, tokens T: Int, offset: Int,
-                                   heads H: Int, kvHeads: Int, headDim D: Int, pool: ThreadPool = .shared) {
-    let scale = 1 / Float(D).squareRoot()
+                                   heads H: Int, kvHeads: Int, headDim D: Int, options: AttentionOptions = AttentionOptions(),
+                                   pool: ThreadPool = .shared) {
+    let scale = options.scale ?? 1 / Float(D).squareRoot()
     if T >= attentionTile {
         let tiles = (T + attentionTile - 1) / attentionTile
         pool.parallelFor(H * tiles) { job in
             let h = job / tiles, first = (job % tiles) * attentionTile
             tiledAttention(q: q, k: k, v: v, out: out, queries: first..<min(T, first + attentionTile), offset: offset,
-                           head: h, heads: H, kvHeads: kvHeads, headDim: D, scale: scale)
+                           head: h, heads: H, kvHeads: kvHeads, headDim: D, scale: scale, options: options)
         }
     } else {
         pool.parallelFor(T * H) { job in
             let t = job / H, h = job % H
-            sequentialAttention(q: q + (t * H + h) * D, k: k, v: v, out: out + (t * H + h) * D, keys: offset + t + 1,
-                                kvOffset: (h / (H / kvHeads)) * D, kvStride: kvHeads * D, headDim: D, scale: scale)
+            sequentialAttention(q: q + (t * H + h) * D, k: k, v: v, out: out + (t * H + h) * D,
+                                keys: options.firstKey(offset + t)..<(offset + t + 1),
+                                kvOffset: (h / (H / kvHeads)) * D, kvStride: kvHeads * D, headDim: D, scale: scale, softcap: options.softcap)
         }
     }
 }
@@ -37,7 +39,7 @@ let attentionTile = 64
 
 private func tiledAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, v: UnsafePointer<Float16>,
                             out: UnsafeMutablePointer<Float>, queries: Range<Int>, offset: Int,
-                            head h: Int, heads H: Int, kvHeads: Int, headDim D: Int, scale: Float) {
+                            head h: Int, heads H: Int, kvHeads: Int, headDim D: Int, scale: Float, options: AttentionOptions) {
     let B = attentionTile, lanes = B / 16
     let kvStride = kvHeads * D, kvOffset = (h / (H / kvHeads)) * D
     let rows = queries.count
@@ -51,7 +53,7 @@ private func tiledAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, 
     accumulators.initialize(repeating: 0, count: rows * D)
 
     let visibleKeys = offset + queries.upperBound
-    for start in stride(from: 0, to: visibleKeys, by: B) {
+    for start in stride(from: options.firstKey(offset + queries.lowerBound) / B * B, to: visibleKeys, by: B) {
         let count = min(B, visibleKeys - start)
         for tk in 0..<B {
             for d in 0..<D {
@@ -61,10 +63,10 @@ private func tiledAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, 
             }
         }
         for (r, t) in queries.enumerated() {
-            let visible = offset + t + 1 - start  // keys of this tile the query may see
-            if visible <= 0 { continue }
-            attentionTileStep(query: q + (t * H + h) * D, keysT: keysT, values: values, scores: scores, count: min(visible, count),
-                              accumulator: accumulators + r * D, maximum: &maxima[r], sum: &sums[r], headDim: D, scale: scale)
+            let visible = offset + t + 1 - start, first = options.firstKey(offset + t) - start  // keys of this tile the query may see
+            if visible <= 0 || first >= min(visible, count) { continue }
+            attentionTileStep(query: q + (t * H + h) * D, keysT: keysT, values: values, scores: scores, count: min(visible, count), first: first,
+                              accumulator: accumulators + r * D, maximum: &maxima[r], sum: &sums[r], headDim: D, scale: scale, softcap: options.softcap)
         }
     }
     for (r, t) in queries.enumerated() {
@@ -75,16 +77,17 @@ private func tiledAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, 
 }
 
 private func sequentialAttention(q: UnsafePointer<Float>, k: UnsafePointer<Float16>, v: UnsafePointer<Float16>,
-                                 out: UnsafeMutablePointer<Float>, keys: Int, kvOffset: Int, kvStride: Int,
-                                 headDim D: Int, scale: Float) {
+                                 out: UnsafeMutablePointer<Float>, keys: Range<Int>, kvOffset: Int, kvStride: Int,
+                                 headDim D: Int, scale: Float, softcap: Float?) {
     withUnsafeTemporaryAllocation(of: Float16.self, capacity: 2 * D) { buffer in
         let query = buffer.baseAddress!, acc = query + D
         for d in 0..<D { query[d] = Float16(q[d]); acc[d] = 0 }
         var maximum = -Float.infinity
         var sum: Float = 0
-        for s in 0..<keys {
+        for s in keys {
             let key = k + s * kvStride + kvOffset, value = v + s * kvStride + kvOffset
-            let score = halfDot(key, query, D) * scale
+            var score = halfDot(key, query, D) * scale
+            if let softcap { score = softcap * tanhf(score / softcap) }
             var ms: Float = 1, vs: Float = 1
             if score > maximum {
                 ms = expf(maximum - score)

@@ -1,6 +1,25 @@
 import CKernels
 import Foundation
 
+/// What some families change in attention: a sliding window (a query at position p sees keys at
+/// p − window < position ≤ p: Mistral, Gemma-2's local layers), soft-capping of the scores
+/// (cap · tanh(score / cap): Gemma-2) and the query scale (1/√D unless set: Gemma-2's
+/// `query_pre_attn_scalar`).
+public struct AttentionOptions: Sendable, Equatable {
+    public var window: Int?
+    public var softcap: Float?
+    public var scale: Float?
+
+    public init(window: Int? = nil, softcap: Float? = nil, scale: Float? = nil) {
+        self.window = window
+        self.softcap = softcap
+        self.scale = scale
+    }
+
+    /// The first key position a query at `position` sees.
+    @inline(__always) func firstKey(_ position: Int) -> Int { window.map { max(0, position - $0 + 1) } ?? 0 }
+}
+
 /// One sequence's part of a paged attention batch: query rows `rows` (of q and out) at positions
 /// `start ..< start + rows.count`, with keys and values at positions 0 … (last query) found through
 /// `blocks` (position p lives in slot `blocks[p / blockSize] * blockSize + p % blockSize`).
@@ -31,7 +50,7 @@ public struct PagedSequence: Sendable {
 public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<Float16>, values: UnsafePointer<Float16>,
                                   out: UnsafeMutablePointer<Float>, sequences: [PagedSequence], blockSize: Int,
                                   heads H: Int, kvHeads: Int, headDim D: Int, splitKeys: Int? = 2048,
-                                  pool: ThreadPool = .shared) {
+                                  options: AttentionOptions = AttentionOptions(), pool: ThreadPool = .shared) {
     let tile = attentionTile
     precondition(splitKeys.map { $0 % tile == 0 && $0 > 0 } ?? true, "splitKeys must be a positive multiple of \(tile)")
     precondition(tile % blockSize == 0, "blockSize must divide \(tile)")
@@ -59,7 +78,7 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: max(1, jobs.count * partialStride))
     defer { partials.deallocate() }
     let kvStride = kvHeads * D
-    let scale = 1 / Float(D).squareRoot()
+    let scale = options.scale ?? 1 / Float(D).squareRoot()
 
     pool.parallelFor(jobs.count) { j in
         let job = jobs[j], seq = sequences[job.sequence]
@@ -69,6 +88,9 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
         if job.partitions > 1, let size = splitKeys {
             keyRange = (job.partition * size)..<min(visibleEnd, (job.partition + 1) * size)
         }
+        // A window skips the tiles (on the fixed grid) that no query of the job sees.
+        let firstSeen = options.firstKey(seq.start + (job.rows.lowerBound - seq.rows.lowerBound)) / tile * tile
+        if firstSeen > keyRange.lowerBound { keyRange = min(firstSeen, keyRange.upperBound)..<keyRange.upperBound }
         let n = job.rows.count, queries = n * groups  // query q = r * groups + head in group
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * D * tile + tile + queries * (D + 2))
         defer { scratch.deallocate() }
@@ -119,13 +141,14 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
                 }
                 for r in 0..<n {
                     let row = job.rows.lowerBound + r
-                    let visible = seq.start + (row - seq.rows.lowerBound) + 1 - tileStart
-                    if visible <= 0 { continue }
+                    let position = seq.start + (row - seq.rows.lowerBound)
+                    let visible = position + 1 - tileStart, first = options.firstKey(position) - tileStart
+                    if visible <= 0 || first >= min(visible, count) { continue }
                     for g in 0..<groups {
                         let qi = r * groups + g, head = job.kvHead * groups + g
                         attentionTileStep(query: q + (row * H + head) * D, keysT: keysT, values: tileValues, scores: scores,
-                                          count: min(visible, count), accumulator: accumulators + qi * D, maximum: &maxima[qi], sum: &sums[qi],
-                                          headDim: D, scale: scale)
+                                          count: min(visible, count), first: first, accumulator: accumulators + qi * D, maximum: &maxima[qi],
+                                          sum: &sums[qi], headDim: D, scale: scale, softcap: options.softcap)
                     }
                 }
                 tileStart += count
@@ -170,14 +193,14 @@ public func pagedAttentionForward(q: UnsafePointer<Float>, keys: UnsafePointer<F
     }
 }
 
-/// One query meets one tile of 64 keys (`keysT` [D, 64] transposed, `values` [64, D], the first
-/// `count` visible): scores as sequential FMAs over D, the tile maximum, the online rescale of the
-/// accumulator, the vectorised exp with the tile's sum in double, and the weighted values in f32.
-/// Shared by the tiled prompt schedule and the paged kernel.
+/// One query meets one tile of 64 keys (`keysT` [D, 64] transposed, `values` [64, D], keys
+/// `first ..< count` visible): scores as sequential FMAs over D (soft-capped when `softcap` is set),
+/// the tile maximum, the online rescale of the accumulator, the vectorised exp with the tile's sum
+/// in double, and the weighted values in f32. Shared by the tiled prompt schedule and the paged kernel.
 @inline(__always)
 func attentionTileStep(query qv: UnsafePointer<Float>, keysT: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                           scores: UnsafeMutablePointer<Float>, count: Int, accumulator acc: UnsafeMutablePointer<Float>,
-                           maximum: inout Float, sum: inout Float, headDim D: Int, scale: Float) {
+                           scores: UnsafeMutablePointer<Float>, count: Int, first: Int = 0, accumulator acc: UnsafeMutablePointer<Float>,
+                           maximum: inout Float, sum: inout Float, headDim D: Int, scale: Float, softcap: Float? = nil) {
     let B = attentionTile, lanes = B / 16
     for lane in 0..<lanes {
         var a = SIMD16<Float>()
@@ -186,9 +209,12 @@ func attentionTileStep(query qv: UnsafePointer<Float>, keysT: UnsafePointer<Floa
         }
         UnsafeMutableRawPointer(scores + 16 * lane).storeBytes(of: a * scale, as: SIMD16<Float>.self)
     }
+    if let softcap {
+        for tk in 0..<count { scores[tk] = softcap * tanhf(scores[tk] / softcap) }
+    }
     var tileMax = -Float.infinity
     for tk in 0..<B {
-        if tk >= count { scores[tk] = -.infinity }
+        if tk >= count || tk < first { scores[tk] = -.infinity }
         tileMax = max(tileMax, scores[tk])
     }
     let newMax = max(maximum, tileMax)
