@@ -12,13 +12,15 @@ import Foundation
 /// | qwen3   | Qwen3ForCausalLM                      | qwen3   | RMSNorm of each head's q and k (`q_norm`, `k_norm`)        |
 /// | phi3    | Phi3ForCausalLM                       | phi3    | fused `qkv_proj` and `gate_up_proj`                        |
 /// | glm4    | Glm4ForCausalLM                       | glm4    | `partial_rotary_factor` on adjacent pairs, `attention_bias`, fused `gate_up_proj`, norms after attention and MLP |
+/// | gemma2  | Gemma2ForCausalLM                     | gemma2  | GeGLU (`hidden_activation` gelu_pytorch_tanh), embeddings × √hidden, RMSNorm weights stored as w − 1 (Hugging Face), norms after attention and MLP, `attn_logit_softcapping`, `final_logit_softcapping`, `sliding_window` on even layers, `query_pre_attn_scalar` |
 public enum ModelFamily: String, Sendable, CaseIterable, Codable {
-    case llama, mistral, qwen2, qwen3, phi3, glm4
+    case llama, mistral, qwen2, qwen3, phi3, glm4, gemma2
 
     /// The family of a Hugging Face `architectures` entry.
     static let huggingFaceClasses: [String: ModelFamily] = [
         "LlamaForCausalLM": .llama, "LlamaForSequenceClassification": .llama, "MistralForCausalLM": .mistral,
         "Qwen2ForCausalLM": .qwen2, "Qwen3ForCausalLM": .qwen3, "Phi3ForCausalLM": .phi3, "Glm4ForCausalLM": .glm4,
+        "Gemma2ForCausalLM": .gemma2,
     ]
 
     /// The family of a GGUF `general.architecture` (llama.cpp writes Mistral as llama).
@@ -33,7 +35,25 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     public var normalizesQueryAndKey: Bool { self == .qwen3 }
 
     /// The attention output and the MLP output are normalised before their residual adds.
-    public var normalizesSublayerOutputs: Bool { self == .glm4 }
+    public var normalizesSublayerOutputs: Bool { self == .glm4 || self == .gemma2 }
+
+    /// The gated MLP's activation is GELU (tanh form) rather than SiLU: GeGLU.
+    public var gatesWithGELU: Bool { self == .gemma2 }
+
+    /// The embeddings are multiplied by √hidden before the first block.
+    public var scalesEmbeddings: Bool { self == .gemma2 }
+
+    /// Hugging Face stores RMSNorm weights as w − 1 (the norm multiplies by 1 + w); llama.cpp's
+    /// conversion adds the 1.
+    func normWeightOffset(_ format: TensorFormat) -> Float { self == .gemma2 && format == .huggingFace ? 1 : 0 }
+
+    /// The family's own Hugging Face name for a tensor of the common table, where it differs.
+    func huggingFaceName(_ role: LlamaTensor.Role) -> String? {
+        switch (self, role) {
+        case (.gemma2, .feedForwardNorm): "model.layers.{i}.pre_feedforward_layernorm.weight"
+        default: nil
+        }
+    }
 
     /// Q, K and V are one stored matrix (rows q, k, v).
     public var fusesQKV: Bool { self == .phi3 }
@@ -47,12 +67,12 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         switch self {
         case .llama, .mistral: format == .gguf ? .interleaved : .neox
         case .glm4: .interleaved
-        case .qwen2, .qwen3, .phi3: .neox
+        case .qwen2, .qwen3, .phi3, .gemma2: .neox
         }
     }
 
     /// Whether block `layer` attends through the sliding window (when the model has one).
-    func slidesWindow(layer: Int) -> Bool { self == .mistral }
+    func slidesWindow(layer: Int) -> Bool { self == .mistral || (self == .gemma2 && layer % 2 == 0) }
 
     /// Whether Ember trains this family (the others are inference only).
     public var trains: Bool { self == .llama || self == .mistral }
@@ -61,7 +81,8 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
 extension LlamaConfiguration {
     /// The attention of block `layer`: the sliding window where the family applies it.
     public func attentionOptions(layer: Int) -> AttentionOptions {
-        AttentionOptions(window: family.slidesWindow(layer: layer) ? slidingWindow : nil)
+        AttentionOptions(window: family.slidesWindow(layer: layer) ? slidingWindow : nil, softcap: attentionSoftcap,
+                         scale: queryPreAttentionScalar.map { 1 / $0.squareRoot() })
     }
 }
 
@@ -83,8 +104,13 @@ enum ExtraTensor: CaseIterable {
         }
     }
 
-    func name(layer: Int, _ format: TensorFormat) -> String {
-        (format == .gguf ? names.gguf : names.huggingFace).replacingOccurrences(of: "{i}", with: "\(layer)")
+    func name(layer: Int, _ format: TensorFormat, family: ModelFamily) -> String {
+        var pattern = format == .gguf ? names.gguf : names.huggingFace
+        if format == .huggingFace, family == .gemma2 {
+            if self == .postAttentionNorm { pattern = "model.layers.{i}.post_attention_layernorm.weight" }
+            if self == .postFeedForwardNorm { pattern = "model.layers.{i}.post_feedforward_layernorm.weight" }
+        }
+        return pattern.replacingOccurrences(of: "{i}", with: "\(layer)")
     }
 }
 

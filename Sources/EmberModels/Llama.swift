@@ -81,8 +81,15 @@ public final class Llama: @unchecked Sendable {
         normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
         return [Float](unsafeUninitializedCapacity: rows * c.vocabularySize) { buffer, initialized in
             weights.output.multiply(h.pointer, buffer.baseAddress!, m: rows, pool: pool)
+            capLogits(buffer.baseAddress!, count: rows * c.vocabularySize)
             initialized = rows * c.vocabularySize
         }
+    }
+
+    /// Gemma-2's final soft-capping, cap · tanh(logit / cap), in place (nothing for other models).
+    func capLogits(_ logits: UnsafeMutablePointer<Float>, count: Int) {
+        guard let cap = configuration.finalSoftcap else { return }
+        for i in 0..<count { logits[i] = cap * tanhf(logits[i] / cap) }
     }
 
     public enum ScoreError: Error, CustomStringConvertible {
@@ -144,6 +151,10 @@ public final class Llama: @unchecked Sendable {
         pool.parallelRanges(T) { rows in
             for t in rows { weights.embedding.dequantizeRow(tokens[t], into: x.pointer + t * C) }
         }
+        if c.family.scalesEmbeddings {
+            let scale = Float(C).squareRoot()
+            for i in 0..<T * C { x.pointer[i] *= scale }
+        }
         for (layer, block) in weights.blocks.enumerated() {
             normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
             multiply(h.pointer, [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)])
@@ -175,7 +186,14 @@ public final class Llama: @unchecked Sendable {
             adapt(layer, h.pointer, [(.gate, gate.pointer), (.up, up.pointer)])
             let I = c.intermediateSize
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
-                swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
+                if c.family.gatesWithGELU {
+                    for i in r {
+                        let g = gate.pointer[i]  // GELU, tanh form (gelu_pytorch_tanh)
+                        gate.pointer[i] = 0.5 * g * (1 + tanhf(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up.pointer[i]
+                    }
+                } else {
+                    swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
+                }
             }
             multiply(gate.pointer, [(block.down, h.pointer)])
             adapt(layer, gate.pointer, [(.down, h.pointer)])

@@ -16,6 +16,11 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     /// The sliding window of the layers that have one (Mistral's `sliding_window`): a query sees
     /// the last `slidingWindow` positions, itself included.
     public var slidingWindow: Int?
+    /// Gemma-2's soft-capping of attention scores and of the final logits (cap · tanh(x / cap)).
+    public var attentionSoftcap: Float?
+    public var finalSoftcap: Float?
+    /// Gemma-2's query scale is 1/√(this) rather than 1/√head_dim (`query_pre_attn_scalar`).
+    public var queryPreAttentionScalar: Float?
     public var hiddenSize: Int
     public var intermediateSize: Int
     public var layerCount: Int
@@ -55,6 +60,10 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         case attentionBias = "attention_bias"
         case partialRotaryFactor = "partial_rotary_factor"
         case slidingWindow = "sliding_window"
+        case attentionSoftcap = "attn_logit_softcapping"
+        case finalSoftcap = "final_logit_softcapping"
+        case queryPreAttentionScalar = "query_pre_attn_scalar"
+        case hiddenActivation = "hidden_activation"
     }
 
     /// A reward model (`LlamaForSequenceClassification` with one label): its forward ends in the
@@ -108,6 +117,13 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / max(headCount, 1)
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? family.attentionBiasByDefault
         slidingWindow = try c.decodeIfPresent(Int.self, forKey: .slidingWindow)
+        attentionSoftcap = try c.decodeIfPresent(Float.self, forKey: .attentionSoftcap)
+        finalSoftcap = try c.decodeIfPresent(Float.self, forKey: .finalSoftcap)
+        queryPreAttentionScalar = try c.decodeIfPresent(Float.self, forKey: .queryPreAttentionScalar)
+        if family.gatesWithGELU, let activation = try c.decodeIfPresent(String.self, forKey: .hiddenActivation),
+           !["gelu_pytorch_tanh", "gelu_tanh", "gelu_new"].contains(activation) {
+            throw FormatError("config.json: hidden_activation \(activation) is not supported for \(family.rawValue) (gelu_pytorch_tanh is)")
+        }
         vocabularySize = try c.decode(Int.self, forKey: .vocabularySize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         rmsNormEpsilon = try c.decodeIfPresent(Float.self, forKey: .rmsNormEpsilon) ?? 1e-6
@@ -241,6 +257,8 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         }
         attentionBias = gguf.tensorInfo(named: "blk.0.attn_q.bias") != nil
         slidingWindow = gguf.int("\(a).attention.sliding_window").flatMap { $0 > 0 ? $0 : nil }
+        attentionSoftcap = gguf.float("\(a).attn_logit_softcapping")
+        finalSoftcap = gguf.float("\(a).final_logit_softcapping")
         tieWordEmbeddings = gguf.tensorInfo(named: "output.weight") == nil
         architectures = ["LlamaForCausalLM"]
         try validate()

@@ -116,20 +116,29 @@ struct SafetensorsTensorSource: TensorSource {
 
 extension LlamaWeights {
     static func load(from source: TensorSource, configuration c: LlamaConfiguration, format: TensorFormat, ropeMode: RopeMode) throws -> LlamaWeights {
+        func name(_ t: LlamaTensor) -> String {
+            guard format == .huggingFace, let pattern = c.family.huggingFaceName(t.role) else { return t.name(format) }
+            return t.layer.map { pattern.replacingOccurrences(of: "{i}", with: "\($0)") } ?? pattern
+        }
         func matrix(_ role: LlamaTensor.Role, _ layer: Int? = nil) throws -> WeightMatrix {
             let t = LlamaTensor(role, layer: layer, c)
-            return try source.matrix(t.name(format), rows: t.shape[0], columns: t.shape[1])
+            return try source.matrix(name(t), rows: t.shape[0], columns: t.shape[1])
         }
         func vector(_ role: LlamaTensor.Role, _ layer: Int? = nil) throws -> [Float] {
             let t = LlamaTensor(role, layer: layer, c)
-            return try source.vector(t.name(format), count: t.shape[0])
+            return try source.vector(name(t), count: t.shape[0])
         }
         func extra(_ tensor: ExtraTensor, _ layer: Int, count: Int) throws -> [Float] {
-            try source.vector(tensor.name(layer: layer, format), count: count)
+            try source.vector(tensor.name(layer: layer, format, family: c.family), count: count)
+        }
+        /// A norm's weights as the forward multiplies by them (Gemma's 1 + w).
+        func norm(_ values: [Float]) -> [Float] {
+            let offset = c.family.normWeightOffset(format)
+            return offset == 0 ? values : values.map { $0 + offset }
         }
         /// Consecutive row ranges of one stored matrix, each a matrix of its own (no copy).
         func split(_ tensor: ExtraTensor, _ layer: Int, rows: [Int]) throws -> [WeightMatrix] {
-            let whole = try source.matrix(tensor.name(layer: layer, format), rows: rows.reduce(0, +), columns: c.hiddenSize)
+            let whole = try source.matrix(tensor.name(layer: layer, format, family: c.family), rows: rows.reduce(0, +), columns: c.hiddenSize)
             var first = 0
             return rows.map { count in
                 defer { first += count }
@@ -143,8 +152,8 @@ extension LlamaWeights {
                                       : [try matrix(.query, i), try matrix(.key, i), try matrix(.value, i)]
             let gateUp = family.fusesGateUp ? try split(.fusedGateUp, i, rows: [c.intermediateSize, c.intermediateSize])
                                             : [try matrix(.gate, i), try matrix(.up, i)]
-            var block = LlamaBlockWeights(attentionNorm: try vector(.attentionNorm, i), query: qkv[0], key: qkv[1], value: qkv[2],
-                                          output: try matrix(.attentionOutput, i), feedForwardNorm: try vector(.feedForwardNorm, i),
+            var block = LlamaBlockWeights(attentionNorm: norm(try vector(.attentionNorm, i)), query: qkv[0], key: qkv[1], value: qkv[2],
+                                          output: try matrix(.attentionOutput, i), feedForwardNorm: norm(try vector(.feedForwardNorm, i)),
                                           gate: gateUp[0], up: gateUp[1], down: try matrix(.down, i))
             if c.attentionBias {
                 block.queryBias = try extra(.queryBias, i, count: c.queryDim)
@@ -156,12 +165,12 @@ extension LlamaWeights {
                 block.keyNorm = try extra(.keyNorm, i, count: c.headDim)
             }
             if family.normalizesSublayerOutputs {
-                block.postAttentionNorm = try extra(.postAttentionNorm, i, count: c.hiddenSize)
-                block.postFeedForwardNorm = try extra(.postFeedForwardNorm, i, count: c.hiddenSize)
+                block.postAttentionNorm = norm(try extra(.postAttentionNorm, i, count: c.hiddenSize))
+                block.postFeedForwardNorm = norm(try extra(.postFeedForwardNorm, i, count: c.hiddenSize))
             }
             return block
         }
-        let finalNorm = try vector(.finalNorm)
+        let finalNorm = norm(try vector(.finalNorm))
         // The output matrix is read when the file has one, whatever the configuration says.
         let output = source.contains(LlamaTensor(.output, c).name(format)) ? try matrix(.output) : embedding
         let score = c.scoresSequences ? try source.matrix("score.weight", rows: 1, columns: c.hiddenSize) : nil

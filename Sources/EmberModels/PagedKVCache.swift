@@ -151,6 +151,7 @@ extension Llama {
             } else {
                 weights.output.multiply(h.pointer, buffer.baseAddress!, m: wanted.count, pool: pool)
             }
+            capLogits(buffer.baseAddress!, count: wanted.count * V)
             initialized = wanted.count * V
         }
         return (0..<wanted.count).map { Array(logits[$0 * V..<($0 + 1) * V]) }
