@@ -12,15 +12,16 @@ import Foundation
 /// | qwen3   | Qwen3ForCausalLM                      | qwen3   | RMSNorm of each head's q and k (`q_norm`, `k_norm`)        |
 /// | phi3    | Phi3ForCausalLM                       | phi3    | fused `qkv_proj` and `gate_up_proj`                        |
 /// | glm4    | Glm4ForCausalLM                       | glm4    | `partial_rotary_factor` on adjacent pairs, `attention_bias`, fused `gate_up_proj`, norms after attention and MLP |
+/// | gpt2    | GPT2LMHeadModel                       | gpt2    | LayerNorm with biases, a plain MLP with GELU (tanh), learned positions (no RoPE), biases on every product, fused QKV, Conv1D weights stored [in, out] (see GPT2.swift) |
 /// | gemma2  | Gemma2ForCausalLM                     | gemma2  | GeGLU (`hidden_activation` gelu_pytorch_tanh), embeddings × √hidden, RMSNorm weights stored as w − 1 (Hugging Face), norms after attention and MLP, `attn_logit_softcapping`, `final_logit_softcapping`, `sliding_window` on even layers, `query_pre_attn_scalar` |
 public enum ModelFamily: String, Sendable, CaseIterable, Codable {
-    case llama, mistral, qwen2, qwen3, phi3, glm4, gemma2
+    case llama, mistral, qwen2, qwen3, phi3, glm4, gemma2, gpt2
 
     /// The family of a Hugging Face `architectures` entry.
     static let huggingFaceClasses: [String: ModelFamily] = [
         "LlamaForCausalLM": .llama, "LlamaForSequenceClassification": .llama, "MistralForCausalLM": .mistral,
         "Qwen2ForCausalLM": .qwen2, "Qwen3ForCausalLM": .qwen3, "Phi3ForCausalLM": .phi3, "Glm4ForCausalLM": .glm4,
-        "Gemma2ForCausalLM": .gemma2,
+        "Gemma2ForCausalLM": .gemma2, "GPT2LMHeadModel": .gpt2,
     ]
 
     /// The family of a GGUF `general.architecture` (llama.cpp writes Mistral as llama).
@@ -37,8 +38,14 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     /// The attention output and the MLP output are normalised before their residual adds.
     public var normalizesSublayerOutputs: Bool { self == .glm4 || self == .gemma2 }
 
-    /// The gated MLP's activation is GELU (tanh form) rather than SiLU: GeGLU.
-    public var gatesWithGELU: Bool { self == .gemma2 }
+    /// The MLP's activation is GELU (tanh form) rather than SiLU: GeGLU (gated), or GPT-2's plain MLP.
+    public var activatesWithGELU: Bool { self == .gemma2 || self == .gpt2 }
+
+    /// Norms are LayerNorm (centred, with a bias) rather than RMSNorm.
+    public var usesLayerNorm: Bool { self == .gpt2 }
+
+    /// Positions come from a learned table added to the embeddings, not from RoPE.
+    public var learnsPositions: Bool { self == .gpt2 }
 
     /// The embeddings are multiplied by √hidden before the first block.
     public var scalesEmbeddings: Bool { self == .gemma2 }
@@ -67,7 +74,7 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
         switch self {
         case .llama, .mistral: format == .gguf ? .interleaved : .neox
         case .glm4: .interleaved
-        case .qwen2, .qwen3, .phi3, .gemma2: .neox
+        case .qwen2, .qwen3, .phi3, .gemma2, .gpt2: .neox
         }
     }
 

@@ -78,7 +78,7 @@ public final class Llama: @unchecked Sendable {
         let first = outputs == .last ? T - 1 : 0
         let rows = T - first
         let h = FloatBuffer(count: rows * C)
-        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
+        normalize(x.pointer + first * C, weights.finalNorm, bias: weights.finalNormBias, into: h.pointer, rows: rows, pool: pool)
         return [Float](unsafeUninitializedCapacity: rows * c.vocabularySize) { buffer, initialized in
             weights.output.multiply(h.pointer, buffer.baseAddress!, m: rows, pool: pool)
             capLogits(buffer.baseAddress!, count: rows * c.vocabularySize)
@@ -115,7 +115,7 @@ public final class Llama: @unchecked Sendable {
         let last = c.padTokenID.flatMap { pad in tokens.lastIndex { $0 != pad } } ?? T - 1
         let first = outputs == .last ? last : 0, rows = outputs == .last ? 1 : T
         let h = FloatBuffer(count: rows * C), out = FloatBuffer(count: rows)
-        normalize(x.pointer + first * C, weights.finalNorm, into: h.pointer, rows: rows, pool: pool)
+        normalize(x.pointer + first * C, weights.finalNorm, bias: weights.finalNormBias, into: h.pointer, rows: rows, pool: pool)
         score.multiply(h.pointer, out.pointer, m: rows, pool: pool)
         return Array(UnsafeBufferPointer(start: out.pointer, count: rows))
     }
@@ -155,8 +155,14 @@ public final class Llama: @unchecked Sendable {
             let scale = Float(C).squareRoot()
             for i in 0..<T * C { x.pointer[i] *= scale }
         }
+        if let table = weights.positionEmbedding {
+            for t in 0..<T {
+                table.dequantizeRow(Int(positions[t]), into: h.pointer)
+                add(h.pointer, into: x.pointer + t * C, C)
+            }
+        }
         for (layer, block) in weights.blocks.enumerated() {
-            normalize(x.pointer, block.attentionNorm, into: h.pointer, rows: T, pool: pool)
+            normalize(x.pointer, block.attentionNorm, bias: block.attentionNormBias, into: h.pointer, rows: T, pool: pool)
             multiply(h.pointer, [(block.query, q.pointer), (block.key, k.pointer), (block.value, v.pointer)])
             adapt(layer, h.pointer, [(.query, q.pointer), (.key, k.pointer), (.value, v.pointer)])
             for (bias, y) in [(block.queryBias, q.pointer), (block.keyBias, k.pointer), (block.valueBias, v.pointer)] {
@@ -167,29 +173,41 @@ public final class Llama: @unchecked Sendable {
                 normalizeHeads(q.pointer, queryNorm, rows: T * c.headCount, pool: pool)
                 normalizeHeads(k.pointer, keyNorm, rows: T * c.kvHeadCount, pool: pool)
             }
-            positions.withUnsafeBufferPointer { p in
+            if !c.family.learnsPositions {
+              positions.withUnsafeBufferPointer { p in
                 pool.parallelRanges(T) { rows in
                     ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
                                 tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
                     ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
                                 tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
                 }
+              }
             }
             attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
             multiply(attention.pointer, [(block.output, h.pointer)])
             adapt(layer, attention.pointer, [(.output, h.pointer)])
+            if let bias = block.outputBias { addRows(bias, into: h.pointer, rows: T, pool: pool) }
             if let norm = block.postAttentionNorm { normalize(h.pointer, norm, into: h.pointer, rows: T, pool: pool) }
             add(h.pointer, into: x.pointer, T * C)
 
-            normalize(x.pointer, block.feedForwardNorm, into: h.pointer, rows: T, pool: pool)
-            multiply(h.pointer, [(block.gate, gate.pointer), (block.up, up.pointer)])
-            adapt(layer, h.pointer, [(.gate, gate.pointer), (.up, up.pointer)])
+            normalize(x.pointer, block.feedForwardNorm, bias: block.feedForwardNormBias, into: h.pointer, rows: T, pool: pool)
             let I = c.intermediateSize
+            // The MLP's hidden activations end up in `gate` (gated: act(gate) · up; plain: act(up)).
+            if let gateWeight = block.gate {
+                multiply(h.pointer, [(gateWeight, gate.pointer), (block.up, up.pointer)])
+                adapt(layer, h.pointer, [(.gate, gate.pointer), (.up, up.pointer)])
+            } else {
+                multiply(h.pointer, [(block.up, gate.pointer)])
+                adapt(layer, h.pointer, [(.up, gate.pointer)])
+                if let bias = block.upBias { addRows(bias, into: gate.pointer, rows: T, pool: pool) }
+            }
+            let gated = block.gate != nil
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
-                if c.family.gatesWithGELU {
+                if c.family.activatesWithGELU {
                     for i in r {
-                        let g = gate.pointer[i]  // GELU, tanh form (gelu_pytorch_tanh)
-                        gate.pointer[i] = 0.5 * g * (1 + tanhf(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up.pointer[i]
+                        let g = gate.pointer[i]  // GELU, tanh form (gelu_pytorch_tanh, gelu_new)
+                        let gelu = 0.5 * g * (1 + tanhf(0.7978845608028654 * (g + 0.044715 * g * g * g)))
+                        gate.pointer[i] = gated ? gelu * up.pointer[i] : gelu
                     }
                 } else {
                     swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
@@ -197,6 +215,7 @@ public final class Llama: @unchecked Sendable {
             }
             multiply(gate.pointer, [(block.down, h.pointer)])
             adapt(layer, gate.pointer, [(.down, h.pointer)])
+            if let bias = block.downBias { addRows(bias, into: h.pointer, rows: T, pool: pool) }
             if let norm = block.postFeedForwardNorm { normalize(h.pointer, norm, into: h.pointer, rows: T, pool: pool) }
             add(h.pointer, into: x.pointer, T * C)
         }
@@ -223,11 +242,18 @@ public final class Llama: @unchecked Sendable {
         }
     }
 
-    func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
+    /// RMSNorm, or LayerNorm with `bias` for the families that use it, over rows of the hidden size.
+    func normalize(_ x: UnsafePointer<Float>, _ weight: [Float], bias: [Float]? = nil, into out: UnsafeMutablePointer<Float>, rows: Int, pool: ThreadPool) {
         let C = configuration.hiddenSize, eps = configuration.rmsNormEpsilon
         weight.withUnsafeBufferPointer { w in
-            pool.parallelRanges(rows) { r in
-                rmsNormForward(x + r.lowerBound * C, weight: w.baseAddress!, out: out + r.lowerBound * C, rows: r.count, dim: C, epsilon: eps)
+            (bias ?? []).withUnsafeBufferPointer { b in
+                pool.parallelRanges(rows) { r in
+                    if configuration.family.usesLayerNorm, let bias = b.baseAddress {
+                        layerNormForward(x + r.lowerBound * C, weight: w.baseAddress!, bias: bias, out: out + r.lowerBound * C, rows: r.count, dim: C, epsilon: eps)
+                    } else {
+                        rmsNormForward(x + r.lowerBound * C, weight: w.baseAddress!, out: out + r.lowerBound * C, rows: r.count, dim: C, epsilon: eps)
+                    }
+                }
             }
         }
     }

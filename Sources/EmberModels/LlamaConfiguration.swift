@@ -29,6 +29,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
     public var headDim: Int
     public var vocabularySize: Int
     public var maxPositionEmbeddings: Int
+    /// The norms' epsilon (RMSNorm's, or GPT-2's LayerNorm's).
     public var rmsNormEpsilon: Float
     public var ropeTheta: Float
     public var ropeLinearScale: Float
@@ -98,6 +99,11 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
             throw FormatError("config.json: architecture \(architectures.joined(separator: ", ")) is not supported (Ember runs \(classes.keys.sorted().joined(separator: ", ")))")
         }
         family = architectures?.lazy.compactMap { classes[$0] }.first ?? modelType.flatMap(ModelFamily.init(rawValue:)) ?? .llama
+        if family == .gpt2 {
+            self = try LlamaConfiguration(gpt2: decoder)
+            try validate()
+            return
+        }
         if architectures?.first == "LlamaForSequenceClassification" {
             // transformers' default is two labels when the config names none.
             let labels = try c.decodeIfPresent([String: String].self, forKey: .labels)?.count ?? c.decodeIfPresent(Int.self, forKey: .labelCount) ?? 2
@@ -120,7 +126,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         attentionSoftcap = try c.decodeIfPresent(Float.self, forKey: .attentionSoftcap)
         finalSoftcap = try c.decodeIfPresent(Float.self, forKey: .finalSoftcap)
         queryPreAttentionScalar = try c.decodeIfPresent(Float.self, forKey: .queryPreAttentionScalar)
-        if family.gatesWithGELU, let activation = try c.decodeIfPresent(String.self, forKey: .hiddenActivation),
+        if family == .gemma2, let activation = try c.decodeIfPresent(String.self, forKey: .hiddenActivation),
            !["gelu_pytorch_tanh", "gelu_tanh", "gelu_new"].contains(activation) {
             throw FormatError("config.json: hidden_activation \(activation) is not supported for \(family.rawValue) (gelu_pytorch_tanh is)")
         }
@@ -241,7 +247,7 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
         }
         vocabularySize = gguf.int("\(a).vocab_size") ?? embeddings.extents[1]
         maxPositionEmbeddings = gguf.int("\(a).context_length") ?? 2048
-        rmsNormEpsilon = gguf.float("\(a).attention.layer_norm_rms_epsilon") ?? 1e-5
+        rmsNormEpsilon = gguf.float("\(a).attention.layer_norm_rms_epsilon") ?? gguf.float("\(a).attention.layer_norm_epsilon") ?? 1e-5
         ropeTheta = gguf.float("\(a).rope.freq_base") ?? 10000
         ropeLinearScale = 1
         if let type = gguf.string("\(a).rope.scaling.type"), type != "none" {
@@ -255,10 +261,15 @@ public struct LlamaConfiguration: Codable, Sendable, Equatable {
             }
             ropeFrequencyFactors = dequantize(.f32, from: gguf.data(of: factors), count: ropeDimensions / 2)
         }
-        attentionBias = gguf.tensorInfo(named: "blk.0.attn_q.bias") != nil
+        attentionBias = gguf.tensorInfo(named: "blk.0.attn_q.bias") != nil || family == .gpt2
         slidingWindow = gguf.int("\(a).attention.sliding_window").flatMap { $0 > 0 ? $0 : nil }
         attentionSoftcap = gguf.float("\(a).attn_logit_softcapping")
         finalSoftcap = gguf.float("\(a).final_logit_softcapping")
+        if family == .gemma2 {  // llama.cpp's defaults when a Gemma-2 file lacks the keys
+            attentionSoftcap = attentionSoftcap ?? 50
+            finalSoftcap = finalSoftcap ?? 30
+            slidingWindow = slidingWindow ?? 4096
+        }
         tieWordEmbeddings = gguf.tensorInfo(named: "output.weight") == nil
         architectures = ["LlamaForCausalLM"]
         try validate()

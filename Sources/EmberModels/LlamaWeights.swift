@@ -10,7 +10,7 @@ public struct LlamaBlockWeights: Sendable {
     public var value: WeightMatrix     // [Hkv·D, C]
     public var output: WeightMatrix    // [C, H·D]
     public var feedForwardNorm: [Float] // [C]
-    public var gate: WeightMatrix      // [I, C]
+    public var gate: WeightMatrix?     // [I, C]; nil when the MLP is not gated (GPT-2)
     public var up: WeightMatrix        // [I, C]
     public var down: WeightMatrix      // [C, I]
     /// What some families add (see Architectures.swift): Q/K/V biases, the per-head q and k norms
@@ -18,9 +18,12 @@ public struct LlamaBlockWeights: Sendable {
     public var queryBias: [Float]?, keyBias: [Float]?, valueBias: [Float]?
     public var queryNorm: [Float]?, keyNorm: [Float]?
     public var postAttentionNorm: [Float]?, postFeedForwardNorm: [Float]?
+    /// GPT-2's biases: of the two LayerNorms, the attention output, and the MLP's two products.
+    public var attentionNormBias: [Float]?, feedForwardNormBias: [Float]?
+    public var outputBias: [Float]?, upBias: [Float]?, downBias: [Float]?
 
     public init(attentionNorm: [Float], query: WeightMatrix, key: WeightMatrix, value: WeightMatrix, output: WeightMatrix,
-                feedForwardNorm: [Float], gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+                feedForwardNorm: [Float], gate: WeightMatrix?, up: WeightMatrix, down: WeightMatrix) {
         self.attentionNorm = attentionNorm
         self.query = query
         self.key = key
@@ -43,6 +46,9 @@ public struct LlamaWeights: Sendable {
     public var ropeMode: RopeMode
     /// A reward model's score head [1, C] (`LlamaForSequenceClassification`'s `score.weight`).
     public var score: WeightMatrix?
+    /// GPT-2's learned positions [context, C] and final LayerNorm bias.
+    public var positionEmbedding: WeightMatrix?
+    public var finalNormBias: [Float]?
 
     public init(embedding: WeightMatrix, blocks: [LlamaBlockWeights], finalNorm: [Float], output: WeightMatrix, ropeMode: RopeMode,
                 score: WeightMatrix? = nil) {
@@ -116,6 +122,7 @@ struct SafetensorsTensorSource: TensorSource {
 
 extension LlamaWeights {
     static func load(from source: TensorSource, configuration c: LlamaConfiguration, format: TensorFormat, ropeMode: RopeMode) throws -> LlamaWeights {
+        if c.family == .gpt2 { return try loadGPT2(from: source, configuration: c, format: format) }
         func name(_ t: LlamaTensor) -> String {
             guard format == .huggingFace, let pattern = c.family.huggingFaceName(t.role) else { return t.name(format) }
             return t.layer.map { pattern.replacingOccurrences(of: "{i}", with: "\($0)") } ?? pattern

@@ -57,7 +57,7 @@ extension Llama {
     public func prepareBatches() {
         guard WeightMatrix.integerProductsAvailable else { return }
         let w = weights
-        let matrices = w.blocks.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.gate, $0.up, $0.down] } + [w.output]
+        let matrices = w.blocks.flatMap { [$0.query, $0.key, $0.value, $0.output, $0.up, $0.down] + ($0.gate.map { [$0] } ?? []) } + [w.output]
         ThreadPool.shared.parallelFor(matrices.count) { matrices[$0].preparePackedRows() }
     }
 
@@ -143,7 +143,7 @@ extension Llama {
         guard !wanted.isEmpty else { return [] }
         let selected = FloatBuffer(count: wanted.count * C), h = FloatBuffer(count: wanted.count * C)
         for (i, row) in wanted.enumerated() { (selected.pointer + i * C).update(from: x.pointer + row * C, count: C) }
-        normalize(selected.pointer, weights.finalNorm, into: h.pointer, rows: wanted.count, pool: pool)
+        normalize(selected.pointer, weights.finalNorm, bias: weights.finalNormBias, into: h.pointer, rows: wanted.count, pool: pool)
         let V = c.vocabularySize
         let logits = [Float](unsafeUninitializedCapacity: wanted.count * V) { buffer, initialized in
             if integers {

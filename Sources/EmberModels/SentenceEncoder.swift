@@ -402,19 +402,9 @@ public final class SentenceEncoder: @unchecked Sendable {
         while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 
-    /// LayerNorm in place over rows of the hidden size, mean and variance summed in double.
+    /// LayerNorm in place over rows of the hidden size.
     func layerNorm(_ x: UnsafeMutablePointer<Float>, _ norm: Norm, rows: Int) {
-        let C = configuration.hiddenSize, epsilon = Double(configuration.layerNormEpsilon)
-        for r in 0..<rows {
-            let xr = x + r * C
-            var sum = 0.0
-            for i in 0..<C { sum += Double(xr[i]) }
-            let mean = sum / Double(C)
-            var squares = 0.0
-            for i in 0..<C { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
-            let scale = 1 / (squares / Double(C) + epsilon).squareRoot()
-            for i in 0..<C { xr[i] = Float((Double(xr[i]) - mean) * scale) * norm.weight[i] + norm.bias[i] }
-        }
+        layerNormForward(x, weight: norm.weight, bias: norm.bias, out: x, rows: rows, dim: configuration.hiddenSize, epsilon: configuration.layerNormEpsilon)
     }
 }
 

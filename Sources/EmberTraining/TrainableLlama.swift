@@ -253,7 +253,7 @@ public final class TrainableLlama: @unchecked Sendable {
         blocks = base.blocks.enumerated().map { i, w in
             func linear(_ m: WeightMatrix, _ t: LoRATarget) -> Linear { .frozen(m, lora: pairs[i][t]) }
             return Block(query: linear(w.query, .query), key: linear(w.key, .key), value: linear(w.value, .value), output: linear(w.output, .output),
-                         gate: linear(w.gate, .gate), up: linear(w.up, .up), down: linear(w.down, .down),
+                         gate: linear(w.gate!, .gate), up: linear(w.up, .up), down: linear(w.down, .down),  // gated: checkTrainable
                          attentionNorm: frozenNorm(w.attentionNorm, "attention norm \(i)"), feedForwardNorm: frozenNorm(w.feedForwardNorm, "feed-forward norm \(i)"))
         }
         finalNorm = frozenNorm(base.finalNorm, "final norm")

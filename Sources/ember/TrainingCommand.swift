@@ -272,7 +272,7 @@ struct FineTuningOptions: ParsableArguments {
     func describe(_ weights: TrainableLlama, from path: String, say: (String) -> Void) {
         let c = weights.configuration
         if let lora = weights.lora, let base = weights.base {
-            let types = Set(base.blocks.flatMap { [$0.query.type, $0.gate.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
+            let types = Set(base.blocks.flatMap { [$0.query.type, $0.up.type, $0.down.type] }.map(\.rawValue)).sorted().joined(separator: "/")
             say(String(format: "model: LoRA rank %d, alpha %g on %@%@: %.2fM trained parameters over the frozen %@ base (hidden %d, %d layers) from %@",
                        lora.rank, lora.alpha, lora.targets.map(\.rawValue).joined(separator: ","),
                        weights.score != nil ? " and a score head" : weights.valueHead != nil ? " and a value head" : "",

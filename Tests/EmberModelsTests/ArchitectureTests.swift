@@ -13,7 +13,7 @@ import Testing
 /// and by < 1e-5 with an f32 cache). So max |Δ| ≤ 0.05 against either reference; every argmax
 /// must agree (the script redraws weights until each top logit leads the next by at least 0.02).
 @Suite struct ArchitectureTests {
-    static let families = ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "glm4"]
+    static let families = ["llama3", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "glm4", "gpt2"]
 
     struct Reference {
         let tokens: [Int], promptLength: Int

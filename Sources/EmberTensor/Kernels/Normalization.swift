@@ -35,3 +35,19 @@ public func rmsNormBackward(dout: UnsafePointer<Float>, x: UnsafePointer<Float>,
         }
     }
 }
+
+/// LayerNorm (GPT-2, BERT): out = (x − mean) / sqrt(var + eps) · weight + bias over rows of `dim`,
+/// the mean and variance summed in double. `out` may be `x`.
+public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
+                             rows: Int, dim: Int, epsilon: Float) {
+    for r in 0..<rows {
+        let xr = x + r * dim, yr = out + r * dim
+        var sum = 0.0
+        for i in 0..<dim { sum += Double(xr[i]) }
+        let mean = sum / Double(dim)
+        var squares = 0.0
+        for i in 0..<dim { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
+        let scale = 1 / (squares / Double(dim) + Double(epsilon)).squareRoot()
+        for i in 0..<dim { yr[i] = Float((Double(xr[i]) - mean) * scale) * weight[i] + bias[i] }
+    }
+}
