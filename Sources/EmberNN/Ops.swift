@@ -69,15 +69,17 @@ extension Tape {
 
     /// Causal grouped-query attention over `batch` sequences of `tokens`: q [B·T, H·D], k, v [B·T, Hkv·D].
     /// With `segmentStarts` [B·T] (packed sequences), token i of a row attends to the tokens from
-    /// `segmentStarts[i]` of its row to itself only: the block-diagonal causal mask.
+    /// `segmentStarts[i]` of its row to itself only: the block-diagonal causal mask. With `window`,
+    /// token i sees only the last `window` tokens (itself included).
     public func attention(q: Variable, k: Variable, v: Variable, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
-                          segmentStarts: [Int32]? = nil) -> Variable {
+                          segmentStarts: [Int32]? = nil, window: Int? = nil) -> Variable {
         let out = Variable(output: [batch * tokens, heads * headDim])
         let probabilities = FloatBuffer(uninitializedCount: batch * heads * tokens * tokens)
         precondition(segmentStarts.map { $0.count == batch * tokens } ?? true, "attention: one segment start per token")
         func forward(_ starts: UnsafePointer<Int32>?) {
             causalAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, probabilities: probabilities.pointer,
-                                   batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, segmentStarts: starts, pool: pool)
+                                   batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, segmentStarts: starts,
+                                   window: window, pool: pool)
         }
         if let segmentStarts { segmentStarts.withUnsafeBufferPointer { forward($0.baseAddress!) } } else { forward(nil) }
         record { [pool] in

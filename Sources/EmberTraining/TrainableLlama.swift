@@ -469,7 +469,7 @@ public final class TrainableLlama: @unchecked Sendable {
                 let k = tape.rope(self.apply(tape, h, block.key, seed: seed(1)), positions: positions, heads: kvHeads, headDim: c.headDim, parameters: rope)
                 let v = self.apply(tape, h, block.value, seed: seed(2))
                 let a = tape.attention(q: q, k: k, v: v, batch: B, tokens: T, heads: heads, kvHeads: kvHeads, headDim: c.headDim,
-                                       segmentStarts: segmentStarts)
+                                       segmentStarts: segmentStarts, window: c.attentionOptions(layer: i).window)
                 return tape.add(x, leave(tape, self.apply(tape, a, block.output, seed: seed(3))))
             }
             let feedForward: (Tape, Variable) -> Variable = { tape, x1 in

@@ -12,11 +12,12 @@ import CKernels
 ///
 /// Packed sequences: with `segmentStarts` [B·T], query i of a row sees only the keys from
 /// `segmentStarts[i]` (an index within its row, ≤ i) to i, a block-diagonal causal mask; the
-/// masked probabilities are stored as 0, so `causalAttentionBackward` needs nothing more.
+/// masked probabilities are stored as 0, so `causalAttentionBackward` needs nothing more. A
+/// sliding `window` (Mistral) likewise limits query i to the keys after i − window.
 public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
                                    batch B: Int, tokens T: Int, heads H: Int, kvHeads: Int, headDim D: Int,
-                                   segmentStarts: UnsafePointer<Int32>? = nil, pool: ThreadPool = .shared) {
+                                   segmentStarts: UnsafePointer<Int32>? = nil, window: Int? = nil, pool: ThreadPool = .shared) {
     BLASCore.prepare()
     let groups = H / kvHeads, qStride = H * D, kvStride = kvHeads * D
     let scale = 1 / Float(D).squareRoot()
@@ -30,7 +31,8 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), scale, qh + rows.lowerBound * qStride, Int32(qStride),
                             kg, Int32(kvStride), 0, p + rows.lowerBound * T, Int32(T))
                 for i in rows {
-                    let row = p + i * T, first = segmentStarts.map { Int($0[b * T + i]) } ?? 0
+                    let row = p + i * T
+                    let first = max(segmentStarts.map { Int($0[b * T + i]) } ?? 0, window.map { i - $0 + 1 } ?? 0)
                     var maximum = -Float.infinity
                     for j in first...i where row[j] > maximum { maximum = row[j] }
                     let inverse = Float(1 / ember_exp_sum(row + first, maximum, row + first, i + 1 - first))
