@@ -38,6 +38,58 @@ extension Tape {
         return y
     }
 
+    /// LayerNorm over rows of x [M, C] with weight and bias [C] (GPT-2, BERT).
+    public func layerNorm(_ x: Variable, _ weight: Variable, _ bias: Variable, epsilon: Float) -> Variable {
+        let C = weight.count, M = x.count / C
+        precondition(bias.count == C && x.count == M * C, "layerNorm: x \(x.shape) is not rows of \(C)")
+        let y = Variable(output: x.shape)
+        pool.parallelRanges(M) { r in
+            layerNormForward(x.pointer + r.lowerBound * C, weight: weight.pointer, bias: bias.pointer, out: y.pointer + r.lowerBound * C,
+                             rows: r.count, dim: C, epsilon: epsilon)
+        }
+        record { [pool] in
+            let dx = x.gradientIfWanted, dy = y.gradient.pointer
+            pool.parallelRanges(M) { r in
+                layerNormBackward(dout: dy + r.lowerBound * C, x: x.pointer + r.lowerBound * C, weight: weight.pointer,
+                                  dx: dx.map { $0 + r.lowerBound * C }, dweight: nil, dbias: nil, rows: r.count, dim: C, epsilon: epsilon)
+            }
+            let dw = weight.gradientIfWanted, db = bias.gradientIfWanted
+            if dw != nil || db != nil {  // one pass over all rows: the sums have a fixed order
+                layerNormBackward(dout: dy, x: x.pointer, weight: weight.pointer, dx: nil, dweight: dw, dbias: db, rows: M, dim: C, epsilon: epsilon)
+            }
+        }
+        return y
+    }
+
+    /// GELU (tanh form) of every value.
+    public func gelu(_ x: Variable) -> Variable {
+        let y = Variable(output: x.shape), n = x.count
+        pool.parallelRanges(n, minimumChunk: 4096) { r in geluForward(x.pointer + r.lowerBound, out: y.pointer + r.lowerBound, count: r.count) }
+        record { [pool] in
+            guard let dx = x.gradientIfWanted else { return }
+            let dy = y.gradient.pointer
+            pool.parallelRanges(n, minimumChunk: 4096) { r in
+                geluBackward(x.pointer + r.lowerBound, dout: dy + r.lowerBound, dx: dx + r.lowerBound, count: r.count)
+            }
+        }
+        return y
+    }
+
+    /// x [M, N] + bias [N] on every row.
+    public func addBias(_ x: Variable, _ bias: Variable) -> Variable {
+        let N = bias.count, M = x.count / N
+        precondition(x.count == M * N, "addBias: x \(x.shape) is not rows of \(N)")
+        let y = Variable(output: x.shape)
+        y.pointer.update(from: x.pointer, count: x.count)
+        for r in 0..<M { EmberTensor.add(bias.pointer, into: y.pointer + r * N, N) }
+        record {
+            let dy = y.gradient.pointer
+            if let dx = x.gradientIfWanted { EmberTensor.add(dy, into: dx, M * N) }
+            if let db = bias.gradientIfWanted { for r in 0..<M { EmberTensor.add(dy + r * N, into: db, N) } }
+        }
+        return y
+    }
+
     /// Rotary embedding of x [tokens, heads · headDim] at `positions` [tokens].
     public func rope(_ x: Variable, positions: [Int32], heads: Int, headDim: Int, parameters: RopeParameters) -> Variable {
         let tokens = positions.count, width = heads * headDim

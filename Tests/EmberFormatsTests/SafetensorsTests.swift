@@ -56,8 +56,16 @@ func safetensorsError(_ bytes: [UInt8]) -> String? {
         #expect(safetensorsError(safetensorsBytes(wrongSize, data: [UInt8](repeating: 0, count: 8)))?.contains("but 8 bytes") == true)
     }
 
-    @Test func rejectsUnknownDtype() {
-        let header = #"{"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#
-        #expect(safetensorsError(safetensorsBytes(header, data: [UInt8](repeating: 0, count: 8)))?.contains("dtype F64") == true)
+    /// A tensor of a dtype Ember does not compute with (an I64 position_ids buffer, an F64) does not
+    /// stop the file from opening; it is set aside by name (and refused if a model reads it), and its
+    /// offsets are still checked against the file.
+    @Test func setsAsideOtherDtypes() throws {
+        let header = #"{"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#
+        let path = temporaryFile(safetensorsBytes(header, data: [UInt8](repeating: 0, count: 16)), suffix: ".safetensors")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try SafetensorsFile(path: path)
+        #expect(file.otherTensors == ["a": "F64"] && file.entries["a"] == nil && file.entries["b"]?.shape == [2])
+        let outside = #"{"a":{"dtype":"I64","shape":[4],"data_offsets":[0,32]}}"#
+        #expect(safetensorsError(safetensorsBytes(outside, data: [UInt8](repeating: 0, count: 8)))?.contains("truncated") == true)
     }
 }

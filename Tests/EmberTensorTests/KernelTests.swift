@@ -41,6 +41,31 @@ import Testing
         #expect(d < 1e-5)
     }
 
+    /// GPT-2's LayerNorm and GELU, forward and backward, against torch autograd.
+    @Test func layerNormAndItsGradients() throws {
+        let c = try fixture("layer_norm")
+        let rows = c["rows"] as! Int, dim = c["dim"] as! Int, eps = Float(c["eps"] as! Double)
+        let x = floats(c["x"]), w = floats(c["weight"]), b = floats(c["bias"]), dout = floats(c["dout"])
+        var out = [Float](repeating: 0, count: x.count), dx = out, dw = [Float](repeating: 0, count: dim), db = dw
+        layerNormForward(x, weight: w, bias: b, out: &out, rows: rows, dim: dim, epsilon: eps)
+        layerNormBackward(dout: dout, x: x, weight: w, dx: &dx, dweight: &dw, dbias: &db, rows: rows, dim: dim, epsilon: eps)
+        let d = [maxDifference(out, floats(c["out"])), maxDifference(dx, floats(c["dx"])), maxDifference(dw, floats(c["dweight"])),
+                 maxDifference(db, floats(c["dbias"]))]
+        print("layerNorm max |Δ|: out \(d[0]), dx \(d[1]), dweight \(d[2]), dbias \(d[3])")
+        #expect(d.allSatisfy { $0 < 1e-5 })
+    }
+
+    @Test func geluAndItsGradient() throws {
+        let c = try fixture("gelu")
+        let x = floats(c["x"]), dout = floats(c["dout"])
+        var out = [Float](repeating: 0, count: x.count), dx = out
+        geluForward(x, out: &out, count: x.count)
+        geluBackward(x, dout: dout, dx: &dx, count: x.count)
+        let d = (maxDifference(out, floats(c["out"])), maxDifference(dx, floats(c["dx"])))
+        print("gelu (tanh) max |Δ|: out \(d.0), dx \(d.1)")
+        #expect(d.0 < 1e-5 && d.1 < 1e-5)
+    }
+
     @Test(arguments: [RopeMode.interleaved, .neox])
     func rope(mode: RopeMode) throws {
         let c = try fixture("rope")

@@ -158,6 +158,22 @@ import Testing
         #expect(forward < 1e-4 && backward < 1e-4)
     }
 
+    /// GPT-2's ops: LayerNorm with its bias, GELU (tanh form), and a bias added to every row.
+    @Test func layerNorm() {
+        Self.check("layerNorm", [Self.variable([4, 8], seed: 31, scale: 2, offset: 0.5), Self.variable([8], seed: 32, scale: 0.3, offset: 1),
+                                 Self.variable([8], seed: 33, scale: 0.3)]) {
+            $0.layerNorm($1[0], $1[1], $1[2], epsilon: 1e-5)
+        }
+    }
+
+    @Test func gelu() {
+        Self.check("gelu", [Self.variable([20], seed: 34, scale: 3)]) { $0.gelu($1[0]) }
+    }
+
+    @Test func addBias() {
+        Self.check("addBias", [Self.variable([3, 5], seed: 35), Self.variable([5], seed: 36)]) { $0.addBias($1[0], $1[1]) }
+    }
+
     @Test func swiglu() {
         Self.check("swiglu", [Self.variable([20], seed: 9, scale: 3), Self.variable([20], seed: 10)]) { $0.swiglu($1[0], $1[1]) }
     }

@@ -58,3 +58,21 @@ public func logSumExp(_ x: UnsafePointer<Float>, count n: Int) -> Double {
     for i in 0..<n { sum += exp(Double(x[i] - maximum)) }
     return Double(maximum) + log(sum)
 }
+
+/// GELU in its tanh form (GPT-2's gelu_new, PyTorch's approximate="tanh"):
+///   gelu(x) = x/2 · (1 + tanh(u)),  u = √(2/π) · (x + 0.044715 x³)
+public func geluForward(_ x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
+    for i in 0..<n {
+        let v = x[i]
+        out[i] = 0.5 * v * (1 + tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+    }
+}
+
+/// dx += dout · gelu′(x),  gelu′(x) = (1 + tanh u)/2 + x/2 · (1 − tanh² u) · √(2/π) · (1 + 3 · 0.044715 x²)
+public func geluBackward(_ x: UnsafePointer<Float>, dout: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count n: Int) {
+    for i in 0..<n {
+        let v = x[i], t = tanhf(0.7978845608028654 * (v + 0.044715 * v * v * v))
+        let slope = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * v * v)
+        dx[i] += dout[i] * slope
+    }
+}

@@ -51,3 +51,38 @@ public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Fl
         for i in 0..<dim { yr[i] = Float((Double(xr[i]) - mean) * scale) * weight[i] + bias[i] }
     }
 }
+
+/// The gradients of `layerNormForward`, with x̂ = (x − mean) · rstd recomputed from x, added into
+/// dx [rows, dim], dweight and dbias [dim] (each may be nil when not wanted):
+///   dbias += Σ_rows dout,  dweight += Σ_rows dout · x̂,
+///   dx += rstd · (g − mean(g) − x̂ · mean(g · x̂)),  g = dout · weight
+/// Row statistics are summed in double, as the forward sums them.
+public func layerNormBackward(dout: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                              dx: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, dbias: UnsafeMutablePointer<Float>?,
+                              rows: Int, dim: Int, epsilon: Float) {
+    for r in 0..<rows {
+        let xr = x + r * dim, gr = dout + r * dim
+        var sum = 0.0
+        for i in 0..<dim { sum += Double(xr[i]) }
+        let mean = sum / Double(dim)
+        var squares = 0.0
+        for i in 0..<dim { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
+        let rstd = 1 / (squares / Double(dim) + Double(epsilon)).squareRoot()
+        if let dbias { for i in 0..<dim { dbias[i] += gr[i] } }
+        if let dweight { for i in 0..<dim { dweight[i] += gr[i] * Float((Double(xr[i]) - mean) * rstd) } }
+        guard let dx else { continue }
+        var gMean = 0.0, gxMean = 0.0
+        for i in 0..<dim {
+            let g = Double(gr[i] * weight[i]), xhat = (Double(xr[i]) - mean) * rstd
+            gMean += g
+            gxMean += g * xhat
+        }
+        gMean /= Double(dim)
+        gxMean /= Double(dim)
+        let dxr = dx + r * dim
+        for i in 0..<dim {
+            let xhat = (Double(xr[i]) - mean) * rstd
+            dxr[i] += Float(rstd * (Double(gr[i] * weight[i]) - gMean - xhat * gxMean))
+        }
+    }
+}
