@@ -23,6 +23,10 @@ public enum Arithmetic: String, Sendable, CaseIterable {
 ///         x += attention(q, cache, causal) · Woᵀ
 ///         h = rmsnorm(x) ; x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ) · Wdᵀ
 ///     logits = rmsnorm(x) · Woutᵀ                        [T, V]
+///
+/// The other families (Qwen, Phi-3, GLM-4, Gemma-2, GPT-2) run the same pass with the variations
+/// their `ModelFamily` traits and weights turn on: biases, q/k norms, post-sublayer norms, GeGLU or
+/// a plain GELU MLP, LayerNorm, learned positions, soft-capping and sliding windows.
 public final class Llama: @unchecked Sendable {
     public let configuration: LlamaConfiguration
     public let weights: LlamaWeights
@@ -174,14 +178,14 @@ public final class Llama: @unchecked Sendable {
                 normalizeHeads(k.pointer, keyNorm, rows: T * c.kvHeadCount, pool: pool)
             }
             if !c.family.learnsPositions {
-              positions.withUnsafeBufferPointer { p in
-                pool.parallelRanges(T) { rows in
-                    ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
-                                tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
-                    ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
-                                tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
+                positions.withUnsafeBufferPointer { p in
+                    pool.parallelRanges(T) { rows in
+                        ropeForward(q.pointer + rows.lowerBound * c.queryDim, positions: p.baseAddress! + rows.lowerBound,
+                                    tokens: rows.count, heads: c.headCount, headDim: c.headDim, parameters: rope)
+                        ropeForward(k.pointer + rows.lowerBound * c.kvDim, positions: p.baseAddress! + rows.lowerBound,
+                                    tokens: rows.count, heads: c.kvHeadCount, headDim: c.headDim, parameters: rope)
+                    }
                 }
-              }
             }
             attend(layer, q.pointer, k.pointer, v.pointer, attention.pointer)
             multiply(attention.pointer, [(block.output, h.pointer)])
@@ -203,12 +207,9 @@ public final class Llama: @unchecked Sendable {
             }
             let gated = block.gate != nil
             pool.parallelRanges(T * I, minimumChunk: 4096) { r in
-                if c.family.activatesWithGELU {
-                    for i in r {
-                        let g = gate.pointer[i]  // GELU, tanh form (gelu_pytorch_tanh, gelu_new)
-                        let gelu = 0.5 * g * (1 + tanhf(0.7978845608028654 * (g + 0.044715 * g * g * g)))
-                        gate.pointer[i] = gated ? gelu * up.pointer[i] : gelu
-                    }
+                if c.family.activatesWithGELU {  // GELU, tanh form (gelu_pytorch_tanh, gelu_new)
+                    geluForward(gate.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
+                    if gated { for i in r { gate.pointer[i] *= up.pointer[i] } }
                 } else {
                     swigluForward(gate: gate.pointer + r.lowerBound, up: up.pointer + r.lowerBound, out: gate.pointer + r.lowerBound, count: r.count)
                 }
