@@ -157,3 +157,27 @@ extension Llama {
         return (0..<wanted.count).map { Array(logits[$0 * V..<($0 + 1) * V]) }
     }
 }
+
+extension Llama {
+    /// The log-probability of each token of `tokens` after those before it (positions 1 ..< count),
+    /// with the `top` most likely tokens at each: what OpenAI's `echo` with `logprobs` reports, and
+    /// what a log-likelihood evaluation reads. The serving path's arithmetic, in chunks of `chunk`
+    /// tokens on a cache of its own, so that only one chunk's logits are held at a time.
+    public func promptLogprobs(_ tokens: [Int], top: Int, adapter: InferenceAdapter? = nil, chunk: Int = 64,
+                               pool: ThreadPool = .shared) throws -> [TokenLogprob] {
+        let blockSize = 16, blocks = max(1, (tokens.count + blockSize - 1) / blockSize)
+        let cache = PagedKVCache(configuration: configuration, blockCount: blocks, blockSize: blockSize)
+        var result: [TokenLogprob] = []
+        var start = 0
+        while start < tokens.count - 1 {
+            let end = min(tokens.count - 1, start + chunk)  // the last token's logits predict nothing asked for
+            let entry = BatchEntry(tokens: Array(tokens[start..<end]), start: start, blocks: Array(0..<blocks), wantsLogits: true,
+                                   allLogits: true, adapter: adapter)
+            for (i, row) in try forward(batch: [entry], cache: cache, pool: pool).enumerated() {
+                result.append(Sampler.logprobs(row, chosen: tokens[start + i + 1], top: top))
+            }
+            start = end
+        }
+        return result
+    }
+}

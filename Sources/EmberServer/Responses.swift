@@ -21,6 +21,11 @@ struct ResponseBuilder: Sendable {
     private var cachedTokens = 0
     /// Why the engine could not run the request, when it could not.
     private(set) var failure: String?
+    /// `echo`: the prompt's text and tokens put before each choice's, with the prompt tokens'
+    /// log-probabilities (the first token has none) when logprobs are asked for.
+    var echo: (text: String, tokens: [Int], logprobs: [TokenLogprob])?
+    /// The index of this prompt's first choice among a request's prompts (prompt-major).
+    var firstIndex = 0
 
     init(id: String, chat: Bool, model: String, tokenizer: any Tokenizer, n: Int, logprobs: Bool, promptTokens: Int) {
         self.id = id
@@ -51,6 +56,28 @@ struct ResponseBuilder: Sendable {
         }
     }
 
+    /// No generation asked for (`max_tokens` 0 with `echo`): every choice ends at once, by length.
+    mutating func finishWithoutGenerating() {
+        reasons = Array(repeating: .length, count: n)
+    }
+
+    /// One answer for several prompts: their choices in order, their usage added up.
+    static func merged(_ builders: [ResponseBuilder]) -> JinjaValue {
+        guard case .dict(var answer)? = builders.first?.completeResponse() else { return .none }
+        var choices: [JinjaValue] = []
+        var prompt = 0, completion = 0, cached = 0
+        for b in builders {
+            if case .dict(let fields) = b.completeResponse(), case .list(let list)? = fields["choices"] { choices += list }
+            prompt += b.promptTokens
+            completion += b.completionTokens.reduce(0, +)
+            cached += b.cachedTokens
+        }
+        answer["choices"] = .list(choices)
+        answer["usage"] = .object([("prompt_tokens", .int(prompt)), ("completion_tokens", .int(completion)), ("total_tokens", .int(prompt + completion)),
+                                   ("prompt_tokens_details", .object([("cached_tokens", .int(cached))]))])
+        return .dict(answer)
+    }
+
     var usage: JinjaValue {
         let completion = completionTokens.reduce(0, +)
         return .object([("prompt_tokens", .int(promptTokens)), ("completion_tokens", .int(completion)),
@@ -67,8 +94,9 @@ struct ResponseBuilder: Sendable {
         return (String(decoding: bytes, as: UTF8.self), bytes)
     }
 
-    /// Chat: {"content": [{token, logprob, bytes, top_logprobs}]}; completions: the legacy lists.
-    private func logprobsValue(_ items: [TokenLogprob], textOffset: Int) -> JinjaValue {
+    /// Chat: {"content": [{token, logprob, bytes, top_logprobs}]}; completions: the legacy lists, the
+    /// echoed prompt's tokens first (its first token without a log-probability: null).
+    private func logprobsValue(_ items: [TokenLogprob], textOffset: Int = 0) -> JinjaValue {
         guard logprobs else { return .none }
         if chat {
             return .object([("content", .list(items.map { lp in
@@ -81,16 +109,23 @@ struct ResponseBuilder: Sendable {
                                 ("bytes", .list(bytes.map { .int(Int($0)) })), ("top_logprobs", .list(top))])
             }))])
         }
+        var entries: [(token: Int, logprob: TokenLogprob?)] = []
+        if let echo {
+            entries = echo.tokens.enumerated().map { i, id in (id, i == 0 ? nil : echo.logprobs[i - 1]) }
+        }
+        entries += items.map { ($0.token, $0) }
         var offsets: [JinjaValue] = []
         var offset = textOffset
-        for lp in items {
+        for e in entries {
             offsets.append(.int(offset))
-            offset += tokenText(lp.token).0.count
+            offset += tokenText(e.token).0.count
         }
         return .object([
-            ("tokens", .list(items.map { .string(tokenText($0.token).0) })),
-            ("token_logprobs", .list(items.map { .double(Double($0.logprob)) })),
-            ("top_logprobs", .list(items.map { lp in .dict(JinjaDict(lp.top.map { (tokenText($0.token).0, .double(Double($0.logprob))) })) })),
+            ("tokens", .list(entries.map { .string(tokenText($0.token).0) })),
+            ("token_logprobs", .list(entries.map { $0.logprob.map { .double(Double($0.logprob)) } ?? .none })),
+            ("top_logprobs", .list(entries.map { e in
+                e.logprob.map { lp in .dict(JinjaDict(lp.top.map { (tokenText($0.token).0, .double(Double($0.logprob))) })) } ?? .none
+            })),
             ("text_offset", .list(offsets)),
         ])
     }
@@ -100,10 +135,10 @@ struct ResponseBuilder: Sendable {
             let reason = JinjaValue.str(reasons[i].map { $0 == .cancelled ? "abort" : $0.rawValue })
             if chat {
                 return .object([("index", .int(i)), ("message", .object([("role", "assistant"), ("content", .string(texts[i]))])),
-                                ("logprobs", logprobsValue(tokenLogprobs[i], textOffset: 0)), ("finish_reason", reason)])
+                                ("logprobs", logprobsValue(tokenLogprobs[i])), ("finish_reason", reason)])
             }
-            return .object([("index", .int(i)), ("text", .string(texts[i])), ("logprobs", logprobsValue(tokenLogprobs[i], textOffset: 0)),
-                            ("finish_reason", reason)])
+            return .object([("index", .int(firstIndex + i)), ("text", .string((echo?.text ?? "") + texts[i])),
+                            ("logprobs", logprobsValue(tokenLogprobs[i])), ("finish_reason", reason)])
         }
         return .object(header(object: chat ? "chat.completion" : "text_completion") + [("choices", .list(choices)), ("usage", usage)])
     }

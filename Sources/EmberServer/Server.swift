@@ -252,15 +252,24 @@ public struct OpenAIServer: Sendable {
         }
     }
 
+    /// Most prompts in one `/v1/completions` request.
+    static let maxPrompts = 2048
+
     private func completion(_ f: Fields, chat: Bool) async throws -> Response {
         try refuseRewardModel()
         let adapter = try adapter(f)
         var parameters = try f.sampling(vocabularySize: tokenizer.vocabularySize)
+        // echo (completions only): the prompt comes back before the completion, with its tokens'
+        // log-probabilities when logprobs are asked for; max_tokens 0 then scores the prompt alone.
+        let echo = chat ? false : try f.bool("echo") ?? false
         let requested = try f.int("max_completion_tokens") ?? f.int("max_tokens")
-        if let requested, requested < 1 { throw APIError.badRequest("'max_tokens' must be at least 1", param: "max_tokens") }
-        let prompt: [Int]
+        if let requested, requested < (echo ? 0 : 1) {
+            throw APIError.badRequest("'max_tokens' must be at least 1 (0 only with 'echo')", param: "max_tokens")
+        }
+        // Each prompt's tokens, and its text when it came as text.
+        var prompts: [(tokens: [Int], text: String?)]
         if chat {
-            prompt = try promptTokens(chat: f)
+            prompts = [(try promptTokens(chat: f), nil)]
             parameters.logprobs = try f.bool("logprobs") ?? false
             parameters.topLogprobs = try f.int("top_logprobs", in: 0...20) ?? 0
             if parameters.topLogprobs > 0 && !parameters.logprobs {
@@ -269,31 +278,24 @@ public struct OpenAIServer: Sendable {
         } else if let suffix = try f.string("suffix") {
             guard let fim else { throw APIError.badRequest("this model has no fill-in-the-middle tokens, so 'suffix' cannot be used", param: "suffix") }
             guard case .string(let prefix)? = f["prompt"] else { throw APIError.badRequest("with 'suffix', 'prompt' must be a string", param: "prompt") }
-            prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested ?? engine.configuration.maxTokensLimit)
+            prompts = [(infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested ?? engine.configuration.maxTokensLimit), nil)]
             parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
         } else {
-            switch f["prompt"] {
-            case .string(let s)?:
-                prompt = prompting.tokens(s)
-            case .list(let l)? where !l.isEmpty && l.allSatisfy({ if case .int = $0 { true } else { false } }):
-                prompt = l.map { if case .int(let i) = $0 { i } else { 0 } }
-            case .list(let l)? where l.count == 1:
-                guard case .string(let s) = l[0] else { fallthrough }
-                prompt = prompting.tokens(s)
-            default:
-                throw APIError.badRequest("'prompt' must be a string or a list of token ids (one prompt per request)", param: "prompt")
-            }
+            prompts = try completionPrompts(f["prompt"])
             if let n = try f.int("logprobs", in: 0...20) {
                 parameters.logprobs = true
                 parameters.topLogprobs = n
             }
         }
         let context = engine.configuration.maxModelLength
-        guard prompt.count < context else {
-            throw APIError.badRequest("the prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: chat ? "messages" : "prompt")
+        for (i, prompt) in prompts.enumerated() where prompt.tokens.count >= context {
+            throw APIError.badRequest("\(prompts.count > 1 ? "prompt \(i)" : "the prompt") has \(prompt.tokens.count) tokens but the model's context is \(context) tokens",
+                                      param: chat ? "messages" : "prompt")
         }
-        parameters.maxTokens = requested ?? min(context - prompt.count, engine.configuration.maxTokensLimit)
         let stream = try f.bool("stream") ?? false
+        if stream && (prompts.count > 1 || echo) {
+            throw APIError.badRequest("a stream takes one prompt without 'echo'", param: "stream")
+        }
         var includeUsage = false
         if case .dict(let options)? = f["stream_options"] {
             if case .bool(let b)? = options["include_usage"] { includeUsage = b }
@@ -301,12 +303,20 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("'stream_options' must be an object", param: "stream_options")
         }
 
-        let submitted = try submit(prompt, parameters, adapter)
-        let response = ResponseBuilder(id: (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased(),
-                                       chat: chat, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
-                                       logprobs: parameters.logprobs, promptTokens: prompt.count)
-        if stream {
-            let engine = engine, includeUsage = includeUsage
+        let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        // Every prompt goes to the engine first, so that they run in the same batches; then each is collected.
+        var requests: [(builder: ResponseBuilder, submitted: (id: Int, events: AsyncStream<GenerationEvent>)?)] = []
+        for (k, prompt) in prompts.enumerated() {
+            var p = parameters
+            p.maxTokens = requested ?? min(context - prompt.tokens.count, engine.configuration.maxTokensLimit)
+            var builder = ResponseBuilder(id: id, chat: chat, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: p.n,
+                                          logprobs: p.logprobs, promptTokens: prompt.tokens.count)
+            builder.firstIndex = k * p.n
+            if p.maxTokens == 0 { builder.finishWithoutGenerating() }
+            requests.append((builder, p.maxTokens > 0 ? try submit(prompt.tokens, p, adapter) : nil))
+        }
+        if stream, let submitted = requests[0].submitted {
+            let engine = engine, includeUsage = includeUsage, response = requests[0].builder
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                             body: ResponseBody { writer in
                                 var finished = false
@@ -322,7 +332,48 @@ public struct OpenAIServer: Sendable {
                                 try await writer.finish(nil)
                             })
         }
-        return Self.json(try await collect(submitted, into: response).completeResponse())
+        var builders: [ResponseBuilder] = []
+        for (k, request) in requests.enumerated() {
+            var builder = request.builder
+            if echo {
+                let prompt = prompts[k], model = engine.model, top = parameters.topLogprobs
+                let logprobs = parameters.logprobs
+                    ? try await Task.detached { try model.promptLogprobs(prompt.tokens, top: top, adapter: adapter) }.value : []
+                builder.echo = (prompt.text ?? tokenizer.decode(prompt.tokens, skipSpecial: false), prompt.tokens, logprobs)
+            }
+            if let submitted = request.submitted { builder = try await collect(submitted, into: builder) }
+            builders.append(builder)
+        }
+        return Self.json(ResponseBuilder.merged(builders))
+    }
+
+    /// The prompts of `/v1/completions`: a string, a list of token ids, or a list of either.
+    private func completionPrompts(_ value: JinjaValue?) throws -> [(tokens: [Int], text: String?)] {
+        func ids(_ items: [JinjaValue], _ what: String) throws -> [Int] {
+            try items.map {
+                guard case .int(let id) = $0, (0..<tokenizer.vocabularySize).contains(id) else {
+                    throw APIError.badRequest("\(what) must hold token ids between 0 and \(tokenizer.vocabularySize - 1)", param: "prompt")
+                }
+                return id
+            }
+        }
+        switch value {
+        case .string(let s)?:
+            return [(prompting.tokens(s), s)]
+        case .list(let l)? where !l.isEmpty && l.allSatisfy({ if case .int = $0 { true } else { false } }):
+            return [(try ids(l, "'prompt'"), nil)]
+        case .list(let l)? where !l.isEmpty:
+            guard l.count <= Self.maxPrompts else { throw APIError.badRequest("'prompt' has \(l.count) prompts; at most \(Self.maxPrompts) per request", param: "prompt") }
+            return try l.enumerated().map { i, item in
+                switch item {
+                case .string(let s): return (prompting.tokens(s), s)
+                case .list(let tokens) where !tokens.isEmpty: return (try ids(tokens, "prompt \(i)"), nil)
+                default: throw APIError.badRequest("prompt \(i) must be a string or a non-empty list of token ids", param: "prompt")
+                }
+            }
+        default:
+            throw APIError.badRequest("'prompt' must be a string, a list of token ids, or a list of those", param: "prompt")
+        }
     }
 
     /// The request handed to the engine; what the engine refuses is a 400.

@@ -137,6 +137,47 @@ class Completions(unittest.TestCase):
             self.assertLess(r.usage.completion_tokens, 8)
 
 
+class Evaluation(unittest.TestCase):
+    """What lm-evaluation-harness's local-completions backend sends: several prompts in one request,
+    and echo with logprobs and max_tokens 0 for the prompt tokens' log-probabilities."""
+
+    def test_a_list_of_prompts_answers_each_as_alone(self):
+        prompts = ["The capital of France is", [504, 3458, 314], "1, 2, 3,"]
+        together = client.completions.create(model=MODEL, prompt=prompts, max_tokens=6, temperature=0)
+        self.assertEqual([c.index for c in together.choices], [0, 1, 2])
+        alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0) for p in prompts]
+        self.assertEqual([c.text for c in together.choices], [a.choices[0].text for a in alone])
+        self.assertEqual(together.usage.prompt_tokens, sum(a.usage.prompt_tokens for a in alone))
+        two = client.completions.create(model=MODEL, prompt=prompts[:2], max_tokens=4, temperature=0, n=2)
+        self.assertEqual([c.index for c in two.choices], [0, 1, 2, 3])  # prompt-major, n choices each
+
+    def test_echo_gives_the_prompts_logprobs(self):
+        ids = httpx.post(BASE + "/tokenize", headers=HEADERS, json={"prompt": "The capital of France is Paris, and of Italy"}).json()["tokens"]
+        scored = client.completions.create(model=MODEL, prompt=[ids], max_tokens=0, echo=True, logprobs=5)
+        choice = scored.choices[0]
+        self.assertEqual(choice.finish_reason, "length")
+        self.assertEqual(scored.usage.completion_tokens, 0)
+        self.assertEqual(scored.usage.prompt_tokens, len(ids))
+        self.assertEqual(len(choice.logprobs.tokens), len(ids))
+        self.assertIsNone(choice.logprobs.token_logprobs[0])
+        self.assertIsNone(choice.logprobs.top_logprobs[0])
+        self.assertTrue(all(lp <= 0 for lp in choice.logprobs.token_logprobs[1:]))
+        self.assertEqual("".join(choice.logprobs.tokens), choice.text)
+        # Position j's distribution is what generating the next token after ids[:j] reports.
+        worst = 0.0
+        for j in (1, len(ids) // 2, len(ids) - 1):
+            step = client.completions.create(model=MODEL, prompt=ids[:j], max_tokens=1, temperature=0, logprobs=5)
+            expected, echoed = step.choices[0].logprobs.top_logprobs[0], choice.logprobs.top_logprobs[j]
+            self.assertEqual(set(expected), set(echoed))
+            worst = max([worst] + [abs(expected[t] - echoed[t]) for t in expected])
+        print(f"echo vs next-token logprobs at 3 positions: max |Δ| {worst:.2e}")
+        self.assertLess(worst, 1e-3)
+        # echo with generation: the prompt's text, then the completion.
+        generated = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
+        both = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0, echo=True)
+        self.assertEqual(both.choices[0].text, "The capital of France is" + generated.choices[0].text)
+
+
 class Errors(unittest.TestCase):
     def assertError(self, status, call):
         with self.assertRaises(openai.APIStatusError) as caught:
@@ -155,7 +196,10 @@ class Errors(unittest.TestCase):
         self.assertError(400, lambda: chat("hi", max_tokens=250, stop=5))
         self.assertError(400, lambda: client.chat.completions.create(model=MODEL, messages=[]))
         self.assertError(404, lambda: client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}]))
-        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt=[[1, 2], [3]], max_tokens=2))
+        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt=[[1, 2], 3.5], max_tokens=2))
+        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt=[], max_tokens=2))
+        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt="a", max_tokens=0))  # 0 only with echo
+        self.assertError(400, lambda: client.completions.create(model=MODEL, prompt=["a", "b"], max_tokens=2, stream=True))
 
     def test_raw_bad_input(self):
         r = httpx.post(BASE + "/v1/chat/completions", headers={**HEADERS, "Content-Type": "application/json"}, content=b"{not json")
