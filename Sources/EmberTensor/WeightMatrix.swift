@@ -10,7 +10,8 @@ import CKernels
 /// - f16 / bf16 weights: direct dot products for few rows of x; for many, each thread expands a slab
 ///   of weight rows into a small f32 buffer and runs SGEMM on it;
 /// - f32 weights: SGEMM;
-/// - the 5-bit, K-quant and non-linear 4-bit types: slabs of rows dequantized and multiplied by SGEMM.
+/// - the 5-bit, K-quant and non-linear 4-bit types: the integer products (`multiplyByIntegers`),
+///   or, on a CPU without a kernel tier, slabs of rows dequantized and multiplied by SGEMM.
 /// `multiplyByIntegers` (IntegerProducts.swift) is the serving path's integer form for quantized weights.
 public struct WeightMatrix: @unchecked Sendable {
     public let type: DType
@@ -112,8 +113,13 @@ public struct WeightMatrix: @unchecked Sendable {
         case .q8_0, .q4_0, .q4_1:
             multiplyByDotProducts(Q8Activations(quantizing: x, rows: m, columns: columns), y, m: m, pool: pool)
         case .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_nl, .iq4_xs:
-            // No float lanes of llama.cpp's to follow: f32 products on the exact values.
-            multiplyByDequantizedSlabs(x, y, m: m, pool: pool)
+            // No float lanes of llama.cpp's to follow: the integer products, which quantize x as
+            // llama.cpp does for these types; f32 products of the exact values without a kernel tier.
+            if Self.integerProductsAvailable {
+                Self.multiplyByIntegers(x, m: m, by: [(self, y)], pool: pool)
+            } else {
+                multiplyByDequantizedSlabs(x, y, m: m, pool: pool)
+            }
         }
     }
 

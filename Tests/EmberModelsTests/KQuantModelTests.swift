@@ -17,6 +17,25 @@ import Testing
 /// and within a tenth of the logits' spread, with every argmax equal where llama.cpp's top two
 /// differ by more than 0.05.
 @Suite struct KQuantModelTests {
+    /// The model with every matrix dequantized to f32.
+    static func dequantized(_ model: Llama) -> Llama {
+        func f32(_ m: WeightMatrix) -> WeightMatrix {
+            let values = FloatBuffer(count: m.rows * m.columns)
+            dequantize(m.type, from: m.data, to: values.pointer, count: m.rows * m.columns)
+            return WeightMatrix(type: .f32, rows: m.rows, columns: m.columns, data: UnsafeRawPointer(values.pointer), owner: values)
+        }
+        var weights = model.weights
+        weights.embedding = f32(weights.embedding)
+        weights.output = f32(weights.output)
+        weights.blocks = weights.blocks.map { b in
+            var b = b
+            (b.query, b.key, b.value, b.output, b.up, b.down) = (f32(b.query), f32(b.key), f32(b.value), f32(b.output), f32(b.up), f32(b.down))
+            b.gate = b.gate.map(f32)
+            return b
+        }
+        return Llama(configuration: model.configuration, weights: weights)
+    }
+
     static let types = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"]
 
     @Test(.enabled(if: WeightMatrix.integerProductsAvailable, "no integer-product kernel tier (the CPU lacks AVX2, or EMBER_KERNEL_TIER=none)"),
@@ -29,9 +48,10 @@ import Testing
         let model = try LoadedModel.load(path: Fixtures.path("Tests/Fixtures/kquants/\(type).gguf")).model
         let all = expected.joined(), mean = all.reduce(0, +) / Float(all.count)
         let spread = (all.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(all.count)).squareRoot()
-        // The yardstick: f32 products of the dequantized weights (the exact path for these types).
+        // The yardstick: the same weights dequantized to f32, so that no product quantizes its input.
         let V = model.configuration.vocabularySize
-        let exact = try model.forward(tokens, cache: model.makeCache(capacity: 32), outputs: .all)
+        let f32 = Self.dequantized(model)
+        let exact = try f32.forward(tokens, cache: f32.makeCache(capacity: 32), outputs: .all)
         var floatDifference: Float = 0
         for (t, theirs) in expected.enumerated() { for v in 0..<V { floatDifference = max(floatDifference, abs(exact[t * V + v] - theirs[v])) } }
         var worst: Float = 0
