@@ -5,9 +5,9 @@ import Foundation
 
 struct Embed: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Turn texts into sentence embeddings with a BERT encoder (a sentence-transformers folder).",
+        abstract: "Turn texts into sentence embeddings with a BERT encoder (a sentence-transformers folder or a GGUF bert file).",
         discussion: """
-        The model is a sentence-transformers folder: config.json (model_type bert), model.safetensors, tokenizer.json, and the modules.json, 1_Pooling/config.json and sentence_bert_config.json that set the pooling (mean, CLS or max), the normalisation and the length inputs are cut at. all-MiniLM-L6-v2 is such a folder.
+        The model is a sentence-transformers folder: config.json (model_type bert), model.safetensors, tokenizer.json, and the modules.json, 1_Pooling/config.json and sentence_bert_config.json that set the pooling (mean, CLS or max), the normalisation and the length inputs are cut at. all-MiniLM-L6-v2 is such a folder. A GGUF bert file, as llama.cpp's convert_hf_to_gguf.py writes one, works too (pooling from its metadata, normalised, inputs cut at its context).
 
         Texts come from --text (repeatable), or one per line from --file or standard input. Each embedding is printed as a JSON line {"index", "tokens", "embedding"}; --json prints one object in the shape of OpenAI's /v1/embeddings answer. Texts run in batches of --batch-tokens tokens.
 
@@ -40,7 +40,7 @@ struct Embed: ParsableCommand {
     func run() throws {
         ThreadPool.configureShared(threadCount: options.threads)
         guard SentenceEncoder.isEncoder(path: options.model) else {
-            throw CommandError("\(options.model): not an embedding model (ember embed runs BERT sentence-transformers folders: config.json with model_type bert)")
+            throw CommandError("\(options.model): not an embedding model (ember embed runs BERT: a sentence-transformers folder whose config.json has model_type bert, or a GGUF bert file)")
         }
         let encoder = try SentenceEncoder(path: options.model)
         var texts = text
