@@ -1,0 +1,44 @@
+import EmberFormats
+import EmberNN
+import EmberTensor
+import EmberTraining
+import Foundation
+import Testing
+
+/// GPT-2's training path against transformers' GPT2LMHeadModel and PyTorch autograd
+/// (scripts/fixtures/gpt2-gradients.py): the loss over 2 × 24 tokens of the tiny random GPT-2 of
+/// Tests/Fixtures/architectures/gpt2, and the gradient of every parameter in the file's own layout
+/// (Conv1D [in, out], the fused c_attn).
+@Suite struct GPT2GradientTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test func lossAndGradientsMatchTransformers() throws {
+        let reference = try SafetensorsFile(path: Self.root.appendingPathComponent("Tests/Fixtures/gpt2/gradients.safetensors").path)
+        func values(_ name: String) throws -> [Float] {
+            let entry = try #require(reference.entries[name], "\(name) is missing")
+            return dequantize(entry.dtype, from: reference.data(of: entry), count: entry.shape.reduce(1, *))
+        }
+        let ids = try values("ids").map { Int32($0) }
+        let model = try TrainableGPT2(directory: Self.root.appendingPathComponent("Tests/Fixtures/architectures/gpt2/hf").path)
+        let tape = Tape()
+        let loss = model.loss(tape, inputs: ids, batch: 2)
+        tape.backward(loss)
+        let expectedLoss = try values("loss")[0]
+        var worst: (name: String, difference: Float, scale: Float) = ("", 0, 0)
+        var checked = 0
+        for name in reference.entries.keys.sorted() where name.hasPrefix("grad.") {
+            let hfName = String(name.dropFirst("grad.".count)).replacingOccurrences(of: "transformer.", with: "")
+            let ours = try #require(model.gradient(named: hfName), "no gradient for \(hfName)")
+            let theirs = try values(name)
+            #expect(ours.count == theirs.count, "\(hfName): \(ours.count) values, expected \(theirs.count)")
+            let difference = zip(ours, theirs).map { abs($0 - $1) }.max() ?? 0
+            if difference > worst.difference { worst = (hfName, difference, theirs.map(abs).max() ?? 0) }
+            #expect(difference <= 1e-5, "\(hfName): max |Δ| \(difference)")
+            checked += 1
+        }
+        print("GPT-2 vs transformers: loss \(loss.values[0]) vs \(expectedLoss) (|Δ| \(abs(loss.values[0] - expectedLoss))); "
+              + "\(checked) gradients, worst max |Δ| \(worst.difference) (\(worst.name), largest |g| there \(worst.scale))")
+        #expect(abs(loss.values[0] - expectedLoss) < 1e-5)
+        #expect(checked == 28)
+    }
+}
