@@ -15,23 +15,13 @@ public enum GGUFExport {
 
     /// With `merging`, each adapted matrix is written as W + (α / r) · B · A (`--merge-lora`).
     public static func write(directory: String, to path: String, type: MatrixType, merging adapter: LoRAAdapter? = nil) throws {
+        if try LlamaConfiguration.load(configPath: directory + "/config.json").family == .gpt2 {
+            guard adapter == nil else { throw TrainingError("GPT-2 takes no LoRA adapters to merge") }
+            return try writeGPT2(TrainableGPT2(directory: directory), directory: directory, to: path, type: type)
+        }
         let model = try TrainableLlama(directory: directory)
         let c = model.configuration
         if let adapter { model.merge(adapter) }
-        let tokenizerPath = directory + "/tokenizer.json"
-        guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(directory): no tokenizer.json to export") }
-        guard let tokenizer = try TokenizerJSON.load(path: tokenizerPath) as? ByteLevelBPETokenizer else {
-            throw FormatError("\(tokenizerPath): only byte-level BPE tokenizers export to GGUF here")
-        }
-        guard tokenizer.vocabularySize <= c.vocabularySize else {
-            throw FormatError("\(directory): the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(c.vocabularySize)")
-        }
-        let pre: String = switch tokenizer.preTokenizer {
-        case .gpt2: "gpt-2"
-        case .smollm: "smollm"
-        case .llama3: "llama-bpe"
-        case .qwen2: "qwen2"
-        }
         var writer = GGUFWriter()
         func meta(_ key: String, _ value: GGUFValue) { writer.metadata.append((key, value)) }
         meta("general.architecture", .string("llama"))
@@ -50,9 +40,53 @@ public enum GGUFExport {
         meta("llama.attention.layer_norm_rms_epsilon", .float32(c.rmsNormEpsilon))
         meta("llama.vocab_size", .uint32(UInt32(c.vocabularySize)))
         meta("general.quantization_version", .uint32(2))
-        // The vocabulary, padded with unused tokens when the model's is larger.
+        try addTokenizer(to: &writer, directory: directory, vocabularySize: c.vocabularySize)
+
+        // llama.cpp's converter writes each block's tensors in this order.
+        let order: [LlamaTensor.Role] = [.embedding, .attentionNorm, .query, .key, .value, .attentionOutput, .feedForwardNorm,
+                                         .gate, .up, .down, .finalNorm, .output]
+        func rank(_ t: LlamaTensor) -> Int {
+            (t.layer.map { $0 + 1 } ?? (t.role == .embedding ? 0 : c.layerCount + 1)) * order.count + order.firstIndex(of: t.role)!
+        }
+        let tensors = zip(LlamaTensor.all(c), model.parameters).sorted { rank($0.0) < rank($1.0) }
+        for (t, p) in tensors {
+            var values = p.values
+            if t.permutedInGGUF { values = LlamaTensor.interleavePairs(values, heads: t.heads(c), columns: p.shape[1]) }
+            addTensor(to: &writer, name: t.name(.gguf), shape: p.shape, values: values, type: t.isMatrix ? type : .f32)
+        }
+        try writer.write(to: path)
+    }
+
+    /// A tensor [rows, columns] (or [n]) in `type`: GGUF lists the extents fastest first.
+    static func addTensor(to writer: inout GGUFWriter, name: String, shape: [Int], values: [Float], type: MatrixType) {
+        let extents = shape.count == 2 ? [shape[1], shape[0]] : [values.count]
+        switch type {
+        case .f32: writer.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
+        case .f16: writer.addTensor(name: name, type: .f16, extents: extents, data: values.map { Float16($0) }.withUnsafeBytes { Array($0) })
+        case .q8_0: writer.addTensor(name: name, type: .q8_0, extents: extents, data: quantizeQ8_0(values))
+        }
+    }
+
+    /// The directory's byte-level BPE tokenizer.json as llama.cpp's `gpt2` vocabulary (tokens, types,
+    /// merges, pre-tokenizer, end-of-text and fill-in-the-middle tokens), padded to the model's size.
+    static func addTokenizer(to writer: inout GGUFWriter, directory: String, vocabularySize: Int) throws {
+        let tokenizerPath = directory + "/tokenizer.json"
+        guard FileManager.default.fileExists(atPath: tokenizerPath) else { throw FormatError("\(directory): no tokenizer.json to export") }
+        guard let tokenizer = try TokenizerJSON.load(path: tokenizerPath) as? ByteLevelBPETokenizer else {
+            throw FormatError("\(tokenizerPath): only byte-level BPE tokenizers export to GGUF here")
+        }
+        guard tokenizer.vocabularySize <= vocabularySize else {
+            throw FormatError("\(directory): the tokenizer has \(tokenizer.vocabularySize) tokens but the model only \(vocabularySize)")
+        }
+        let pre: String = switch tokenizer.preTokenizer {
+        case .gpt2: "gpt-2"
+        case .smollm: "smollm"
+        case .llama3: "llama-bpe"
+        case .qwen2: "qwen2"
+        }
+        func meta(_ key: String, _ value: GGUFValue) { writer.metadata.append((key, value)) }
         var tokens = tokenizer.tokens, types = tokens.indices.map { tokenizer.isSpecial($0) ? Int32(3) : 1 }
-        for i in tokens.count..<c.vocabularySize {
+        for i in tokens.count..<vocabularySize {
             tokens.append("[PAD\(i)]")
             types.append(5)  // unused
         }
@@ -70,25 +104,45 @@ public enum GGUFExport {
         if let fim = FillInTheMiddle(tokenizer: tokenizer) {
             for (key, id) in zip(FillInTheMiddle.ggufKeys, fim.ggufValues) { if let id { meta(key, .uint32(UInt32(id))) } }
         }
+    }
 
-        // llama.cpp's converter writes each block's tensors in this order.
-        let order: [LlamaTensor.Role] = [.embedding, .attentionNorm, .query, .key, .value, .attentionOutput, .feedForwardNorm,
-                                         .gate, .up, .down, .finalNorm, .output]
-        func rank(_ t: LlamaTensor) -> Int {
-            (t.layer.map { $0 + 1 } ?? (t.role == .embedding ? 0 : c.layerCount + 1)) * order.count + order.firstIndex(of: t.role)!
-        }
-        let tensors = zip(LlamaTensor.all(c), model.parameters).sorted { rank($0.0) < rank($1.0) }
-        for (t, p) in tensors {
-            var values = p.values
-            if t.permutedInGGUF { values = LlamaTensor.interleavePairs(values, heads: t.heads(c), columns: p.shape[1]) }
-            let tensorType: MatrixType = t.isMatrix ? type : .f32
-            let extents = t.isMatrix ? [p.shape[1], p.shape[0]] : [p.count]
-            let name = t.name(.gguf)
-            switch tensorType {
-            case .f32: writer.addTensor(name: name, type: .f32, extents: extents, data: values.withUnsafeBytes { Array($0) })
-            case .f16: writer.addTensor(name: name, type: .f16, extents: extents, data: values.map { Float16($0) }.withUnsafeBytes { Array($0) })
-            case .q8_0: writer.addTensor(name: name, type: .q8_0, extents: extents, data: quantizeQ8_0(values))
+    /// GPT-2 as llama.cpp's converter writes it: `gpt2.*` hyper-parameters, `token_embd`,
+    /// `position_embd`, and per block `attn_norm`, `attn_qkv` (Q, K, V rows fused), `attn_output`,
+    /// `ffn_norm`, `ffn_up` and `ffn_down`, each with its bias; the head tied (no `output`).
+    static func writeGPT2(_ model: TrainableGPT2, directory: String, to path: String, type: MatrixType) throws {
+        let c = model.configuration
+        var writer = GGUFWriter()
+        func meta(_ key: String, _ value: GGUFValue) { writer.metadata.append((key, value)) }
+        meta("general.architecture", .string("gpt2"))
+        meta("general.name", .string((directory as NSString).lastPathComponent))
+        meta("general.file_type", .uint32(type == .f32 ? 0 : type == .f16 ? 1 : 7))
+        meta("gpt2.block_count", .uint32(UInt32(c.layerCount)))
+        meta("gpt2.context_length", .uint32(UInt32(c.maxPositionEmbeddings)))
+        meta("gpt2.embedding_length", .uint32(UInt32(c.hiddenSize)))
+        meta("gpt2.feed_forward_length", .uint32(UInt32(c.intermediateSize)))
+        meta("gpt2.attention.head_count", .uint32(UInt32(c.headCount)))
+        meta("gpt2.attention.layer_norm_epsilon", .float32(c.rmsNormEpsilon))
+        meta("general.quantization_version", .uint32(2))
+        try addTokenizer(to: &writer, directory: directory, vocabularySize: c.vocabularySize)
+        // Hugging Face's tensors, renamed, the Conv1D weights back to [out, in].
+        let names = ["wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight", "ln_f.weight": "output_norm.weight",
+                     "ln_f.bias": "output_norm.bias"]
+        let parts = ["ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up",
+                     "mlp.c_proj": "ffn_down"]
+        for t in model.huggingFaceTensors() {
+            var name = names[t.name] ?? t.name, shape = t.shape, values = t.values
+            if t.name.hasPrefix("h.") {
+                let pieces = t.name.split(separator: ".")  // h, i, module..., weight|bias
+                let module = pieces[2..<(pieces.count - 1)].joined(separator: ".")
+                name = "blk.\(pieces[1]).\(parts[module] ?? module).\(pieces.last!)"
+                if shape.count == 2 {  // Conv1D [in, out] → [out, in]
+                    let (inputs, outputs) = (shape[0], shape[1])
+                    var transposed = [Float](repeating: 0, count: values.count)
+                    for i in 0..<inputs { for o in 0..<outputs { transposed[o * inputs + i] = values[i * outputs + o] } }
+                    (values, shape) = (transposed, [outputs, inputs])
+                }
             }
+            addTensor(to: &writer, name: name, shape: shape, values: values, type: shape.count == 2 && !name.hasPrefix("position") ? type : .f32)
         }
         try writer.write(to: path)
     }

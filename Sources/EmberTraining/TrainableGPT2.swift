@@ -145,3 +145,55 @@ public final class TrainableGPT2: @unchecked Sendable {
         return isConv1D ? conv1D([g]) : g.values
     }
 }
+
+extension TrainableGPT2 {
+    /// The tensors of a GPT2LMHeadModel file, in its layout: (name without `transformer.`, shape, values).
+    func huggingFaceTensors() -> [(name: String, shape: [Int], values: [Float])] {
+        let c = configuration, C = c.hiddenSize, F = c.intermediateSize
+        func values(_ v: Variable) -> [Float] { Array(UnsafeBufferPointer(start: v.pointer, count: v.count)) }
+        /// [out, in] matrices side by side as one Conv1D [in, Σ out].
+        func conv1D(_ parts: [Variable]) -> [Float] {
+            let inputs = parts[0].shape[1], outputs = parts.reduce(0) { $0 + $1.shape[0] }
+            var out = [Float](repeating: 0, count: inputs * outputs)
+            var first = 0
+            for p in parts {
+                for o in 0..<p.shape[0] { for i in 0..<inputs { out[i * outputs + first + o] = p.pointer[o * inputs + i] } }
+                first += p.shape[0]
+            }
+            return out
+        }
+        var list: [(String, [Int], [Float])] = [("wte.weight", [c.vocabularySize, C], values(tokenEmbedding)),
+                                                ("wpe.weight", [c.maxPositionEmbeddings, C], values(positionEmbedding))]
+        for (i, b) in blocks.enumerated() {
+            let h = "h.\(i)."
+            list += [(h + "ln_1.weight", [C], values(b.norm1.weight)), (h + "ln_1.bias", [C], values(b.norm1.bias)),
+                     (h + "attn.c_attn.weight", [C, 3 * C], conv1D([b.query.weight, b.key.weight, b.value.weight])),
+                     (h + "attn.c_attn.bias", [3 * C], values(b.query.bias) + values(b.key.bias) + values(b.value.bias)),
+                     (h + "attn.c_proj.weight", [C, C], conv1D([b.output.weight])), (h + "attn.c_proj.bias", [C], values(b.output.bias)),
+                     (h + "ln_2.weight", [C], values(b.norm2.weight)), (h + "ln_2.bias", [C], values(b.norm2.bias)),
+                     (h + "mlp.c_fc.weight", [C, F], conv1D([b.up.weight])), (h + "mlp.c_fc.bias", [F], values(b.up.bias)),
+                     (h + "mlp.c_proj.weight", [F, C], conv1D([b.down.weight])), (h + "mlp.c_proj.bias", [C], values(b.down.bias))]
+        }
+        return list + [("ln_f.weight", [C], values(finalNorm.weight)), ("ln_f.bias", [C], values(finalNorm.bias))]
+    }
+
+    /// Writes a Hugging Face GPT2LMHeadModel folder: config.json (GPT-2's keys) and model.safetensors
+    /// (`transformer.` names, Conv1D layout, the fused c_attn). The head is tied, so it is not stored.
+    public func save(to directory: String) throws {
+        let c = configuration
+        let config: [String: Any] = [
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": c.hiddenSize, "n_layer": c.layerCount, "n_head": c.headCount,
+            "n_positions": c.maxPositionEmbeddings, "n_ctx": c.maxPositionEmbeddings, "n_inner": c.intermediateSize, "vocab_size": c.vocabularySize,
+            "layer_norm_epsilon": Double(c.rmsNormEpsilon), "activation_function": "gelu_new", "tie_word_embeddings": true,
+            "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "torch_dtype": "float32",
+        ]
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try writeFile(data, to: directory + "/config.json")
+        let tensors = huggingFaceTensors()
+        let buffers = tensors.map { FloatBuffer($0.values) }
+        try SafetensorsWriter.write(zip(tensors, buffers).map { t, b in
+            SafetensorsWriter.Tensor(name: "transformer." + t.name, shape: t.shape, data: UnsafeBufferPointer(start: b.pointer, count: b.count))
+        }, to: directory + "/model.safetensors")
+        withExtendedLifetime(buffers) {}
+    }
+}

@@ -1,4 +1,5 @@
 import EmberFormats
+import EmberModels
 import EmberNN
 import EmberTensor
 import EmberTraining
@@ -40,5 +41,40 @@ import Testing
               + "\(checked) gradients, worst max |Δ| \(worst.difference) (\(worst.name), largest |g| there \(worst.scale))")
         #expect(abs(loss.values[0] - expectedLoss) < 1e-5)
         #expect(checked == 28)
+    }
+}
+
+/// GPT-2's exports: the Hugging Face folder `TrainableGPT2.save` writes gives the original's logits
+/// through Ember's loader, and `GGUFExport` writes the same tensors, names, shapes and bytes as
+/// llama.cpp's own convert_hf_to_gguf.py did for the fixture (Tests/Fixtures/architectures/gpt2/model.gguf).
+@Suite struct GPT2ExportTests {
+    @Test func savedFolderAndGGUFMatchTheOriginals() throws {
+        let source = GPT2GradientTests.root.appendingPathComponent("Tests/Fixtures/architectures/gpt2").path
+        let folder = NSTemporaryDirectory() + "ember-gpt2-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let model = try TrainableGPT2(directory: source + "/hf")
+        try model.save(to: folder)
+        try FileManager.default.copyItem(atPath: source + "/hf/tokenizer.json", toPath: folder + "/tokenizer.json")
+        let tokens = [3, 17, 42, 100, 7, 250, 31]
+        let original = try LoadedModel.load(path: source + "/hf").model.allLogits(tokens)
+        let saved = try LoadedModel.load(path: folder).model.allLogits(tokens)
+        #expect(saved == original, "the saved folder's logits differ")
+
+        try GGUFExport.write(directory: folder, to: folder + "/model.gguf", type: .f32)
+        let ours = try GGUFFile(path: folder + "/model.gguf"), theirs = try GGUFFile(path: source + "/model.gguf")
+        #expect(ours.string("general.architecture") == "gpt2")
+        var compared = 0
+        for info in theirs.tensors {
+            let mine = try #require(ours.tensorInfo(named: info.name), "\(info.name) is missing from Ember's GGUF")
+            #expect(mine.extents == info.extents && mine.ggmlType == info.ggmlType, "\(info.name): \(mine.extents) vs \(info.extents)")
+            let bytes = info.byteCount ?? 0
+            #expect(memcmp(ours.data(of: mine), theirs.data(of: info), bytes) == 0, "\(info.name): different values")
+            compared += 1
+        }
+        #expect(compared == theirs.tensors.count && ours.tensors.count == theirs.tensors.count)
+        let fromGGUF = try LoadedModel.load(path: folder + "/model.gguf").model.allLogits(tokens)
+        #expect(fromGGUF == original, "the exported GGUF's logits differ")
+        print("GPT-2 export: saved folder and GGUF give the original's logits; \(compared) tensors equal to llama.cpp's conversion, byte for byte")
     }
 }
