@@ -123,26 +123,27 @@ public final class TrainableGPT2: @unchecked Sendable {
             let p = arena.parameters[i]
             return (Array(UnsafeBufferPointer(start: p.gradient.pointer, count: p.count)), p.shape)
         }
-        /// [out, in] matrices side by side as one Conv1D [in, Σ out].
-        func conv1D(_ parts: [(values: [Float], shape: [Int])]) -> [Float] {
-            let inputs = parts[0].shape[1], outputs = parts.reduce(0) { $0 + $1.shape[0] }
-            var out = [Float](repeating: 0, count: inputs * outputs)
-            var first = 0
-            for part in parts {
-                for o in 0..<part.shape[0] { for i in 0..<inputs { out[i * outputs + first + o] = part.values[o * inputs + i] } }
-                first += part.shape[0]
-            }
-            return out
-        }
         if name.hasSuffix("attn.c_attn.weight") || name.hasSuffix("attn.c_attn.bias") {
             let base = name.replacingOccurrences(of: "c_attn.", with: ""), weight = name.hasSuffix("weight")
             let parts = ["q", "k", "v"].compactMap { grad(base.replacingOccurrences(of: "attn.", with: "attn.\($0).")) }
             guard parts.count == 3 else { return nil }
-            return weight ? conv1D(parts) : parts.flatMap(\.values)
+            return weight ? Self.conv1D(parts) : parts.flatMap(\.values)
         }
         guard let g = grad(name) else { return nil }
         let isConv1D = name.hasSuffix(".weight") && (name.contains("c_proj") || name.contains("c_fc"))
-        return isConv1D ? conv1D([g]) : g.values
+        return isConv1D ? Self.conv1D([g]) : g.values
+    }
+
+    /// [out, in] matrices side by side as one Conv1D [in, Σ out], Hugging Face GPT-2's layout.
+    static func conv1D(_ parts: [(values: [Float], shape: [Int])]) -> [Float] {
+        let inputs = parts[0].shape[1], outputs = parts.reduce(0) { $0 + $1.shape[0] }
+        var out = [Float](repeating: 0, count: inputs * outputs)
+        var first = 0
+        for part in parts {
+            for o in 0..<part.shape[0] { for i in 0..<inputs { out[i * outputs + first + o] = part.values[o * inputs + i] } }
+            first += part.shape[0]
+        }
+        return out
     }
 }
 
@@ -151,17 +152,7 @@ extension TrainableGPT2 {
     func huggingFaceTensors() -> [(name: String, shape: [Int], values: [Float])] {
         let c = configuration, C = c.hiddenSize, F = c.intermediateSize
         func values(_ v: Variable) -> [Float] { Array(UnsafeBufferPointer(start: v.pointer, count: v.count)) }
-        /// [out, in] matrices side by side as one Conv1D [in, Σ out].
-        func conv1D(_ parts: [Variable]) -> [Float] {
-            let inputs = parts[0].shape[1], outputs = parts.reduce(0) { $0 + $1.shape[0] }
-            var out = [Float](repeating: 0, count: inputs * outputs)
-            var first = 0
-            for p in parts {
-                for o in 0..<p.shape[0] { for i in 0..<inputs { out[i * outputs + first + o] = p.pointer[o * inputs + i] } }
-                first += p.shape[0]
-            }
-            return out
-        }
+        func conv1D(_ parts: [Variable]) -> [Float] { Self.conv1D(parts.map { (values($0), $0.shape) }) }
         var list: [(String, [Int], [Float])] = [("wte.weight", [c.vocabularySize, C], values(tokenEmbedding)),
                                                 ("wpe.weight", [c.maxPositionEmbeddings, C], values(positionEmbedding))]
         for (i, b) in blocks.enumerated() {

@@ -42,14 +42,20 @@ public func layerNormForward(_ x: UnsafePointer<Float>, weight: UnsafePointer<Fl
                              rows: Int, dim: Int, epsilon: Float) {
     for r in 0..<rows {
         let xr = x + r * dim, yr = out + r * dim
-        var sum = 0.0
-        for i in 0..<dim { sum += Double(xr[i]) }
-        let mean = sum / Double(dim)
-        var squares = 0.0
-        for i in 0..<dim { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
-        let scale = 1 / (squares / Double(dim) + Double(epsilon)).squareRoot()
+        let (mean, scale) = layerNormStatistics(xr, dim: dim, epsilon: epsilon)
         for i in 0..<dim { yr[i] = Float((Double(xr[i]) - mean) * scale) * weight[i] + bias[i] }
     }
+}
+
+/// A row's mean and 1 / sqrt(variance + eps), summed in double.
+@inline(__always)
+func layerNormStatistics(_ x: UnsafePointer<Float>, dim: Int, epsilon: Float) -> (mean: Double, rstd: Double) {
+    var sum = 0.0
+    for i in 0..<dim { sum += Double(x[i]) }
+    let mean = sum / Double(dim)
+    var squares = 0.0
+    for i in 0..<dim { squares += (Double(x[i]) - mean) * (Double(x[i]) - mean) }
+    return (mean, 1 / (squares / Double(dim) + Double(epsilon)).squareRoot())
 }
 
 /// The gradients of `layerNormForward`, with x̂ = (x − mean) · rstd recomputed from x, added into
@@ -62,12 +68,7 @@ public func layerNormBackward(dout: UnsafePointer<Float>, x: UnsafePointer<Float
                               rows: Int, dim: Int, epsilon: Float) {
     for r in 0..<rows {
         let xr = x + r * dim, gr = dout + r * dim
-        var sum = 0.0
-        for i in 0..<dim { sum += Double(xr[i]) }
-        let mean = sum / Double(dim)
-        var squares = 0.0
-        for i in 0..<dim { squares += (Double(xr[i]) - mean) * (Double(xr[i]) - mean) }
-        let rstd = 1 / (squares / Double(dim) + Double(epsilon)).squareRoot()
+        let (mean, rstd) = layerNormStatistics(xr, dim: dim, epsilon: epsilon)
         if let dbias { for i in 0..<dim { dbias[i] += gr[i] } }
         if let dweight { for i in 0..<dim { dweight[i] += gr[i] * Float((Double(xr[i]) - mean) * rstd) } }
         guard let dx else { continue }
