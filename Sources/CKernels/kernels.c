@@ -67,11 +67,14 @@ int ember_kernel_tier(void) {
 
 /* The packed types: q4_0, q4_1 and q8_0 keep GGML's blocks of 32 with f16 scales; the integer
    types (EMBER_I8*) hold any block type's 32-element sub-blocks as signed bytes with f32 scales and,
-   as the type needs, minimums and a second scale and minimum for elements 16..31. */
-static inline int int8_values(int type) { return type == EMBER_Q8_0 || type >= EMBER_I8; }
+   as the type needs, minimums and a second scale and minimum for elements 16..31; EMBER_I4_MIN holds
+   4-bit values (q4_K's) as nibbles with an f32 scale and minimum. */
+static inline int int8_values(int type) { return type == EMBER_Q8_0 || (type >= EMBER_I8 && type != EMBER_I4_MIN); }
 static inline int f32_scales(int type) { return type >= EMBER_I8; }
 static inline int has_halves(int type) { return type == EMBER_I8_HALVES || type == EMBER_I8_HALVES_MIN; }
-static inline int has_minimums(int type) { return type == EMBER_Q4_1 || type == EMBER_I8_MIN || type == EMBER_I8_HALVES_MIN; }
+static inline int has_minimums(int type) { return type == EMBER_Q4_1 || type == EMBER_I8_MIN || type == EMBER_I8_HALVES_MIN || type == EMBER_I4_MIN; }
+/* Nibbles stored as they are (0..15, with a minimum): no offset to correct. */
+static inline int unsigned_nibbles(int type) { return type == EMBER_Q4_1 || type == EMBER_I4_MIN; }
 
 /* Sizes and offsets, in one place: one GGML block, and one packed block of 16 rows: the 16 scales
    (f16, or f32 for the integer types), [their second scales], [minimums], [second minimums], then
@@ -118,6 +121,10 @@ void ember_pack_sub_block(int type, uint8_t *block, int lane, const int8_t *valu
         if (has_halves(type)) memcpy(block + packed_second_minimums_offset(type) + 4 * lane, &minimums[1], 4);
     }
     uint8_t *quants = block + packed_quants_offset(type);
+    if (type == EMBER_I4_MIN) {  /* 4-bit values: byte j holds values j and j + 16, as q4_1 keeps them */
+        for (int j = 0; j < 16; j++) quants[packed_value_offset(lane, j)] = (uint8_t)(values[j] | values[j + 16] << 4);
+        return;
+    }
     for (int j = 0; j < 32; j++) quants[packed_value_offset(lane, j)] = (uint8_t)values[j] ^ 0x80;
 }
 
@@ -197,7 +204,7 @@ INLINE int32_t four(const int8_t *x) {
                 }                                                                                                      \
                 __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(four(x)));             \
                 for (int j = 1; j < 8; j++) s = _mm512_dpbusd_epi32(s, w[j], _mm512_set1_epi32(four(x + 4 * j)));     \
-                if (type != EMBER_Q4_1) s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset * xsum[(long)k * blocks + b])); \
+                if (!unsigned_nibbles(type)) s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset * xsum[(long)k * blocks + b])); \
                 acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, xdk), acc[k]);                       \
                 if (has_minimums(type)) acc[k] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[(long)k * blocks + b]), acc[k]); \
             }                                                                                                          \
@@ -399,6 +406,7 @@ GROUPS256(avx2, T256_AVX2, sums_avx2, 1, 0)
             CASE(NAME, EMBER_I8_MIN)                                                                                   \
             CASE(NAME, EMBER_I8_HALVES)                                                                                \
             CASE(NAME, EMBER_I8_HALVES_MIN)                                                                            \
+            CASE(NAME, EMBER_I4_MIN)                                                                                   \
             default: NAME##_groups(EMBER_Q8_0, packed, g0, g1, rows, blocks, xq, xd, xsum, xs, xsum16, xs16, m, y, y_stride); break; \
         }                                                                                                              \
     }
@@ -476,7 +484,7 @@ static void scalar_products(int type, const uint8_t *packed, int g0, int g1, int
                         }
                         continue;
                     }
-                    if (type != EMBER_Q4_1) s[0] -= offset * xsum[(long)i * blocks + b];
+                    if (!unsigned_nibbles(type)) s[0] -= offset * xsum[(long)i * blocks + b];
                     acc = fmaf((float)s[0], dw * xdk, acc);
                     if (has_minimums(type)) acc = fmaf(packed_float(type, block, packed_minimums_offset(type), lane), xs[(long)i * blocks + b], acc);
                 }

@@ -6,7 +6,9 @@
 /// q8_0 blocks, and the integer types, which hold any block type's 32-element sub-blocks as signed
 /// bytes with f32 scales: one scale (I8), a scale and a minimum (I8_MIN), a scale for each 16
 /// elements (I8_HALVES), or a scale and a minimum for each 16 (I8_HALVES_MIN).
-enum { EMBER_Q4_0 = 0, EMBER_Q4_1 = 1, EMBER_Q8_0 = 2, EMBER_I8 = 3, EMBER_I8_MIN = 4, EMBER_I8_HALVES = 5, EMBER_I8_HALVES_MIN = 6 };
+/// EMBER_I4_MIN holds 4-bit values (0..15) as nibbles, with an f32 scale and minimum (q4_K).
+enum { EMBER_Q4_0 = 0, EMBER_Q4_1 = 1, EMBER_Q8_0 = 2, EMBER_I8 = 3, EMBER_I8_MIN = 4, EMBER_I8_HALVES = 5, EMBER_I8_HALVES_MIN = 6,
+       EMBER_I4_MIN = 7 };
 
 /// Kernel tiers of the integer products, each one bit-identical to the others:
 /// 3 = AVX-512 VNNI (with BW, DQ, VL), 2 = 256-bit VNNI (AVX-VNNI, or AVX512_VNNI + VL, whichever the
@@ -35,7 +37,8 @@ long ember_packed_block_bytes(int type);
 void ember_pack_rows(int type, const uint8_t *weights, long row_bytes, int rows, int blocks, uint8_t *packed);
 
 /// Writes one 32-element sub-block of one row (`lane` 0..<16 of its group) of an integer type into the
-/// packed block at `block` (which `ember_packed_block_bytes` sizes): 32 `values` in −127...127, the
+/// packed block at `block` (which `ember_packed_block_bytes` sizes): 32 `values` in −127...127 (0...15
+/// for EMBER_I4_MIN), the
 /// scales of elements 0..<16 and 16..<32 and their minimums (what the type does not have is ignored).
 void ember_pack_sub_block(int type, uint8_t *block, int lane, const int8_t *values, const float *scales, const float *minimums);
 

@@ -150,6 +150,7 @@ final class PackedRows: @unchecked Sendable {
         case .q4_0: Int32(EMBER_Q4_0)
         case .q4_1: Int32(EMBER_Q4_1)
         case .q8_0: Int32(EMBER_Q8_0)
+        case .q4_K: Int32(EMBER_I4_MIN)  // 4-bit values: nibbles, half the bytes of the byte form
         default: Int32(type.hasHalfScales ? (type.hasMinimums ? EMBER_I8_HALVES_MIN : EMBER_I8_HALVES) : (type.hasMinimums ? EMBER_I8_MIN : EMBER_I8))
         }
     }
