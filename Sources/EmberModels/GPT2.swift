@@ -43,10 +43,8 @@ extension LlamaWeights {
         func matrix(_ gguf: String, _ hf: String, out rows: Int, in columns: Int) throws -> WeightMatrix {
             if format == .gguf { return try source.matrix(gguf, rows: rows, columns: columns) }
             let stored = try source.matrix(prefix + hf, rows: columns, columns: rows)
-            let values = dequantize(stored.type, from: stored.data, count: rows * columns)
-            let transposed = FloatBuffer(count: rows * columns)
-            for i in 0..<columns { for o in 0..<rows { transposed.pointer[o * columns + i] = values[i * rows + o] } }
-            return WeightMatrix(type: .f32, rows: rows, columns: columns, data: UnsafeRawPointer(transposed.pointer), owner: transposed)
+            let values = FloatBuffer(transposed(dequantize(stored.type, from: stored.data, count: rows * columns), rows: columns, columns: rows))
+            return WeightMatrix(type: .f32, rows: rows, columns: columns, data: UnsafeRawPointer(values.pointer), owner: values)
         }
         let embedding = try format == .gguf ? source.matrix("token_embd.weight", rows: c.vocabularySize, columns: C)
                                             : source.matrix(prefix + "wte.weight", rows: c.vocabularySize, columns: C)

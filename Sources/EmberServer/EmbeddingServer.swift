@@ -57,14 +57,7 @@ public struct EmbeddingServer: Sendable {
     /// The token sequences of `input`, each with [CLS] and [SEP] and cut at the model's length.
     func sequences(_ input: JinjaValue?) throws -> [[Int]] {
         let vocabulary = encoder.configuration.vocabularySize
-        func ids(_ items: [JinjaValue], _ what: String) throws -> [Int] {
-            try items.map {
-                guard case .int(let id) = $0, (0..<vocabulary).contains(id) else {
-                    throw APIError.badRequest("\(what) must hold token ids between 0 and \(vocabulary - 1)", param: "input")
-                }
-                return id
-            }
-        }
+        func ids(_ items: [JinjaValue], _ what: String) throws -> [Int] { try tokenIDs(items, vocabulary: vocabulary, what: what, param: "input") }
         switch input {
         case .string(let text)?:
             return [encoder.tokens(text)]

@@ -94,12 +94,7 @@ public struct OpenAIServer: Sendable {
                 switch value {
                 case .string(let text): return prompting.tokens(text)
                 case .list(let items):
-                    return try items.map {
-                        guard case .int(let id) = $0, (0..<tokenizer.vocabularySize).contains(id) else {
-                            throw APIError.badRequest("\(what) must be a string or a list of token ids between 0 and \(tokenizer.vocabularySize - 1)", param: "input")
-                        }
-                        return id
-                    }
+                    return try tokenIDs(items, vocabulary: tokenizer.vocabularySize, what: what, param: "input")
                 default: throw APIError.badRequest("\(what) must be a string or a list of token ids", param: "input")
                 }
             }
@@ -350,12 +345,7 @@ public struct OpenAIServer: Sendable {
     /// The prompts of `/v1/completions`: a string, a list of token ids, or a list of either.
     private func completionPrompts(_ value: JinjaValue?) throws -> [(tokens: [Int], text: String?)] {
         func ids(_ items: [JinjaValue], _ what: String) throws -> [Int] {
-            try items.map {
-                guard case .int(let id) = $0, (0..<tokenizer.vocabularySize).contains(id) else {
-                    throw APIError.badRequest("\(what) must hold token ids between 0 and \(tokenizer.vocabularySize - 1)", param: "prompt")
-                }
-                return id
-            }
+            try tokenIDs(items, vocabulary: tokenizer.vocabularySize, what: what, param: "prompt")
         }
         switch value {
         case .string(let s)?:

@@ -147,3 +147,13 @@ extension JinjaValue {
     static func object(_ pairs: [(String, JinjaValue)]) -> JinjaValue { .dict(JinjaDict(pairs)) }
     static func str(_ s: String?) -> JinjaValue { s.map { .string($0) } ?? .none }
 }
+
+/// A request's list of token ids, each checked against the vocabulary (a 400 naming `what` otherwise).
+func tokenIDs(_ items: [JinjaValue], vocabulary: Int, what: String, param: String) throws -> [Int] {
+    try items.map {
+        guard case .int(let id) = $0, (0..<vocabulary).contains(id) else {
+            throw APIError.badRequest("\(what) must hold token ids between 0 and \(vocabulary - 1)", param: param)
+        }
+        return id
+    }
+}

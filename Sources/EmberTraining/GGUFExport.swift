@@ -124,25 +124,19 @@ public enum GGUFExport {
         meta("gpt2.attention.layer_norm_epsilon", .float32(c.rmsNormEpsilon))
         meta("general.quantization_version", .uint32(2))
         try addTokenizer(to: &writer, directory: directory, vocabularySize: c.vocabularySize)
-        // Hugging Face's tensors, renamed, the Conv1D weights back to [out, in].
+        // Hugging Face's tensors renamed, every matrix [out, in] as the model holds it.
         let names = ["wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight", "ln_f.weight": "output_norm.weight",
                      "ln_f.bias": "output_norm.bias"]
         let parts = ["ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up",
                      "mlp.c_proj": "ffn_down"]
-        for t in model.huggingFaceTensors() {
-            var name = names[t.name] ?? t.name, shape = t.shape, values = t.values
+        for t in model.tensors(\.values) {
+            var name = names[t.name] ?? t.name
             if t.name.hasPrefix("h.") {
                 let pieces = t.name.split(separator: ".")  // h, i, module..., weight|bias
                 let module = pieces[2..<(pieces.count - 1)].joined(separator: ".")
                 name = "blk.\(pieces[1]).\(parts[module] ?? module).\(pieces.last!)"
-                if shape.count == 2 {  // Conv1D [in, out] → [out, in]
-                    let (inputs, outputs) = (shape[0], shape[1])
-                    var transposed = [Float](repeating: 0, count: values.count)
-                    for i in 0..<inputs { for o in 0..<outputs { transposed[o * inputs + i] = values[i * outputs + o] } }
-                    (values, shape) = (transposed, [outputs, inputs])
-                }
             }
-            addTensor(to: &writer, name: name, shape: shape, values: values, type: shape.count == 2 && !name.hasPrefix("position") ? type : .f32)
+            addTensor(to: &writer, name: name, shape: t.shape, values: t.values, type: t.shape.count == 2 && !name.hasPrefix("position") ? type : .f32)
         }
         try writer.write(to: path)
     }

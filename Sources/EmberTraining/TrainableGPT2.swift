@@ -63,22 +63,21 @@ public final class TrainableGPT2: @unchecked Sendable {
             p.pointer.update(from: values, count: p.count)
             return p
         }
-        /// A Conv1D weight [in, out] as [out, in], or rows `columns` of its out dimension.
-        func conv1D(_ name: String, in inputs: Int, out outputs: Int, columns: Range<Int>? = nil) throws -> [Float] {
-            let stored = try read(name, inputs * outputs), range = columns ?? 0..<outputs
-            var out = [Float](repeating: 0, count: range.count * inputs)
-            for i in 0..<inputs { for (o, column) in range.enumerated() { out[o * inputs + i] = stored[i * outputs + column] } }
-            return out
+        /// A Conv1D weight [in, out] as [out, in].
+        func conv1D(_ name: String, in inputs: Int, out outputs: Int) throws -> [Float] {
+            transposed(try read(name, inputs * outputs), rows: inputs, columns: outputs)
         }
         tokenEmbedding = fill(try read("wte.weight", c.vocabularySize * C))
         positionEmbedding = fill(try read("wpe.weight", c.maxPositionEmbeddings * C))
         blocks = try (0..<c.layerCount).map { i in
             let h = "h.\(i).", F = c.intermediateSize
             let norm1 = (fill(try read(h + "ln_1.weight", C)), fill(try read(h + "ln_1.bias", C)))
-            let qkvBias = try read(h + "attn.c_attn.bias", 3 * C)
-            let q = (fill(try conv1D(h + "attn.c_attn.weight", in: C, out: 3 * C, columns: 0..<C)), fill(Array(qkvBias[0..<C])))
-            let k = (fill(try conv1D(h + "attn.c_attn.weight", in: C, out: 3 * C, columns: C..<2 * C)), fill(Array(qkvBias[C..<2 * C])))
-            let v = (fill(try conv1D(h + "attn.c_attn.weight", in: C, out: 3 * C, columns: 2 * C..<3 * C)), fill(Array(qkvBias[2 * C..<3 * C])))
+            // c_attn as [3C, C]: the rows of Q, then K, then V.
+            let qkv = try conv1D(h + "attn.c_attn.weight", in: C, out: 3 * C), qkvBias = try read(h + "attn.c_attn.bias", 3 * C)
+            func part(_ k: Int) -> (Variable, Variable) {
+                (fill(Array(qkv[k * C * C..<(k + 1) * C * C])), fill(Array(qkvBias[k * C..<(k + 1) * C])))
+            }
+            let q = part(0), k = part(1), v = part(2)
             let o = (fill(try conv1D(h + "attn.c_proj.weight", in: C, out: C)), fill(try read(h + "attn.c_proj.bias", C)))
             let norm2 = (fill(try read(h + "ln_2.weight", C)), fill(try read(h + "ln_2.bias", C)))
             let up = (fill(try conv1D(h + "mlp.c_fc.weight", in: C, out: F)), fill(try read(h + "mlp.c_fc.bias", F)))
@@ -117,55 +116,36 @@ public final class TrainableGPT2: @unchecked Sendable {
     /// The gradient of the Hugging Face tensor `name` (without `transformer.`), in the file's layout:
     /// Conv1D weights [in, out], `c_attn` the fused Q, K, V.
     public func gradient(named name: String) -> [Float]? {
-        let names = Self.tensors(configuration).map(\.name)
-        func grad(_ n: String) -> (values: [Float], shape: [Int])? {
-            guard let i = names.firstIndex(of: n) else { return nil }
-            let p = arena.parameters[i]
-            return (Array(UnsafeBufferPointer(start: p.gradient.pointer, count: p.count)), p.shape)
-        }
-        if name.hasSuffix("attn.c_attn.weight") || name.hasSuffix("attn.c_attn.bias") {
-            let base = name.replacingOccurrences(of: "c_attn.", with: ""), weight = name.hasSuffix("weight")
-            let parts = ["q", "k", "v"].compactMap { grad(base.replacingOccurrences(of: "attn.", with: "attn.\($0).")) }
-            guard parts.count == 3 else { return nil }
-            return weight ? Self.conv1D(parts) : parts.flatMap(\.values)
-        }
-        guard let g = grad(name) else { return nil }
-        let isConv1D = name.hasSuffix(".weight") && (name.contains("c_proj") || name.contains("c_fc"))
-        return isConv1D ? Self.conv1D([g]) : g.values
-    }
-
-    /// [out, in] matrices side by side as one Conv1D [in, Σ out], Hugging Face GPT-2's layout.
-    static func conv1D(_ parts: [(values: [Float], shape: [Int])]) -> [Float] {
-        let inputs = parts[0].shape[1], outputs = parts.reduce(0) { $0 + $1.shape[0] }
-        var out = [Float](repeating: 0, count: inputs * outputs)
-        var first = 0
-        for part in parts {
-            for o in 0..<part.shape[0] { for i in 0..<inputs { out[i * outputs + first + o] = part.values[o * inputs + i] } }
-            first += part.shape[0]
-        }
-        return out
+        fileTensors { Array(UnsafeBufferPointer(start: $0.gradient.pointer, count: $0.count)) }.first { $0.name == name }?.values
     }
 }
 
 extension TrainableGPT2 {
-    /// The tensors of a GPT2LMHeadModel file, in its layout: (name without `transformer.`, shape, values).
-    func huggingFaceTensors() -> [(name: String, shape: [Int], values: [Float])] {
-        let c = configuration, C = c.hiddenSize, F = c.intermediateSize
-        func values(_ v: Variable) -> [Float] { Array(UnsafeBufferPointer(start: v.pointer, count: v.count)) }
-        func conv1D(_ parts: [Variable]) -> [Float] { Self.conv1D(parts.map { (values($0), $0.shape) }) }
-        var list: [(String, [Int], [Float])] = [("wte.weight", [c.vocabularySize, C], values(tokenEmbedding)),
-                                                ("wpe.weight", [c.maxPositionEmbeddings, C], values(positionEmbedding))]
+    /// The model's tensors as GPT2LMHeadModel names them (without `transformer.`), from `read` of
+    /// each parameter (its values or its gradient): matrices [out, in], `c_attn` the rows of Q, K and V
+    /// fused; `conv1D` marks the weights the file stores transposed.
+    func tensors(_ read: (Variable) -> [Float]) -> [(name: String, shape: [Int], values: [Float], conv1D: Bool)] {
+        let c = configuration, C = c.hiddenSize
+        func one(_ name: String, _ v: Variable, conv1D: Bool = false) -> (String, [Int], [Float], Bool) { (name, v.shape, read(v), conv1D) }
+        var list = [one("wte.weight", tokenEmbedding), one("wpe.weight", positionEmbedding)]
         for (i, b) in blocks.enumerated() {
             let h = "h.\(i)."
-            list += [(h + "ln_1.weight", [C], values(b.norm1.weight)), (h + "ln_1.bias", [C], values(b.norm1.bias)),
-                     (h + "attn.c_attn.weight", [C, 3 * C], conv1D([b.query.weight, b.key.weight, b.value.weight])),
-                     (h + "attn.c_attn.bias", [3 * C], values(b.query.bias) + values(b.key.bias) + values(b.value.bias)),
-                     (h + "attn.c_proj.weight", [C, C], conv1D([b.output.weight])), (h + "attn.c_proj.bias", [C], values(b.output.bias)),
-                     (h + "ln_2.weight", [C], values(b.norm2.weight)), (h + "ln_2.bias", [C], values(b.norm2.bias)),
-                     (h + "mlp.c_fc.weight", [C, F], conv1D([b.up.weight])), (h + "mlp.c_fc.bias", [F], values(b.up.bias)),
-                     (h + "mlp.c_proj.weight", [F, C], conv1D([b.down.weight])), (h + "mlp.c_proj.bias", [C], values(b.down.bias))]
+            list += [one(h + "ln_1.weight", b.norm1.weight), one(h + "ln_1.bias", b.norm1.bias),
+                     (h + "attn.c_attn.weight", [3 * C, C], read(b.query.weight) + read(b.key.weight) + read(b.value.weight), true),
+                     (h + "attn.c_attn.bias", [3 * C], read(b.query.bias) + read(b.key.bias) + read(b.value.bias), false),
+                     one(h + "attn.c_proj.weight", b.output.weight, conv1D: true), one(h + "attn.c_proj.bias", b.output.bias),
+                     one(h + "ln_2.weight", b.norm2.weight), one(h + "ln_2.bias", b.norm2.bias),
+                     one(h + "mlp.c_fc.weight", b.up.weight, conv1D: true), one(h + "mlp.c_fc.bias", b.up.bias),
+                     one(h + "mlp.c_proj.weight", b.down.weight, conv1D: true), one(h + "mlp.c_proj.bias", b.down.bias)]
         }
-        return list + [("ln_f.weight", [C], values(finalNorm.weight)), ("ln_f.bias", [C], values(finalNorm.bias))]
+        return list + [one("ln_f.weight", finalNorm.weight), one("ln_f.bias", finalNorm.bias)]
+    }
+
+    /// `tensors` in the file's own layout: the Conv1D weights [in, out].
+    func fileTensors(_ read: (Variable) -> [Float]) -> [(name: String, shape: [Int], values: [Float])] {
+        tensors(read).map { t in
+            t.conv1D ? (t.name, [t.shape[1], t.shape[0]], transposed(t.values, rows: t.shape[0], columns: t.shape[1])) : (t.name, t.shape, t.values)
+        }
     }
 
     /// Writes a Hugging Face GPT2LMHeadModel folder: config.json (GPT-2's keys) and model.safetensors
@@ -180,7 +160,7 @@ extension TrainableGPT2 {
         ]
         let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try writeFile(data, to: directory + "/config.json")
-        let tensors = huggingFaceTensors()
+        let tensors = fileTensors(\.values)
         let buffers = tensors.map { FloatBuffer($0.values) }
         try SafetensorsWriter.write(zip(tensors, buffers).map { t, b in
             SafetensorsWriter.Tensor(name: "transformer." + t.name, shape: t.shape, data: UnsafeBufferPointer(start: b.pointer, count: b.count))

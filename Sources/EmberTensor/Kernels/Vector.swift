@@ -118,3 +118,11 @@ public func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePo
 public func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
     for i in 0..<n { y[i] += x[i] }
 }
+
+/// A row-major [rows, columns] matrix as [columns, rows] (GPT-2's Conv1D weights are stored [in, out]).
+public func transposed(_ values: [Float], rows: Int, columns: Int) -> [Float] {
+    precondition(values.count == rows * columns, "transposed: \(values.count) values are not \(rows) × \(columns)")
+    var out = [Float](repeating: 0, count: values.count)
+    for r in 0..<rows { for c in 0..<columns { out[c * rows + r] = values[r * columns + c] } }
+    return out
+}
