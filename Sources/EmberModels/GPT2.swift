@@ -17,15 +17,21 @@ extension LlamaConfiguration {
 
     init(gpt2 decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: GPT2Key.self)
-        let C = try c.decode(Int.self, forKey: .embedding), heads = try c.decode(Int.self, forKey: .heads)
+        let C = try c.decode(Int.self, forKey: .embedding)
         if let activation = try c.decodeIfPresent(String.self, forKey: .activation), !["gelu_new", "gelu_pytorch_tanh"].contains(activation) {
             throw FormatError("config.json: activation_function \(activation) is not supported for GPT-2 (gelu_new is)")
         }
-        self.init(hiddenSize: C, intermediateSize: try c.decodeIfPresent(Int.self, forKey: .inner) ?? 4 * C,
-                  layerCount: try c.decode(Int.self, forKey: .layers), headCount: heads, kvHeadCount: heads,
+        self.init(gpt2: C, intermediateSize: try c.decodeIfPresent(Int.self, forKey: .inner) ?? 4 * C,
+                  layerCount: try c.decode(Int.self, forKey: .layers), headCount: try c.decode(Int.self, forKey: .heads),
                   vocabularySize: try c.decode(Int.self, forKey: .vocabulary),
-                  maxPositionEmbeddings: try c.decodeIfPresent(Int.self, forKey: .positions) ?? c.decodeIfPresent(Int.self, forKey: .context) ?? 1024,
-                  rmsNormEpsilon: try c.decodeIfPresent(Float.self, forKey: .epsilon) ?? 1e-5, tieWordEmbeddings: true)
+                  context: try c.decodeIfPresent(Int.self, forKey: .positions) ?? c.decodeIfPresent(Int.self, forKey: .context) ?? 1024,
+                  epsilon: try c.decodeIfPresent(Float.self, forKey: .epsilon) ?? 1e-5)
+    }
+
+    /// A GPT-2 configuration of hidden size `C` (the MLP 4·C wide unless given).
+    public init(gpt2 C: Int, intermediateSize: Int? = nil, layerCount: Int, headCount: Int, vocabularySize: Int, context: Int, epsilon: Float = 1e-5) {
+        self.init(hiddenSize: C, intermediateSize: intermediateSize ?? 4 * C, layerCount: layerCount, headCount: headCount, kvHeadCount: headCount,
+                  vocabularySize: vocabularySize, maxPositionEmbeddings: context, rmsNormEpsilon: epsilon, tieWordEmbeddings: true)
         family = .gpt2
         attentionBias = true
         architectures = ["GPT2LMHeadModel"]

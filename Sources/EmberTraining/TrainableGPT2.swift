@@ -43,12 +43,47 @@ public final class TrainableGPT2: @unchecked Sendable {
         return list + [("ln_f.weight", [C]), ("ln_f.bias", [C])]
     }
 
+    /// Weights from `values(name, shape)`, asked for in the arena's order and naming (`tensors`).
+    init(configuration c: LlamaConfiguration, values: (String, [Int]) throws -> [Float]) throws {
+        guard c.family == .gpt2 else { throw TrainingError("not a GPT-2 configuration (\(c.family.rawValue))") }
+        try c.validate()
+        configuration = c
+        let list = Self.tensors(c)
+        arena = ParameterArena(list)
+        for (p, t) in zip(arena.parameters, list) {
+            let v = try values(t.name, t.shape)
+            precondition(v.count == p.count, "\(t.name): \(v.count) values for \(p.count)")
+            p.pointer.update(from: v, count: p.count)
+        }
+        var parameters = arena.parameters.makeIterator()
+        func pair() -> (Variable, Variable) { (parameters.next()!, parameters.next()!) }
+        tokenEmbedding = parameters.next()!
+        positionEmbedding = parameters.next()!
+        blocks = (0..<c.layerCount).map { _ in
+            let norm1 = pair(), q = pair(), k = pair(), v = pair(), o = pair(), norm2 = pair(), up = pair(), down = pair()
+            return Block(norm1: norm1, norm2: norm2, query: q, key: k, value: v, output: o, up: up, down: down)
+        }
+        finalNorm = pair()
+    }
+
+    /// A new model as Hugging Face's GPT-2 draws one: matrices and embeddings from N(0, 0.02²), the
+    /// two residual projections (`c_proj`) from N(0, (0.02 / √(2·layers))²), biases 0, LayerNorms
+    /// at weight 1 and bias 0, from a seeded generator.
+    public convenience init(configuration c: LlamaConfiguration, seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        let residual = 0.02 / Double(2 * c.layerCount).squareRoot()
+        try self.init(configuration: c) { name, shape in
+            let n = shape.reduce(1, *)
+            if shape.count == 1 { return [Float](repeating: name.contains("ln_") && name.hasSuffix(".weight") ? 1 : 0, count: n) }
+            let std = name.hasSuffix("c_proj.weight") ? residual : 0.02
+            return (0..<n).map { _ in Float(std * random.nextNormal()) }
+        }
+    }
+
     /// A GPT2LMHeadModel folder (`config.json` and safetensors, names with or without `transformer.`).
-    public init(directory: String) throws {
+    public convenience init(directory: String) throws {
         let c = try LlamaConfiguration.load(configPath: directory + "/config.json")
         guard c.family == .gpt2 else { throw TrainingError("\(directory): not a GPT-2 model (\(c.family.rawValue))") }
-        configuration = c
-        arena = ParameterArena(Self.tensors(c))
         let files = try SafetensorsCollection(directory: directory)
         let prefix = files.entry("transformer.wte.weight") != nil ? "transformer." : ""
         func read(_ name: String, _ count: Int) throws -> [Float] {
@@ -57,50 +92,46 @@ public final class TrainableGPT2: @unchecked Sendable {
             return dequantize(entry.dtype, from: file.data(of: entry), count: count)
         }
         let C = c.hiddenSize
-        var parameters = arena.parameters.makeIterator()
-        func fill(_ values: [Float]) -> Variable {
-            let p = parameters.next()!
-            p.pointer.update(from: values, count: p.count)
-            return p
-        }
-        /// A Conv1D weight [in, out] as [out, in].
-        func conv1D(_ name: String, in inputs: Int, out outputs: Int) throws -> [Float] {
-            transposed(try read(name, inputs * outputs), rows: inputs, columns: outputs)
-        }
-        tokenEmbedding = fill(try read("wte.weight", c.vocabularySize * C))
-        positionEmbedding = fill(try read("wpe.weight", c.maxPositionEmbeddings * C))
-        blocks = try (0..<c.layerCount).map { i in
-            let h = "h.\(i).", F = c.intermediateSize
-            let norm1 = (fill(try read(h + "ln_1.weight", C)), fill(try read(h + "ln_1.bias", C)))
-            // c_attn as [3C, C]: the rows of Q, then K, then V.
-            let qkv = try conv1D(h + "attn.c_attn.weight", in: C, out: 3 * C), qkvBias = try read(h + "attn.c_attn.bias", 3 * C)
-            func part(_ k: Int) -> (Variable, Variable) {
-                (fill(Array(qkv[k * C * C..<(k + 1) * C * C])), fill(Array(qkvBias[k * C..<(k + 1) * C])))
+        var fused: (layer: String, weight: [Float], bias: [Float])?
+        try self.init(configuration: c) { name, shape in
+            let n = shape.reduce(1, *)
+            // h.i.attn.{q,k,v}.{weight,bias}: the rows of c_attn (as [3C, C]), Q then K then V.
+            if let range = name.range(of: #"attn\.[qkv]\."#, options: .regularExpression) {
+                let layer = String(name[..<range.lowerBound])
+                if fused?.layer != layer {
+                    fused = (layer, transposed(try read(layer + "attn.c_attn.weight", 3 * C * C), rows: C, columns: 3 * C),
+                             try read(layer + "attn.c_attn.bias", 3 * C))
+                }
+                let k = ["q", "k", "v"].firstIndex(of: String(name[name.index(range.lowerBound, offsetBy: 5)]))!
+                let source = shape.count == 2 ? fused!.weight : fused!.bias
+                return Array(source[k * n..<(k + 1) * n])
             }
-            let q = part(0), k = part(1), v = part(2)
-            let o = (fill(try conv1D(h + "attn.c_proj.weight", in: C, out: C)), fill(try read(h + "attn.c_proj.bias", C)))
-            let norm2 = (fill(try read(h + "ln_2.weight", C)), fill(try read(h + "ln_2.bias", C)))
-            let up = (fill(try conv1D(h + "mlp.c_fc.weight", in: C, out: F)), fill(try read(h + "mlp.c_fc.bias", F)))
-            let down = (fill(try conv1D(h + "mlp.c_proj.weight", in: F, out: C)), fill(try read(h + "mlp.c_proj.bias", C)))
-            return Block(norm1: norm1, norm2: norm2, query: q, key: k, value: v, output: o, up: up, down: down)
+            // Conv1D weights are stored [in, out].
+            if shape.count == 2 && name.hasPrefix("h.") { return transposed(try read(name, n), rows: shape[1], columns: shape[0]) }
+            return try read(name, n)
         }
-        finalNorm = (fill(try read("ln_f.weight", C)), fill(try read("ln_f.bias", C)))
     }
 
-    /// Logits [B·T, V] of `inputs` [B·T] (B sequences of T tokens, each from position 0).
-    public func logits(_ tape: Tape, inputs: [Int32], batch B: Int) -> Variable {
+    /// Logits [B·T, V] of `inputs` [B·T] (B sequences of T tokens, each from position 0, or at
+    /// `positions` when rows hold packed sequences, each then attending within itself only).
+    public func logits(_ tape: Tape, inputs: [Int32], batch B: Int, positions packed: [Int32]? = nil,
+                       recompute: TrainableLlama.Recompute = .none) -> Variable {
         let c = configuration, T = inputs.count / B, C = c.hiddenSize, H = c.headCount, eps = c.rmsNormEpsilon
         precondition(inputs.count == B * T && T <= c.maxPositionEmbeddings, "GPT-2: \(inputs.count) tokens are not \(B) sequences within the context")
-        func linear(_ x: Variable, _ l: (weight: Variable, bias: Variable)) -> Variable { tape.addBias(tape.linear(x, l.weight), l.bias) }
-        let positions = (0..<B * T).map { Int32($0 % T) }
+        func linear(_ tape: Tape, _ x: Variable, _ l: (weight: Variable, bias: Variable)) -> Variable { tape.addBias(tape.linear(x, l.weight), l.bias) }
+        let positions = packed ?? (0..<B * T).map { Int32($0 % T) }
+        let segmentStarts = packed.map { TrainableLlama.segmentStarts(positions: $0, tokens: T) }
         var x = tape.add(tape.embedding(inputs, tokenEmbedding), tape.embedding(positions, positionEmbedding))
         for block in blocks {
-            let h = tape.layerNorm(x, block.norm1.weight, block.norm1.bias, epsilon: eps)
-            let a = tape.attention(q: linear(h, block.query), k: linear(h, block.key), v: linear(h, block.value), batch: B, tokens: T,
-                                   heads: H, kvHeads: H, headDim: C / H)
-            x = tape.add(x, linear(a, block.output))
-            let h2 = tape.layerNorm(x, block.norm2.weight, block.norm2.bias, epsilon: eps)
-            x = tape.add(x, linear(tape.gelu(linear(h2, block.up)), block.down))
+            let body: (Tape, Variable) -> Variable = { tape, x in
+                let h = tape.layerNorm(x, block.norm1.weight, block.norm1.bias, epsilon: eps)
+                let a = tape.attention(q: linear(tape, h, block.query), k: linear(tape, h, block.key), v: linear(tape, h, block.value), batch: B, tokens: T,
+                                       heads: H, kvHeads: H, headDim: C / H, segmentStarts: segmentStarts)
+                let x1 = tape.add(x, linear(tape, a, block.output))
+                let h2 = tape.layerNorm(x1, block.norm2.weight, block.norm2.bias, epsilon: eps)
+                return tape.add(x1, linear(tape, tape.gelu(linear(tape, h2, block.up)), block.down))
+            }
+            x = recompute == .block ? tape.checkpoint(x, body) : body(tape, x)
         }
         return tape.linear(tape.layerNorm(x, finalNorm.weight, finalNorm.bias, epsilon: eps), tokenEmbedding)
     }
@@ -148,7 +179,7 @@ extension TrainableGPT2 {
         }
     }
 
-    /// Writes a Hugging Face GPT2LMHeadModel folder: config.json (GPT-2's keys) and model.safetensors
+    /// Writes a Hugging Face GPT2LMHeadModel folder: config.json (GPT-2's keys, no token ids) and model.safetensors
     /// (`transformer.` names, Conv1D layout, the fused c_attn). The head is tied, so it is not stored.
     public func save(to directory: String) throws {
         let c = configuration
@@ -157,6 +188,8 @@ extension TrainableGPT2 {
             "n_positions": c.maxPositionEmbeddings, "n_ctx": c.maxPositionEmbeddings, "n_inner": c.intermediateSize, "vocab_size": c.vocabularySize,
             "layer_norm_epsilon": Double(c.rmsNormEpsilon), "activation_function": "gelu_new", "tie_word_embeddings": true,
             "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "torch_dtype": "float32",
+            // GPT2Config's defaults (50256) name OpenAI's vocabulary; the tokenizer beside the model names its own.
+            "bos_token_id": NSNull(), "eos_token_id": NSNull(),
         ]
         let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try writeFile(data, to: directory + "/config.json")

@@ -50,6 +50,10 @@ public final class TrainableLlama: @unchecked Sendable {
     let ropeMode: RopeMode
     /// The tensor-parallel group the forward's collectives run in (set by the trainer).
     public var tensor: TensorGroup?
+    /// A GPT-2 model trains through this class too: it then holds the weights and runs the forward,
+    /// and this class gives the trainer its arena, its loss and its saving (one process or plain data
+    /// parallel; not under ZeRO, tensor or pipeline parallelism, or with LoRA).
+    public let gpt2: TrainableGPT2?
 
     /// Called during a backward with the arena offset from which on every gradient is final
     /// (after each block's backward, from the last block to the first): data parallelism
@@ -171,6 +175,29 @@ public final class TrainableLlama: @unchecked Sendable {
         score = nil
         valueHead = nil
         ropeMode = .neox
+        gpt2 = nil
+    }
+
+    /// A GPT-2 model for the trainer (whole: GPT-2 is not split by tensor or pipeline parallelism).
+    public init(gpt2 model: TrainableGPT2, layout: ModelLayout = .whole) throws {
+        guard layout.isWhole else {
+            throw TrainingError("GPT-2 trains in one process or data parallel; tensor and pipeline parallelism split LLaMA models only")
+        }
+        configuration = model.configuration
+        self.layout = layout
+        arena = model.arena
+        parameters = model.arena.parameters
+        slices = []
+        embedding = nil
+        blocks = []
+        finalNorm = nil
+        output = nil
+        base = nil
+        lora = nil
+        score = nil
+        valueHead = nil
+        ropeMode = .neox
+        gpt2 = model
     }
 
     /// LoRA over a frozen base: the base's weights stay where they are, in their own storage type
@@ -190,6 +217,7 @@ public final class TrainableLlama: @unchecked Sendable {
         self.base = base
         lora = settings
         ropeMode = base.ropeMode
+        gpt2 = nil
         var tensors: [(String, [Int])] = []
         for layer in 0..<c.layerCount {
             for target in settings.targets {
@@ -280,6 +308,10 @@ public final class TrainableLlama: @unchecked Sendable {
     /// `initializer_range`), norms at 1, from a seeded generator; under a layout, this rank's
     /// part of the very model one process would draw.
     public convenience init(configuration: LlamaConfiguration, seed: UInt64, layout: ModelLayout = .whole) throws {
+        if configuration.family == .gpt2 {
+            try self.init(gpt2: TrainableGPT2(configuration: configuration, seed: seed), layout: layout)
+            return
+        }
         try configuration.validate()
         var random = SplitMix64(seed: seed)
         try self.init(configuration: configuration, layout: layout) { name, shape in
@@ -293,6 +325,10 @@ public final class TrainableLlama: @unchecked Sendable {
     /// directory (this layout's part of them).
     public convenience init(directory: String, layout: ModelLayout = .whole) throws {
         let configuration = try LlamaConfiguration.load(configPath: directory + "/config.json")
+        if configuration.family == .gpt2 {
+            try self.init(gpt2: TrainableGPT2(directory: directory), layout: layout)
+            return
+        }
         let weights = try SafetensorsCollection(directory: directory)
         try self.init(configuration: configuration, layout: layout) { name, shape in
             guard let (file, entry) = weights.entry(name) else { throw FormatError("\(directory): tensor \(name) is missing") }
@@ -307,7 +343,7 @@ public final class TrainableLlama: @unchecked Sendable {
     /// of the matrices): what the training changes, it sees at once. Rollouts and evaluation during
     /// post-training run on it; it uses the Hugging Face RoPE layout the weights are trained in.
     public func inferenceModel() -> Llama {
-        precondition(layout.isWhole && lora == nil, "an inference model needs the whole model")
+        precondition(layout.isWhole && lora == nil && gpt2 == nil, "an inference model needs a whole LLaMA model")
         func matrix(_ v: Variable) -> WeightMatrix {
             WeightMatrix(type: .f32, rows: v.shape[0], columns: v.shape[1], data: UnsafeRawPointer(v.pointer), owner: v.value)
         }
@@ -323,8 +359,12 @@ public final class TrainableLlama: @unchecked Sendable {
     }
 
     /// Whether a parameter takes weight decay: the projection matrices, an untied output and LoRA's
-    /// A and B do; norms and the embedding do not.
-    public static func decays(_ name: String) -> Bool { name.hasSuffix("proj.weight") || name == "lm_head.weight" || name.contains(".lora_") }
+    /// A and B do; norms, biases and the embeddings do not (GPT-2's matrices are `h.N.attn.*` and
+    /// `h.N.mlp.*` weights).
+    public static func decays(_ name: String) -> Bool {
+        name.hasSuffix("proj.weight") || name == "lm_head.weight" || name.contains(".lora_")
+            || name.hasPrefix("h.") && name.hasSuffix(".weight") && (name.contains(".attn.") || name.contains(".mlp."))
+    }
 
     /// LoRA over the model at `path`: a Hugging Face folder (its f32, f16 or bf16 weights where
     /// they lie) or a GGUF file (QLoRA: its quantized weights, never expanded whole). With
@@ -359,6 +399,7 @@ public final class TrainableLlama: @unchecked Sendable {
     /// the adapter (`adapter_model.safetensors`, `adapter_config.json`).
     public func save(to directory: String) throws {
         precondition(layout.isWhole, "a part of a model is saved through its trainer, which assembles the whole")
+        if let gpt2 { return try gpt2.save(to: directory) }
         if lora != nil {
             try adapter().save(to: directory)
             if let valueHead {
@@ -419,6 +460,10 @@ public final class TrainableLlama: @unchecked Sendable {
     /// the score head's scores).
     func forward(_ tape: Tape, inputs: [Int32]?, input: Variable?, batch B: Int, tokens T: Int, positions packed: [Int32]?,
                  recompute: Recompute, head: ((Tape, Variable) -> Variable)?) -> Variable {
+        if let gpt2 {
+            precondition(head == nil && input == nil, "GPT-2 runs whole, with no value head")
+            return gpt2.logits(tape, inputs: inputs!, batch: B, positions: packed, recompute: recompute)
+        }
         let c = configuration
         precondition(T <= c.maxPositionEmbeddings && (inputs == nil || inputs!.count == B * T))
         let positions = packed ?? (0..<B * T).map { Int32($0 % T) }

@@ -186,6 +186,9 @@ public final class Trainer {
         guard model.lora == nil || (parallelism.layout.isWhole && parallelism.zeroStage == 0) else {
             throw TrainingError("LoRA trains with plain data parallelism (its state is small): leave out tensor, pipeline and ZeRO parallelism")
         }
+        guard parallelism.zeroStage == 0 || model.gpt2 == nil else {
+            throw TrainingError("ZeRO partitions LLaMA models; GPT-2 trains with plain data parallelism (leave out --zero-stage)")
+        }
         guard parallelism.zeroStage < 3 || model.layout.isWhole else {
             throw TrainingError("ZeRO stage 3 partitions whole models; with tensor or pipeline parallelism use stage 1 or 2")
         }
@@ -666,7 +669,7 @@ public final class Trainer {
     /// optimizer step.
     static func loadMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
         let model = trainer.model, arena = model.arena, range = trainer.optimizer.range
-        if model.lora != nil { return try loadAdapterMoments(from: checkpoint, into: trainer) }
+        if model.lora != nil || model.gpt2 != nil { return try loadMomentsByName(from: checkpoint, into: trainer) }
         let source = try MomentFiles(checkpoint, configuration: model.configuration)
         for (prefix, target) in [("exp_avg", trainer.optimizer.flatMoments), ("exp_avg_sq", trainer.optimizer.flatSquares)] {
             for (i, held) in model.slices.enumerated() {
@@ -683,8 +686,9 @@ public final class Trainer {
 }
 
 extension Trainer {
-    /// An adapter's AdamW moments (one process's optimizer.safetensors, tensor by tensor, by name).
-    static func loadAdapterMoments(from checkpoint: String, into trainer: Trainer) throws -> Int {
+    /// An adapter's or a GPT-2 model's AdamW moments (one process's optimizer.safetensors, tensor
+    /// by tensor, by name).
+    static func loadMomentsByName(from checkpoint: String, into trainer: Trainer) throws -> Int {
         let path = checkpoint + "/optimizer.safetensors"
         let file = try SafetensorsFile(path: path)
         guard let step = file.metadata["step"].flatMap(Int.init) else { throw TrainingError("\(path): no step in its metadata") }

@@ -7,7 +7,7 @@ struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a trained model directory as a GGUF file for llama.cpp, or with a LoRA merged as a Hugging Face folder.",
         discussion: """
-        INPUT is a Hugging Face LLaMA directory with config.json, model.safetensors and a byte-level BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are always f32; --type sets the matrices.
+        INPUT is a Hugging Face LLaMA or GPT-2 directory with config.json, model.safetensors and a byte-level BPE tokenizer.json, such as the model/ folder or a checkpoint of `ember pretrain`. Norms are always f32; --type sets the matrices.
 
         --add-fim-tokens DIR writes INPUT to DIR as a Hugging Face folder with <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> added to its vocabulary (the embedding grows by four rows at the mean of the others), as `ember sft --fim-rate` does before training; with --gguf, that folder is then exported.
 

@@ -10,14 +10,15 @@ import Foundation
 struct Pretrain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pretrain",
-        abstract: "Train a LLaMA model from scratch (or from --init weights) on a data folder.",
+        abstract: "Train a LLaMA or GPT-2 model from scratch (or from --init weights) on a data folder.",
         discussion: """
-        The model comes from --preset (tiny, small, medium), a Hugging Face --config config.json, or --init DIR (config and weights of an existing model). Without --data, the default corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer trained on them, prepared into OUTPUT/data.
+        The model comes from --preset (tiny, small, medium; --architecture llama or gpt2), a Hugging Face --config config.json (LlamaForCausalLM, MistralForCausalLM or GPT2LMHeadModel), or --init DIR (config and weights of an existing model). Without --data, the default corpus is used: the Python standard library's sources, with a byte-level BPE tokenizer trained on them, prepared into OUTPUT/data.
 
         OUTPUT gets checkpoints/step-N/ (model.safetensors, config.json, tokenizer, optimizer and trainer state; written atomically, the newest named by OUTPUT/latest), model/ (the final model, loadable by Hugging Face transformers and `ember generate`), log.jsonl (one JSON line per step) and loss.svg. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint after the current step and stops; --resume OUTPUT continues a run exactly where its last checkpoint stopped.
 
         Examples:
           ember pretrain --preset tiny --output runs/tiny
+          ember pretrain --architecture gpt2 --preset tiny --data shakespeare --output runs/gpt2
           ember pretrain --config config.json --data data --steps 2000 --output runs/a
           ember pretrain --resume runs/a
 
@@ -25,7 +26,7 @@ struct Pretrain: ParsableCommand {
           mpirun -np 2 --bind-to none ember pretrain --preset small --grad-accum 2 --output runs/dp
           mpirun --hostfile hosts -np 16 ember pretrain --preset medium --grad-accum 16 --output /shared/runs/dp16
 
-        Model parallelism splits the model itself: --zero-stage 1|2|3 partitions the optimizer state, the gradients and the parameters over the data-parallel ranks; --tensor-parallel T splits each block's matrices, the embedding and the output over T ranks (--sequence-parallel also splits the norms' tokens); --pipeline-parallel P splits the layers into P stages run as a 1F1B schedule over --micro-batches. The ranks form tensor × data × pipeline groups (N = T × D × P), and a checkpoint saved in one layout resumes in any other.
+        Model parallelism splits LLaMA models (GPT-2 trains in one process or plain data parallel): --zero-stage 1|2|3 partitions the optimizer state, the gradients and the parameters over the data-parallel ranks; --tensor-parallel T splits each block's matrices, the embedding and the output over T ranks (--sequence-parallel also splits the norms' tokens); --pipeline-parallel P splits the layers into P stages run as a 1F1B schedule over --micro-batches. The ranks form tensor × data × pipeline groups (N = T × D × P), and a checkpoint saved in one layout resumes in any other.
           mpirun -np 2 --bind-to none ember pretrain --preset medium --zero-stage 3 --output runs/z3
           mpirun -np 4 --oversubscribe --bind-to none ember pretrain --preset small --tensor-parallel 2 --pipeline-parallel 2 --grad-accum 4 --output runs/tp-pp
         """)
@@ -33,7 +34,10 @@ struct Pretrain: ParsableCommand {
     @Option(help: ArgumentHelp("Model size: tiny (~1M parameters), small (~10M) or medium (~40M).", valueName: "name"))
     var preset: String?
 
-    @Option(help: ArgumentHelp("A Hugging Face LlamaForCausalLM config.json.", valueName: "path"))
+    @Option(help: ArgumentHelp("The preset's architecture: llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) or gpt2 (LayerNorm, learned positions, GELU, biases; the MLP 4× the hidden size).", valueName: "name"))
+    var architecture: Architecture = .llama
+
+    @Option(help: ArgumentHelp("A Hugging Face config.json (LlamaForCausalLM, MistralForCausalLM or GPT2LMHeadModel).", valueName: "path"))
     var config: String?
 
     @Option(name: .customLong("init"), help: ArgumentHelp("Start from this model directory's config and weights.", valueName: "dir"))
@@ -74,13 +78,26 @@ struct Pretrain: ParsableCommand {
             if let preset, Preset(rawValue: preset) == nil {
                 throw ValidationError("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-        } else if preset != nil || config != nil || initial != nil || data != nil || decayEverything {
-            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --config, --init, --data and --decay-norms-and-embeddings")
+            if architecture != .llama && preset == nil {
+                throw ValidationError("--architecture chooses a --preset's architecture; --config and --init name their own")
+            }
+        } else if preset != nil || config != nil || initial != nil || data != nil || decayEverything || architecture != .llama {
+            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --architecture, --config, --init, --data and --decay-norms-and-embeddings")
         }
     }
 
+    enum Architecture: String, CaseIterable, ExpressibleByArgument { case llama, gpt2 }
+
     enum Preset: String, CaseIterable {
         case tiny, small, medium
+        /// The preset's size as `architecture`: GPT-2 takes its hidden size, layers, heads and context.
+        func configuration(vocabularySize: Int, architecture: Architecture) -> LlamaConfiguration {
+            let c = configuration(vocabularySize: vocabularySize)
+            guard architecture == .gpt2 else { return c }
+            return LlamaConfiguration(gpt2: c.hiddenSize, layerCount: c.layerCount, headCount: c.headCount, vocabularySize: vocabularySize,
+                                      context: c.maxPositionEmbeddings)
+        }
+
         func configuration(vocabularySize: Int) -> LlamaConfiguration {
             switch self {
             case .tiny: LlamaConfiguration(hiddenSize: 128, intermediateSize: 384, layerCount: 4, headCount: 4, kvHeadCount: 2,
@@ -123,7 +140,7 @@ struct Pretrain: ParsableCommand {
             let seed = self.seed ?? D.seed
             let model: TrainableLlama
             if let preset = preset.flatMap(Preset.init) {
-                model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize), seed: seed,
+                model = try TrainableLlama(configuration: preset.configuration(vocabularySize: dataset.description.vocabularySize, architecture: architecture), seed: seed,
                                            layout: parallelism.layout)
             } else if let config {
                 model = try TrainableLlama(configuration: LlamaConfiguration.load(configPath: config), seed: seed, layout: parallelism.layout)
@@ -141,8 +158,8 @@ struct Pretrain: ParsableCommand {
             trainer = try Trainer(model: model, dataset: dataset, settings: settings, parallelism: parallelism)
             folder = CheckpointFolder(output: output)
             let c = model.configuration
-            say(String(format: "model: %.2fM parameters (hidden %d, %d layers, %d/%d heads, vocabulary %d); %d tokens per step; data %@",
-                       Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
+            say(String(format: "model: %@, %.2fM parameters (hidden %d, %d layers, %d/%d heads, vocabulary %d); %d tokens per step; data %@",
+                       c.family.rawValue, Double(model.parameterCount) / 1e6, c.hiddenSize, c.layerCount, c.headCount, c.kvHeadCount, c.vocabularySize,
                        trainer.tokensPerStep, dataFolder))
         }
         try runTraining(trainer, folder: folder, parallel: parallel, resume: "ember pretrain --resume \(folder.output)")
