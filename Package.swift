@@ -35,9 +35,10 @@ let package = Package(
         .target(name: "EmberDistributed", dependencies: ["CMPI"], swiftSettings: numericFlags),
         .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN", "EmberDistributed", "EmberInference"], swiftSettings: numericFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: numericFlags),
+        .target(name: "EmberEvaluation", dependencies: ["EmberInference"], swiftSettings: numericFlags),
         .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
         .executableTarget(name: "ember", dependencies: [
-            "EmberModels", "EmberServer", "EmberTraining", .product(name: "Hummingbird", package: "hummingbird"),
+            "EmberModels", "EmberServer", "EmberTraining", "EmberEvaluation", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ember-mpi-check", dependencies: ["EmberDistributed"]),
@@ -47,6 +48,7 @@ let package = Package(
         .testTarget(name: "EmberModelsTests", dependencies: ["EmberModels"], path: "Tests/EmberModelsTests"),
         .testTarget(name: "EmberInferenceTests", dependencies: ["EmberInference"], path: "Tests/EmberInferenceTests"),
         .testTarget(name: "EmberTrainingTests", dependencies: ["EmberNN", "EmberModels", "EmberFormats", "EmberTokenizers", "EmberTraining"], path: "Tests/EmberTrainingTests"),
+        .testTarget(name: "EmberEvaluationTests", dependencies: ["EmberEvaluation", "EmberModels"], path: "Tests/EmberEvaluationTests"),
         .testTarget(name: "EmberDistributedTests", dependencies: ["EmberDistributed"], path: "Tests/EmberDistributedTests"),
     ]
 )

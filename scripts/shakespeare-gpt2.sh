@@ -38,7 +38,7 @@ PY
 fi
 
 if [ ! -f "$run/model/model.safetensors" ]; then
-    "$ember" pretrain --architecture gpt2 --preset tiny --data "$work/data" --steps "$steps" --batch-size 16 --lr 3e-3 \
+    "$ember" pretrain --architecture gpt2 --preset tiny --data "$work/data" --steps "$steps" --batch-size 16 --seq-len 256 --lr 3e-3 \
         --warmup 100 --eval-every 100 --save-every 500 --output "$run"
 fi
 

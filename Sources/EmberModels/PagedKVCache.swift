@@ -1,3 +1,4 @@
+import Foundation
 import EmberTensor
 
 /// The KV cache of a serving engine: for each layer, keys and values for `blockCount` blocks of
@@ -179,5 +180,72 @@ extension Llama {
             start = end
         }
         return result
+    }
+}
+
+/// A continuation's score after a context: what a multiple-choice evaluation compares.
+public struct ContinuationScore: Sendable, Equatable {
+    /// The sum of the continuation tokens' log-probabilities (natural log).
+    public var logprob: Double
+    /// Whether every continuation token is the most likely one where it stands.
+    public var greedy: Bool
+    public var tokens: Int
+    public init(logprob: Double, greedy: Bool, tokens: Int) {
+        self.logprob = logprob
+        self.greedy = greedy
+        self.tokens = tokens
+    }
+}
+
+extension Llama {
+    /// The log-likelihood of each of `continuations` after one `context` (token ids, neither
+    /// empty): the context is computed once into a paged cache, and the continuations run as one
+    /// batch over its blocks (each with its own copy of the context's partial last block), so a
+    /// question's choices share its context's computation. When a context and the longest
+    /// continuation exceed the model's length, the context loses tokens from its start.
+    public func continuationScores(context: [Int], continuations: [[Int]], adapter: InferenceAdapter? = nil, chunk: Int = 512,
+                                   pool: ThreadPool = .shared) throws -> [ContinuationScore] {
+        precondition(!context.isEmpty && continuations.allSatisfy { !$0.isEmpty }, "a context and continuations of at least one token")
+        let longest = continuations.map(\.count).max() ?? 0
+        let context = Array(context.suffix(max(1, configuration.maxPositionEmbeddings - longest + 1)))
+        let blockSize = 16, n = context.count
+        let contextBlocks = (n + blockSize - 1) / blockSize, whole = n / blockSize
+        let perChoice = (n % blockSize + longest + blockSize - 1) / blockSize
+        let cache = PagedKVCache(configuration: configuration, blockCount: contextBlocks + continuations.count * perChoice, blockSize: blockSize)
+        var last: [Float] = []
+        var start = 0
+        while start < n {
+            let end = min(n, start + chunk)
+            let entry = BatchEntry(tokens: Array(context[start..<end]), start: start, blocks: Array(0..<contextBlocks), wantsLogits: end == n,
+                                   adapter: adapter)
+            let rows = try forward(batch: [entry], cache: cache, pool: pool)
+            if end == n { last = rows[0] }
+            start = end
+        }
+        var entries: [BatchEntry] = []
+        for (i, continuation) in continuations.enumerated() where continuation.count > 1 {
+            let own = contextBlocks + i * perChoice
+            if n % blockSize != 0 { cache.copyBlock(whole, to: own) }
+            entries.append(BatchEntry(tokens: Array(continuation.dropLast()), start: n, blocks: Array(0..<whole) + Array(own..<own + perChoice),
+                                      wantsLogits: true, allLogits: true, adapter: adapter))
+        }
+        var rows = try forward(batch: entries, cache: cache, pool: pool)[...]
+        return continuations.map { continuation in
+            var score = ContinuationScore(logprob: 0, greedy: true, tokens: continuation.count)
+            for (j, token) in continuation.enumerated() {
+                let (logprob, isMax) = Self.logSoftmax(j == 0 ? last : rows.popFirst()!, at: token)
+                score.logprob += logprob
+                score.greedy = score.greedy && isMax
+            }
+            return score
+        }
+    }
+
+    /// log softmax(row)[token] in double precision, and whether `token` is the row's maximum.
+    static func logSoftmax(_ row: [Float], at token: Int) -> (Double, Bool) {
+        let top = row.max()!
+        var sum = 0.0
+        for x in row { sum += exp(Double(x - top)) }
+        return (Double(row[token] - top) - log(sum), row[token] == top)
     }
 }

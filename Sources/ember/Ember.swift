@@ -23,8 +23,12 @@ struct Ember: AsyncParsableCommand {
           ember pretrain --preset tiny --output runs/tiny
           ember sft --model base --data train.jsonl --output runs/sft
         """,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Bench.self, BenchAttention.self, Tokenize.self, Embed.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, Export.self, Inspect.self])
+        version: emberVersion,
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Eval.self, Bench.self, BenchAttention.self, Tokenize.self, Embed.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, Export.self, Inspect.self])
 }
+
+/// Ember's version, in `ember --version` and evaluation results.
+let emberVersion = "0.1.0"
 
 /// Options every model-running command shares.
 struct ModelOptions: ParsableArguments {

@@ -78,3 +78,59 @@ import Testing
         print("GPT-2 export: saved folder and GGUF give the original's logits; \(compared) tensors equal to llama.cpp's conversion, byte for byte")
     }
 }
+
+/// `ember pretrain --architecture gpt2`: GPT-2 through the trainer, on the synthetic data of
+/// TrainerTests.
+@Suite struct GPT2PretrainingTests {
+    static let configuration = LlamaConfiguration(gpt2: 32, layerCount: 2, headCount: 4, vocabularySize: 61, context: 64)
+
+    @Test func trainsResumesBitForBitAndRecomputes() throws {
+        let folder = try TemporaryFolder()
+        let data = try Synthetic.dataset(in: folder.path)
+        let dataset = try TokenDataset(directory: data)
+        func trainer(_ recompute: TrainableLlama.Recompute = .none, steps: Int = 8) throws -> Trainer {
+            var settings = Synthetic.settings(data: data, steps: steps)
+            settings.recompute = recompute
+            return try Trainer(model: TrainableLlama(configuration: Self.configuration, seed: 4), dataset: dataset, settings: settings)
+        }
+        let straight = try trainer()
+        for _ in 0..<8 { _ = try straight.trainStep() }
+        let losses = straight.history.map(\.loss)
+        #expect(losses.last! < losses.first! - 0.1, "the loss should fall on repeated structure: \(losses)")
+
+        let first = try trainer()
+        for _ in 0..<4 { _ = try first.trainStep() }
+        let run = CheckpointFolder(output: folder.path + "/run")
+        try run.save(first, keep: 2)
+        let checkpoint = try CheckpointFolder.locate(folder.path + "/run")
+        // The checkpoint is a GPT2LMHeadModel folder.
+        #expect(try LlamaConfiguration.load(configPath: checkpoint + "/config.json").family == .gpt2)
+        let resumed = try Trainer.resume(from: checkpoint)
+        for _ in 0..<4 { _ = try resumed.trainStep() }
+        #expect(resumed.history.map(\.loss) == losses)
+        for (a, b) in zip(straight.model.parameters, resumed.model.parameters) { #expect(a.values == b.values, "\(a.name) differs after resuming") }
+
+        let recomputed = try trainer(.block)
+        for _ in 0..<8 { _ = try recomputed.trainStep() }
+        #expect(recomputed.history.map(\.loss) == losses)
+        print("GPT-2 pretraining: losses \(losses.map { String(format: "%.4f", $0) }.joined(separator: " ")); resumed and recomputed runs equal bit for bit")
+    }
+
+    /// Packed rows: each sequence takes positions from 0 and attends within itself, so its logits
+    /// equal those of the sequence run alone.
+    @Test func packedSequencesSeeOnlyThemselves() throws {
+        let model = try TrainableLlama(configuration: Self.configuration, seed: 3)
+        let a: [Int32] = [5, 9, 14, 2, 33], b: [Int32] = [7, 7, 40]
+        let packed = model.forward(Tape(recording: false), inputs: a + b, batch: 1, tokens: 8, positions: [0, 1, 2, 3, 4, 0, 1, 2])
+        let alone = model.logits(Tape(recording: false), inputs: b, batch: 1)
+        let V = Self.configuration.vocabularySize
+        let difference = zip(packed.values.dropFirst(5 * V), alone.values).map { abs($0 - $1) }.max()!
+        #expect(difference < 1e-5, "max |Δ| \(difference)")
+    }
+
+    @Test func splitLayoutsAreRefused() throws {
+        #expect(throws: TrainingError.self) {
+            _ = try TrainableLlama(configuration: Self.configuration, seed: 1, layout: ModelLayout(tensorRank: 0, tensorSize: 2))
+        }
+    }
+}

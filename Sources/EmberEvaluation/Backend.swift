@@ -1,0 +1,144 @@
+import EmberInference
+import EmberModels
+import EmberTokenizers
+import Foundation
+
+/// One generation asked of a backend: the prompt, the stop strings, and the sampling.
+public struct GenerationAsk: Sendable {
+    public var prompt: String
+    public var until: [String]
+    public var maxTokens: Int
+    public var temperature: Float
+    public var seed: UInt64
+}
+
+/// What an evaluation asks of a model, lm-evaluation-harness's three request types.
+public protocol EvaluationBackend: AnyObject {
+    /// The score of each continuation after `context` (the harness's `loglikelihood`).
+    func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore]
+    /// The text generated for each ask, stopped before the first stop string (`generate_until`).
+    func generate(_ asks: [GenerationAsk]) async throws -> [String]
+    /// The log-likelihood of a whole text, every token after the first predicted from those before
+    /// it, in windows of the model's length (`loglikelihood_rolling`), and the tokens scored.
+    func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int)
+    /// The chat template's prompt for one user message.
+    func chatPrompt(_ text: String) throws -> String
+    /// Words for results.json: what ran.
+    var summary: [String: String] { get }
+}
+
+/// The harness's split of a (context, continuation) pair: the context's trailing whitespace moves
+/// to the continuation; the context's tokens are its own encoding, the continuation's those of the
+/// whole text past the context's length (an empty context is the end-of-text token).
+func encodePair(_ context: String, _ continuation: String, encode: (String) -> [Int], endOfText: Int?) -> (context: [Int], continuation: [Int]) {
+    var context = context, continuation = continuation
+    let spaces = trailingWhitespace(context)
+    if spaces > 0 {
+        continuation = String(context.suffix(spaces)) + continuation
+        context = String(context.dropLast(spaces))
+    }
+    let whole = encode(context + continuation)
+    if context.isEmpty { return ([endOfText ?? 0], whole) }
+    let contextTokens = encode(context)
+    return (contextTokens, Array(whole.dropFirst(contextTokens.count)))
+}
+
+/// A model Ember loads, evaluated in this process: each question's choices share the cached
+/// computation of its context (`Llama.continuationScores`), and generations run as one continuous
+/// batch through the serving engine.
+public final class InProcessBackend: EvaluationBackend, @unchecked Sendable {
+    public let model: Llama
+    public let prompting: Prompting
+    public let engine: Engine
+    /// Off: every choice computes its context again (the way a plain forward per request works).
+    public let sharedContext: Bool
+    let name: String
+
+    public init(model: Llama, prompting: Prompting, name: String, sharedContext: Bool = true, maxSequences: Int = 16) {
+        self.model = model
+        self.prompting = prompting
+        self.sharedContext = sharedContext
+        self.name = name
+        let length = model.configuration.maxPositionEmbeddings
+        var configuration = Engine.Configuration(blockCount: maxSequences * ((min(length, 4096) + 15) / 16), maxModelLength: length)
+        configuration.maxSequences = maxSequences
+        configuration.maxTokensLimit = length
+        engine = Engine(model: model, tokenizer: prompting.tokenizer, configuration: configuration)
+        engine.start()
+    }
+
+    deinit { engine.stop() }
+
+    public var summary: [String: String] {
+        ["backend": "in-process", "model": name, "shared_context": String(sharedContext)]
+    }
+
+    func encode(_ text: String) -> [Int] { prompting.tokenizer.encode(text, parseSpecial: true) }
+
+    public func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore] {
+        let pairs = continuations.map { encodePair(context, $0, encode: encode, endOfText: prompting.tokenizer.eosTokenID) }
+        let bos = prompting.addBOS ? prompting.tokenizer.bosTokenID : nil
+        func withBOS(_ tokens: [Int]) -> [Int] { bos.map { tokens.first == $0 ? tokens : [$0] + tokens } ?? tokens }
+        // Continuations are scored after the same context tokens (the pairs differ only past it).
+        let contextTokens = withBOS(pairs[0].context)
+        for (i, pair) in pairs.enumerated() where pair.continuation.isEmpty {
+            throw EvaluationError("choice \(i + 1) ('\(continuations[i])') has no tokens after the context")
+        }
+        if sharedContext, pairs.allSatisfy({ $0.context == pairs[0].context }) {
+            return try model.continuationScores(context: contextTokens, continuations: pairs.map(\.continuation))
+        }
+        return try pairs.map { try model.continuationScores(context: withBOS($0.context), continuations: [$0.continuation])[0] }
+    }
+
+    public func generate(_ asks: [GenerationAsk]) async throws -> [String] {
+        try await withThrowingTaskGroup(of: (Int, String).self) { group in
+            for (i, ask) in asks.enumerated() {
+                var p = SamplingParameters()
+                p.temperature = ask.temperature
+                p.maxTokens = ask.maxTokens
+                p.stop = ask.until
+                p.seed = ask.seed
+                let prompt = prompting.tokens(ask.prompt)
+                let (_, events) = try engine.submit(prompt: prompt, parameters: p)
+                group.addTask {
+                    var text = ""
+                    for await event in events {
+                        switch event {
+                        case .delta(_, let piece, _, _): text += piece
+                        case .failed(let message): throw EvaluationError("generation failed: \(message)")
+                        default: break
+                        }
+                    }
+                    return (i, text)
+                }
+            }
+            var texts = [String](repeating: "", count: asks.count)
+            for try await (i, text) in group { texts[i] = text }
+            return texts
+        }
+    }
+
+    public func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int) {
+        var tokens = encode(text)
+        if let bos = prompting.tokenizer.bosTokenID ?? prompting.tokenizer.eosTokenID { tokens.insert(bos, at: 0) }
+        // Windows of the model's length, each predicting the tokens it has not scored yet, the
+        // first token of every window after the first conditioned on the previous window's end.
+        let length = model.configuration.maxPositionEmbeddings
+        var total = 0.0, scored = 1
+        while scored < tokens.count {
+            let end = min(tokens.count, scored + length - 1)
+            let start = max(0, end - length)
+            let context = Array(tokens[start..<scored]), continuation = Array(tokens[scored..<end])
+            total += try model.continuationScores(context: context, continuations: [continuation])[0].logprob
+            scored = end
+        }
+        return (total, tokens.count - 1)
+    }
+
+    public func chatPrompt(_ text: String) throws -> String {
+        try prompting.chatFormat.prompt([ChatFormat.Message(role: "user", content: text)])
+    }
+}
+
+/// How many characters of whitespace end `text` (what Python's `rstrip()` removes).
+func trailingWhitespace(_ text: String) -> Int { text.reversed().prefix { $0.isWhitespace }.count }

