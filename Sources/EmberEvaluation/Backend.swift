@@ -12,15 +12,29 @@ public struct GenerationAsk: Sendable {
     public var seed: UInt64
 }
 
+/// A context and the continuations scored after it (a multiple-choice question's choices).
+public struct Question: Sendable {
+    public var context: String
+    public var continuations: [String]
+    public init(context: String, continuations: [String]) {
+        self.context = context
+        self.continuations = continuations
+    }
+}
+
 /// What an evaluation asks of a model, lm-evaluation-harness's three request types.
 public protocol EvaluationBackend: AnyObject {
-    /// The score of each continuation after `context` (the harness's `loglikelihood`).
-    func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore]
+    /// For each question, the score of each continuation after its context (the harness's
+    /// `loglikelihood`, a question's choices asked together).
+    func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]]
     /// The text generated for each ask, stopped before the first stop string (`generate_until`).
     func generate(_ asks: [GenerationAsk]) async throws -> [String]
     /// The log-likelihood of a whole text, every token after the first predicted from those before
     /// it, in windows of the model's length (`loglikelihood_rolling`), and the tokens scored.
     func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int)
+    /// The summed log-likelihood and the tokens scored of `text` in chunks of `context` tokens,
+    /// the second half of each scored (llama-perplexity's way, and `ember perplexity`'s).
+    func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int)
     /// The chat template's prompt for one user message.
     func chatPrompt(_ text: String) throws -> String
     /// Words for results.json: what ran.
@@ -44,8 +58,8 @@ func encodePair(_ context: String, _ continuation: String, encode: (String) -> [
 }
 
 /// A model Ember loads, evaluated in this process: each question's choices share the cached
-/// computation of its context (`Llama.continuationScores`), and generations run as one continuous
-/// batch through the serving engine.
+/// computation of its context (`Llama.continuationScores`), several questions run as one batch,
+/// and generations run as one continuous batch through the serving engine.
 public final class InProcessBackend: EvaluationBackend, @unchecked Sendable {
     public let model: Llama
     public let prompting: Prompting
@@ -75,19 +89,23 @@ public final class InProcessBackend: EvaluationBackend, @unchecked Sendable {
 
     func encode(_ text: String) -> [Int] { prompting.tokenizer.encode(text, parseSpecial: true) }
 
-    public func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore] {
-        let pairs = continuations.map { encodePair(context, $0, encode: encode, endOfText: prompting.tokenizer.eosTokenID) }
+    public func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]] {
         let bos = prompting.addBOS ? prompting.tokenizer.bosTokenID : nil
         func withBOS(_ tokens: [Int]) -> [Int] { bos.map { tokens.first == $0 ? tokens : [$0] + tokens } ?? tokens }
-        // Continuations are scored after the same context tokens (the pairs differ only past it).
-        let contextTokens = withBOS(pairs[0].context)
-        for (i, pair) in pairs.enumerated() where pair.continuation.isEmpty {
-            throw EvaluationError("choice \(i + 1) ('\(continuations[i])') has no tokens after the context")
+        var encoded: [(context: [Int], continuations: [[Int]])] = []
+        for q in questions {
+            // The context's tokens are the same for every continuation (its own encoding).
+            let pairs = q.continuations.map { encodePair(q.context, $0, encode: encode, endOfText: prompting.tokenizer.eosTokenID) }
+            for (i, pair) in pairs.enumerated() where pair.continuation.isEmpty {
+                throw EvaluationError("choice \(i + 1) ('\(q.continuations[i])') has no tokens after the context")
+            }
+            encoded.append((withBOS(pairs[0].context), pairs.map(\.continuation)))
         }
-        if sharedContext, pairs.allSatisfy({ $0.context == pairs[0].context }) {
-            return try model.continuationScores(context: contextTokens, continuations: pairs.map(\.continuation))
-        }
-        return try pairs.map { try model.continuationScores(context: withBOS($0.context), continuations: [$0.continuation])[0] }
+        if sharedContext { return try model.continuationScores(questions: encoded) }
+        // Each choice with its own copy of the context: the same batches, nothing shared.
+        let alone = try model.continuationScores(questions: encoded.flatMap { q in q.continuations.map { (q.context, [$0]) } })
+        var rest = alone[...]
+        return encoded.map { q in q.continuations.map { _ in rest.popFirst()![0] } }
     }
 
     public func generate(_ asks: [GenerationAsk]) async throws -> [String] {
@@ -133,6 +151,13 @@ public final class InProcessBackend: EvaluationBackend, @unchecked Sendable {
             scored = end
         }
         return (total, tokens.count - 1)
+    }
+
+    public func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int) {
+        let tokens = prompting.tokens(text, parseSpecial: false)
+        let bos = prompting.addBOS ? prompting.tokenizer.bosTokenID : nil
+        let result = try model.perplexity(tokens: tokens, context: context, bosTokenID: bos)
+        return (-log(result.perplexity) * Double(result.tokens), result.tokens)
     }
 
     public func chatPrompt(_ text: String) throws -> String {

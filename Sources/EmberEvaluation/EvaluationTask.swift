@@ -32,6 +32,8 @@ public struct EvaluationTask: Sendable {
     /// A template naming a list field (`{{choices}}`), or a list of templates.
     public var choices: ChoiceSource?
     public var target: String?
+    /// The answer a few-shot example shows (default: `target`; a worked solution for chain of thought).
+    public var fewshotTarget: String?
     /// Put between the prompt and a choice or target (the harness's `target_delimiter`).
     public var targetDelimiter = " "
     /// Between few-shot examples and before the question (the harness's `fewshot_delimiter`).
@@ -72,6 +74,10 @@ public struct EvaluationTask: Sendable {
     public var entryPoint: String?
     /// Seconds each program may run.
     public var timeout: Double = 10
+    // Perplexity.
+    /// Score as `ember perplexity --context N` and llama-perplexity do (chunks of N tokens, the
+    /// second half of each scored) instead of the harness's rolling windows: token perplexity only.
+    public var chunkContext: Int?
 
     public enum ChoiceSource: Sendable, Equatable {
         case field(String)
@@ -82,9 +88,10 @@ public struct EvaluationTask: Sendable {
     public var directory = "."
 
     static let fields: [String] = [
-        "task", "data", "kind", "prompt", "choices", "target", "target_delimiter", "fewshot_delimiter", "description", "metrics", "fewshot",
+        "task", "data", "kind", "prompt", "choices", "target", "fewshot_target", "target_delimiter", "fewshot_delimiter", "description", "metrics", "fewshot",
         "fewshot_data", "fewshot_sampler", "seed", "chat_template", "limit", "until", "max_tokens", "temperature", "samples", "k",
         "answer_pattern", "answer_match", "ignore_case", "ignore_punctuation", "ignore_regexes", "tests", "entry_point", "timeout",
+        "chunk_context",
     ]
 
     public static func defaultMetrics(_ kind: Kind) -> [String] {
@@ -180,6 +187,7 @@ public struct EvaluationTask: Sendable {
             }
         }
         target = try string("target") ?? (try number("target")).map { String(Int($0)) }
+        fewshotTarget = try string("fewshot_target")
         targetDelimiter = try string("target_delimiter") ?? targetDelimiter
         fewshotDelimiter = try string("fewshot_delimiter") ?? fewshotDelimiter
         description = try string("description") ?? ""
@@ -217,6 +225,12 @@ public struct EvaluationTask: Sendable {
         tests = try string("tests")
         entryPoint = try string("entry_point")
         timeout = try number("timeout") ?? timeout
+        chunkContext = try integer("chunk_context", minimum: 4)
+        if chunkContext != nil {
+            guard kind == .perplexity else { throw EvaluationError("\(source): chunk_context applies to perplexity tasks") }
+            if d["metrics"] == nil { metrics = ["perplexity"] }
+            guard metrics == ["perplexity"] else { throw EvaluationError("\(source): with chunk_context only the token perplexity is scored (metrics: [perplexity])") }
+        }
         switch kind {
         case .multipleChoice:
             guard choices != nil else { throw EvaluationError("\(source): a multiple_choice task needs 'choices'") }

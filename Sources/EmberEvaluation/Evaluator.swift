@@ -22,6 +22,8 @@ public final class Evaluator {
     let exactMatch: ExactMatch
     /// Told (items done, items in all) as the run goes.
     public var progress: (Int, Int) -> Void = { _, _ in }
+    /// Multiple-choice questions asked of the backend at once (what a stopped run can lose at most).
+    public var questionsPerBatch = 8
     /// Runs a program and says whether it passed (code tasks).
     public var runProgram: (@Sendable (String, Double) async -> ProgramOutcome)?
 
@@ -88,7 +90,7 @@ public final class Evaluator {
             let choices = try choices(document, source: source)
             answer = choices[try targetIndex(document, choices: choices, source: source)]
         default:
-            answer = try task.target.map { try render($0, "target", document, source: source) } ?? ""
+            answer = try (task.fewshotTarget ?? task.target).map { try render($0, "fewshot_target", document, source: source) } ?? ""
         }
         return question + task.targetDelimiter + answer
     }
@@ -132,11 +134,14 @@ public final class Evaluator {
         do {
             switch task.kind {
             case .multipleChoice:
-                for (i, document) in documents.enumerated() {
-                    let record = try await multipleChoice(document, index: i)
-                    for metric in task.metrics { scores[metric, default: []].append(record[metric] as! Double) }
-                    try writer?.append(record)
-                    done += 1
+                // Questions go to the backend several at a time (one batch in process).
+                let group = questionsPerBatch
+                for first in stride(from: 0, to: documents.count, by: group) {
+                    for record in try await multipleChoice(Array(first..<min(documents.count, first + group))) {
+                        for metric in task.metrics { scores[metric, default: []].append(record[metric] as! Double) }
+                        try writer?.append(record)
+                    }
+                    done = min(documents.count, first + group)
                     progress(done, documents.count)
                 }
             case .generateUntil, .code:
@@ -156,7 +161,12 @@ public final class Evaluator {
             case .perplexity:
                 for (i, document) in documents.enumerated() {
                     let text = try render(task.prompt, "prompt", document, source: task.dataPath)
-                    let (logprob, tokens) = try await backend.rollingLoglikelihood(text)
+                    let (logprob, tokens): (Double, Int)
+                    if let context = task.chunkContext {
+                        (logprob, tokens) = try await backend.chunkedLoglikelihood(text, context: context)
+                    } else {
+                        (logprob, tokens) = try await backend.rollingLoglikelihood(text)
+                    }
                     let words = text.split(whereSeparator: \.isWhitespace).count, bytes = text.utf8.count
                     pairs["perplexity", default: []].append((-logprob, Double(tokens)))
                     pairs["word_perplexity", default: []].append((-logprob, Double(words)))
@@ -178,15 +188,21 @@ public final class Evaluator {
         return TaskResult(task: task.name, kind: task.kind.rawValue, items: done, metrics: metrics, seconds: Date().timeIntervalSince(start), error: failure)
     }
 
-    func multipleChoice(_ document: Document, index: Int) async throws -> [String: Any] {
+    func multipleChoice(_ indices: [Int]) async throws -> [[String: Any]] {
         let source = task.dataPath
-        let context = try context(for: document, index: index)
-        let choices = try choices(document, source: source)
-        let target = try targetIndex(document, choices: choices, source: source)
-        let results = try await backend.loglikelihoods(context: context, continuations: choices.map { task.targetDelimiter + $0 })
-        let (acc, accNorm) = Metrics.choiceScores(logprobs: results.map(\.logprob), choices: choices, target: target)
-        return ["doc_id": index, "line": document.line, "prompt": context, "choices": choices, "target": target,
-                "logprobs": results.map(\.logprob), "greedy": results.map(\.greedy), "acc": acc, "acc_norm": accNorm]
+        var questions: [Question] = [], choiceLists: [[String]] = [], targets: [Int] = []
+        for i in indices {
+            let choices = try choices(documents[i], source: source)
+            choiceLists.append(choices)
+            targets.append(try targetIndex(documents[i], choices: choices, source: source))
+            questions.append(Question(context: try context(for: documents[i], index: i), continuations: choices.map { task.targetDelimiter + $0 }))
+        }
+        let results = try await backend.loglikelihoods(questions)
+        return indices.indices.map { j in
+            let (acc, accNorm) = Metrics.choiceScores(logprobs: results[j].map(\.logprob), choices: choiceLists[j], target: targets[j])
+            return ["doc_id": indices[j], "line": documents[indices[j]].line, "prompt": questions[j].context, "choices": choiceLists[j],
+                    "target": targets[j], "logprobs": results[j].map(\.logprob), "greedy": results[j].map(\.greedy), "acc": acc, "acc_norm": accNorm]
+        }
     }
 
     func generation(_ indices: [Int]) async throws -> [[String: Any]] {

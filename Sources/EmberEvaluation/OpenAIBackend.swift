@@ -11,12 +11,13 @@ import FoundationNetworking
 /// the server and what it sent.
 public final class OpenAIBackend: EvaluationBackend, @unchecked Sendable {
     public let base: URL
-    public let model: String
+    /// The model name sent; nil: the first model `GET /v1/models` lists, asked once.
+    public private(set) var model: String?
     let apiKey: String?
     let session: URLSession
 
     /// `url` is the server's base URL, with or without `/v1`.
-    public init(url: String, model: String, apiKey: String?) throws {
+    public init(url: String, model: String?, apiKey: String?) throws {
         var text = url
         while text.hasSuffix("/") { text.removeLast() }
         if !text.hasSuffix("/v1") { text += "/v1" }
@@ -31,27 +32,39 @@ public final class OpenAIBackend: EvaluationBackend, @unchecked Sendable {
         session = URLSession(configuration: configuration)
     }
 
-    public var summary: [String: String] { ["backend": "openai-completions", "url": base.absoluteString, "model": model] }
+    public var summary: [String: String] { ["backend": "openai-completions", "url": base.absoluteString, "model": model ?? "(the server's first)"] }
 
-    func post(_ body: [String: Any]) async throws -> [String: Any] {
-        var request = URLRequest(url: base.appendingPathComponent("completions"))
-        request.httpMethod = "POST"
+    /// A JSON object from `path` (GET without a body, else POST).
+    func request(_ path: String, _ body: [String: Any]?) async throws -> [String: Any] {
+        var request = URLRequest(url: base.appendingPathComponent(path))
+        request.httpMethod = body == nil ? "GET" : "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         if let apiKey { request.setValue("Bearer \(apiKey)", forHTTPHeaderField: "Authorization") }
-        var body = body
-        body["model"] = model
-        request.httpBody = try JSONSerialization.data(withJSONObject: body)
+        if let body { request.httpBody = try JSONSerialization.data(withJSONObject: body) }
         let data: Data, response: URLResponse
         do { (data, response) = try await session.data(for: request) } catch {
             throw EvaluationError("\(base.absoluteString): cannot reach the server (\(error.localizedDescription))")
         }
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         let text = String(decoding: data.prefix(300), as: UTF8.self)
-        guard status == 200 else { throw EvaluationError("\(base.absoluteString)/completions answered HTTP \(status): \(text)") }
+        guard status == 200 else { throw EvaluationError("\(base.absoluteString)/\(path) answered HTTP \(status): \(text)") }
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw EvaluationError("\(base.absoluteString)/completions answered something that is not a JSON object: \(text)")
+            throw EvaluationError("\(base.absoluteString)/\(path) answered something that is not a JSON object: \(text)")
         }
         return object
+    }
+
+    func post(_ body: [String: Any]) async throws -> [String: Any] {
+        if model == nil {
+            let list = try await request("models", nil)
+            guard let first = (list["data"] as? [[String: Any]])?.first?["id"] as? String else {
+                throw EvaluationError("\(base.absoluteString)/models lists no model; name one with --model-name")
+            }
+            model = first
+        }
+        var body = body
+        body["model"] = model
+        return try await request("completions", body)
     }
 
     /// The response's choices, in `index` order.
@@ -62,7 +75,13 @@ public final class OpenAIBackend: EvaluationBackend, @unchecked Sendable {
         return choices.sorted { ($0["index"] as? Int ?? 0) < ($1["index"] as? Int ?? 0) }
     }
 
-    public func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore] {
+    public func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]] {
+        var scores: [[ContinuationScore]] = []
+        for q in questions { scores.append(try await loglikelihoods(context: q.context, continuations: q.continuations)) }
+        return scores
+    }
+
+    func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore] {
         // As the harness splits them: the context's trailing whitespace belongs to the continuation.
         let kept = String(context.dropLast(trailingWhitespace(context)))
         let prompts = continuations.map { context + $0 }
@@ -114,6 +133,10 @@ public final class OpenAIBackend: EvaluationBackend, @unchecked Sendable {
         }
         let scored = values.compactMap { ($0 as? NSNumber)?.doubleValue }
         return (scored.reduce(0, +), scored.count)
+    }
+
+    public func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int) {
+        throw EvaluationError("chunk_context scores with the model's own tokens: evaluate with --model")
     }
 
     public func chatPrompt(_ text: String) throws -> String {

@@ -304,6 +304,10 @@ public final class Engine: @unchecked Sendable {
         c.lastTokenTime = now
         let endOfText = !p.ignoreEOS && tokenizer.endOfGenerationIDs.contains(token)
         if endOfText || p.stopTokenIDs.contains(token) {
+            // The end token adds no text, but a client that asked for log-probabilities gets its
+            // entry, as vLLM gives it: lm-evaluation-harness's echo with max_tokens 1 drops the
+            // last entry as the generated token's.
+            if let logprob { r.emit(.delta(choice: index, text: "", tokens: [token], logprobs: [logprob])) }
             r.choices[index] = c
             finish(r, choice: index, reason: .stop, flush: true)
             return

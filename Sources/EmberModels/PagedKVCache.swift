@@ -199,45 +199,94 @@ public struct ContinuationScore: Sendable, Equatable {
 
 extension Llama {
     /// The log-likelihood of each of `continuations` after one `context` (token ids, neither
-    /// empty): the context is computed once into a paged cache, and the continuations run as one
-    /// batch over its blocks (each with its own copy of the context's partial last block), so a
-    /// question's choices share its context's computation. When a context and the longest
-    /// continuation exceed the model's length, the context loses tokens from its start.
-    public func continuationScores(context: [Int], continuations: [[Int]], adapter: InferenceAdapter? = nil, chunk: Int = 512,
+    /// empty): `continuationScores(questions:)` for one question.
+    public func continuationScores(context: [Int], continuations: [[Int]], adapter: InferenceAdapter? = nil,
                                    pool: ThreadPool = .shared) throws -> [ContinuationScore] {
-        precondition(!context.isEmpty && continuations.allSatisfy { !$0.isEmpty }, "a context and continuations of at least one token")
-        let longest = continuations.map(\.count).max() ?? 0
-        let context = Array(context.suffix(max(1, configuration.maxPositionEmbeddings - longest + 1)))
-        let blockSize = 16, n = context.count
-        let contextBlocks = (n + blockSize - 1) / blockSize, whole = n / blockSize
-        let perChoice = (n % blockSize + longest + blockSize - 1) / blockSize
-        let cache = PagedKVCache(configuration: configuration, blockCount: contextBlocks + continuations.count * perChoice, blockSize: blockSize)
-        var last: [Float] = []
-        var start = 0
-        while start < n {
-            let end = min(n, start + chunk)
-            let entry = BatchEntry(tokens: Array(context[start..<end]), start: start, blocks: Array(0..<contextBlocks), wantsLogits: end == n,
-                                   adapter: adapter)
-            let rows = try forward(batch: [entry], cache: cache, pool: pool)
-            if end == n { last = rows[0] }
-            start = end
+        try continuationScores(questions: [(context, continuations)], adapter: adapter, pool: pool)[0]
+    }
+
+    /// For each question, the log-likelihood of each of its continuations after its context: every
+    /// context is computed once into a paged cache, then every continuation runs over its context's
+    /// blocks (with its own copy of the context's partial last block), so a question's choices
+    /// share its context's computation. The questions' contexts go through the model as one ragged
+    /// batch, and all their continuations as another, in passes of at most `budget` tokens. When a
+    /// context and its longest continuation exceed the model's length, the context loses tokens
+    /// from its start.
+    public func continuationScores(questions: [(context: [Int], continuations: [[Int]])], adapter: InferenceAdapter? = nil, budget: Int = 2048,
+                                   pool: ThreadPool = .shared) throws -> [[ContinuationScore]] {
+        precondition(questions.allSatisfy { !$0.context.isEmpty && !$0.continuations.isEmpty && $0.continuations.allSatisfy { !$0.isEmpty } },
+                     "contexts and continuations of at least one token")
+        let blockSize = 16
+        // The block layout: each question's context blocks, then per continuation its own blocks.
+        struct Layout { var context: [Int]; var contextBlocks: Range<Int>; var whole: Int; var perChoice: Int }
+        var layouts: [Layout] = []
+        var next = 0
+        for q in questions {
+            let longest = q.continuations.map(\.count).max()!
+            let context = Array(q.context.suffix(max(1, configuration.maxPositionEmbeddings - longest + 1)))
+            let n = context.count, blocks = (n + blockSize - 1) / blockSize
+            let perChoice = (n % blockSize + longest + blockSize - 1) / blockSize
+            layouts.append(Layout(context: context, contextBlocks: next..<next + blocks, whole: n / blockSize, perChoice: perChoice))
+            next += blocks + q.continuations.count * perChoice
         }
-        var entries: [BatchEntry] = []
-        for (i, continuation) in continuations.enumerated() where continuation.count > 1 {
-            let own = contextBlocks + i * perChoice
-            if n % blockSize != 0 { cache.copyBlock(whole, to: own) }
-            entries.append(BatchEntry(tokens: Array(continuation.dropLast()), start: n, blocks: Array(0..<whole) + Array(own..<own + perChoice),
-                                      wantsLogits: true, allLogits: true, adapter: adapter))
-        }
-        var rows = try forward(batch: entries, cache: cache, pool: pool)[...]
-        return continuations.map { continuation in
-            var score = ContinuationScore(logprob: 0, greedy: true, tokens: continuation.count)
-            for (j, token) in continuation.enumerated() {
-                let (logprob, isMax) = Self.logSoftmax(j == 0 ? last : rows.popFirst()!, at: token)
-                score.logprob += logprob
-                score.greedy = score.greedy && isMax
+        let cache = PagedKVCache(configuration: configuration, blockCount: next, blockSize: blockSize)
+        /// Runs entries in passes of at most `budget` tokens (an entry longer than that alone,
+        /// in pieces); the logits rows in entry order.
+        func run(_ entries: [BatchEntry]) throws -> [[Float]] {
+            var rows: [[Float]] = []
+            var pending: [BatchEntry] = [], tokens = 0
+            func flush() throws {
+                if !pending.isEmpty { rows += try forward(batch: pending, cache: cache, pool: pool) }
+                pending = []
+                tokens = 0
             }
-            return score
+            for entry in entries {
+                if entry.tokens.count > budget {
+                    try flush()
+                    var start = 0
+                    while start < entry.tokens.count {
+                        let end = min(entry.tokens.count, start + budget)
+                        var piece = entry
+                        piece.tokens = Array(entry.tokens[start..<end])
+                        piece.start = entry.start + start
+                        piece.wantsLogits = entry.wantsLogits && (entry.allLogits || end == entry.tokens.count)
+                        rows += try forward(batch: [piece], cache: cache, pool: pool)
+                        start = end
+                    }
+                    continue
+                }
+                if tokens + entry.tokens.count > budget { try flush() }
+                pending.append(entry)
+                tokens += entry.tokens.count
+            }
+            try flush()
+            return rows
+        }
+        // Contexts: the last position's logits predict each continuation's first token.
+        let last = try run(layouts.map { l in
+            BatchEntry(tokens: l.context, start: 0, blocks: Array(l.contextBlocks), wantsLogits: true, adapter: adapter)
+        })
+        var entries: [BatchEntry] = []
+        for (q, l) in zip(questions, layouts) {
+            for (i, continuation) in q.continuations.enumerated() where continuation.count > 1 {
+                let own = l.contextBlocks.upperBound + i * l.perChoice
+                if l.context.count % blockSize != 0 { cache.copyBlock(l.contextBlocks.lowerBound + l.whole, to: own) }
+                entries.append(BatchEntry(tokens: Array(continuation.dropLast()), start: l.context.count,
+                                          blocks: Array(l.contextBlocks.prefix(l.whole)) + Array(own..<own + l.perChoice),
+                                          wantsLogits: true, allLogits: true, adapter: adapter))
+            }
+        }
+        var rows = try run(entries)[...]
+        return zip(questions, last).map { q, first in
+            q.continuations.map { continuation in
+                var score = ContinuationScore(logprob: 0, greedy: true, tokens: continuation.count)
+                for (j, token) in continuation.enumerated() {
+                    let (logprob, isMax) = Self.logSoftmax(j == 0 ? first : rows.popFirst()!, at: token)
+                    score.logprob += logprob
+                    score.greedy = score.greedy && isMax
+                }
+                return score
+            }
         }
     }
 

@@ -38,8 +38,8 @@ struct Eval: AsyncParsableCommand {
     @Option(name: .customLong("api-key"), help: "The server's API key (default: $OPENAI_API_KEY).")
     var apiKey: String?
 
-    @Option(name: .customLong("model-name"), help: "The model name sent to the server.")
-    var modelName = "default"
+    @Option(name: .customLong("model-name"), help: "The model name sent to the server (default: the first it lists at /v1/models).")
+    var modelName: String?
 
     @Option(name: .customLong("task"), help: ArgumentHelp("A task file (.json, .yaml); repeatable.", valueName: "path"))
     var tasks: [String] = []

@@ -43,7 +43,7 @@ struct HarnessFixture: Decodable {
         let separate = InProcessBackend(model: loaded.model, prompting: try loaded.prompting(), name: "tiny", sharedContext: false)
         var worst = 0.0
         for pair in fixture.loglikelihood {
-            let score = try await shared.loglikelihoods(context: pair.context, continuations: [pair.continuation])[0]
+            let score = try await shared.loglikelihoods([Question(context: pair.context, continuations: [pair.continuation])])[0][0]
             let difference = abs(score.logprob - pair.logprob)
             worst = max(worst, difference)
             #expect(difference <= 1e-3 * abs(pair.logprob) + 1e-3 * Double(score.tokens), "\(pair.context)|\(pair.continuation): \(score.logprob) vs \(pair.logprob)")
@@ -51,9 +51,15 @@ struct HarnessFixture: Decodable {
         }
         // The three choices of one question, shared context or not, agree with the harness alike.
         let question = fixture.loglikelihood.filter { $0.context.hasPrefix("Passage:") }
-        let together = try await shared.loglikelihoods(context: question[0].context, continuations: question.map(\.continuation))
-        let apart = try await separate.loglikelihoods(context: question[0].context, continuations: question.map(\.continuation))
+        let asked = Question(context: question[0].context, continuations: question.map(\.continuation))
+        let together = try await shared.loglikelihoods([asked])[0]
+        let apart = try await separate.loglikelihoods([asked])[0]
         for (a, b) in zip(together, apart) { #expect(abs(a.logprob - b.logprob) < 1e-3) }
+        // Every pair in one batch gives what each gives alone.
+        let batch = try await shared.loglikelihoods(fixture.loglikelihood.map { Question(context: $0.context, continuations: [$0.continuation]) })
+        for (pair, scores) in zip(fixture.loglikelihood, batch) {
+            #expect(abs(scores[0].logprob - pair.logprob) <= 1e-3 * abs(pair.logprob) + 1e-3 * Double(scores[0].tokens))
+        }
         print("harness log-likelihoods: \(fixture.loglikelihood.count) pairs, max |Δ| \(worst); shared and separate contexts agree")
     }
 

@@ -26,14 +26,17 @@ func message(_ body: () throws -> Void) -> String {
 final class RuleBackend: EvaluationBackend, @unchecked Sendable {
     var failAfter = Int.max
     var calls = 0
-    func loglikelihoods(context: String, continuations: [String]) async throws -> [ContinuationScore] {
-        calls += 1
-        if calls > failAfter { throw EvaluationError("the server went away") }
-        // The longest choice is the most likely.
-        return continuations.map { ContinuationScore(logprob: Double($0.count) - 10, greedy: false, tokens: 1) }
+    func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]] {
+        try questions.map { q in
+            calls += 1
+            if calls > failAfter { throw EvaluationError("the server went away") }
+            // The longest choice is the most likely.
+            return q.continuations.map { ContinuationScore(logprob: Double($0.count) - 10, greedy: false, tokens: 1) }
+        }
     }
     func generate(_ asks: [GenerationAsk]) async throws -> [String] { asks.map { "The answer is #### \($0.prompt.count % 3)" } }
     func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int) { (-Double(text.utf8.count), text.utf8.count) }
+    func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int) { (-Double(text.utf8.count) / 2, text.utf8.count / 2) }
     func chatPrompt(_ text: String) throws -> String { "<user>" + text + "<assistant>" }
     var summary: [String: String] { ["backend": "rules"] }
 }
@@ -90,7 +93,9 @@ final class RuleBackend: EvaluationBackend, @unchecked Sendable {
         let path = try scratch.write("t.json", #"{"data": "items.jsonl", "kind": "multiple_choice", "prompt": "{{q}}", "choices": "{{options}}", "target": "{{gold}}"}"#)
         let backend = RuleBackend()
         backend.failAfter = 2
-        let result = await (try Evaluator(task: EvaluationTask.load(path: path), backend: backend)).run(samples: scratch.path + "/samples.jsonl")
+        let evaluator = try Evaluator(task: EvaluationTask.load(path: path), backend: backend)
+        evaluator.questionsPerBatch = 1
+        let result = await evaluator.run(samples: scratch.path + "/samples.jsonl")
         #expect(result.items == 2 && result.error?.contains("the server went away") == true)
         #expect(try String(contentsOfFile: scratch.path + "/samples.jsonl", encoding: .utf8).split(separator: "\n").count == 2)
     }
@@ -139,6 +144,29 @@ final class RuleBackend: EvaluationBackend, @unchecked Sendable {
         #expect(target.contains("is neither a choice's index"), "\(target)")
         let yaml = message { _ = try EvaluationTask.load(path: scratch.write("t.yaml", "data: items.jsonl\n  nested: 1\n")) }
         #expect(yaml.contains("t.yaml: line 2"), "\(yaml)")
+    }
+
+    /// A server that answers 200 with a body that is not JSON (python3's http.server serving a
+    /// folder whose `v1/completions` is a text file; it answers POST with 501, GET with the file).
+    @Test func aServerAnsweringGarbageIsNamed() async throws {
+        let scratch = try Scratch()
+        _ = try scratch.write("items.jsonl", Self.items)
+        let path = try scratch.write("t.json", #"{"data": "items.jsonl", "kind": "multiple_choice", "prompt": "{{q}}", "choices": "{{options}}", "target": "{{gold}}"}"#)
+        try FileManager.default.createDirectory(atPath: scratch.path + "/site/v1", withIntermediateDirectories: true)
+        _ = try scratch.write("site/v1/models", "<html>not an API</html>")
+        let port = Int.random(in: 20000..<40000)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", "-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", scratch.path + "/site"]
+        server.standardError = FileHandle.nullDevice
+        server.standardOutput = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate() }
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        let named = try await Evaluator(task: EvaluationTask.load(path: path), backend: OpenAIBackend(url: "http://127.0.0.1:\(port)", model: "m", apiKey: nil)).run()
+        #expect(named.error?.contains("/completions answered HTTP 501") == true, "\(named.error ?? "")")
+        let listed = try await Evaluator(task: EvaluationTask.load(path: path), backend: OpenAIBackend(url: "http://127.0.0.1:\(port)", model: nil, apiKey: nil)).run()
+        #expect(listed.error?.contains("/models answered something that is not a JSON object: <html>") == true, "\(listed.error ?? "")")
     }
 
     @Test func anUnreachableServerIsNamed() async throws {
