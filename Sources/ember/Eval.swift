@@ -82,6 +82,7 @@ struct Eval: AsyncParsableCommand {
         if let model {
             ThreadPool.configureShared(threadCount: threads)
             let loaded = try LoadedModel.load(path: model)
+            printError("f32 products: \(BLASCore.summary); integer products: \(KernelTier.current.name)")
             backend = InProcessBackend(model: loaded.model, prompting: try loaded.prompting(), name: model, sharedContext: !noSharedContext)
         } else {
             backend = try OpenAIBackend(url: url!, model: modelName, apiKey: apiKey ?? ProcessInfo.processInfo.environment["OPENAI_API_KEY"])
