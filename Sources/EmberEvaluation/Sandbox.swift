@@ -43,8 +43,10 @@ public enum Sandbox {
 
     /// Runs `program` with Python; passed when it exits 0 within `timeout` seconds.
     public static func run(python program: String, timeout: Double) async -> ProgramOutcome {
+        // A thread of its own: the run blocks while it waits, and a busy shared queue must not
+        // delay its start or its timeout.
         await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: runBlocking(program, timeout: timeout)) }
+            Thread { continuation.resume(returning: runBlocking(program, timeout: timeout)) }.start()
         }
     }
 

