@@ -16,7 +16,7 @@ struct Eval: AsyncParsableCommand {
            "prompt": "Passage: {{context}}\\nQuestion: {{question}}\\nAnswer:",
            "choices": "{{choices}}", "target": "{{answer}}", "metrics": ["acc", "acc_norm"]}
 
-        kind is multiple_choice, generate_until, code or perplexity; {{field}} is an item's field. Other fields: target_delimiter (" "), fewshot (0), fewshot_data, fewshot_sampler (first or random), fewshot_delimiter ("\\n\\n"), description, seed, chat_template, limit, until (["\\n\\n"]), max_tokens (256), temperature (0), answer_pattern and answer_match (first or last), ignore_case, ignore_punctuation, ignore_regexes, and for code: tests, entry_point, samples, k, timeout. docs/evaluation.md describes them; tasks/ holds the shipped ones (scripts/fetch-eval-data.py fetches their data).
+        kind is multiple_choice, generate_until, code or perplexity; {{field}} is an item's field. Other fields: target_delimiter (" "), fewshot (0), fewshot_data, fewshot_target (a worked answer for the examples), fewshot_sampler (first or random), fewshot_delimiter ("\\n\\n"), description, seed, chat_template, limit, until (["\\n\\n"]), max_tokens (256), temperature (0), answer_pattern and answer_match (first or last), ignore_case, ignore_punctuation, ignore_regexes, for code: tests, entry_point, samples, k, timeout; for perplexity: chunk_context (score as `ember perplexity --context N`). docs/evaluation.md describes them; tasks/ holds the shipped ones (scripts/fetch-eval-data.py fetches their data).
 
         Metrics follow the harness: acc, acc_norm (log-likelihood over the choice's length in characters), exact_match, pass@k (the unbiased estimator), perplexity, word_perplexity, byte_perplexity and bits_per_byte, each with its standard error.
 
