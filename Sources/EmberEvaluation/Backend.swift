@@ -41,20 +41,16 @@ public protocol EvaluationBackend: AnyObject {
     var summary: [String: String] { get }
 }
 
-/// The harness's split of a (context, continuation) pair: the context's trailing whitespace moves
-/// to the continuation; the context's tokens are its own encoding, the continuation's those of the
-/// whole text past the context's length (an empty context is the end-of-text token).
-func encodePair(_ context: String, _ continuation: String, encode: (String) -> [Int], endOfText: Int?) -> (context: [Int], continuation: [Int]) {
-    var context = context, continuation = continuation
+/// The harness's split of (context, continuation) pairs: the context's trailing whitespace moves
+/// to each continuation; the context's tokens are its own encoding (one for every continuation),
+/// each continuation's those of the whole text past the context's length (an empty context is the
+/// end-of-text token).
+func encodeQuestion(_ context: String, _ continuations: [String], encode: (String) -> [Int], endOfText: Int?) -> (context: [Int], continuations: [[Int]]) {
     let spaces = trailingWhitespace(context)
-    if spaces > 0 {
-        continuation = String(context.suffix(spaces)) + continuation
-        context = String(context.dropLast(spaces))
-    }
-    let whole = encode(context + continuation)
-    if context.isEmpty { return ([endOfText ?? 0], whole) }
-    let contextTokens = encode(context)
-    return (contextTokens, Array(whole.dropFirst(contextTokens.count)))
+    let kept = String(context.dropLast(spaces)), moved = String(context.suffix(spaces))
+    let contextTokens = kept.isEmpty ? [] : encode(kept)
+    let wholes = continuations.map { encode(kept + moved + $0) }
+    return kept.isEmpty ? ([endOfText ?? 0], wholes) : (contextTokens, wholes.map { Array($0.dropFirst(contextTokens.count)) })
 }
 
 /// A model Ember loads, evaluated in this process: each question's choices share the cached
@@ -94,12 +90,11 @@ public final class InProcessBackend: EvaluationBackend, @unchecked Sendable {
         func withBOS(_ tokens: [Int]) -> [Int] { bos.map { tokens.first == $0 ? tokens : [$0] + tokens } ?? tokens }
         var encoded: [(context: [Int], continuations: [[Int]])] = []
         for q in questions {
-            // The context's tokens are the same for every continuation (its own encoding).
-            let pairs = q.continuations.map { encodePair(q.context, $0, encode: encode, endOfText: prompting.tokenizer.eosTokenID) }
-            for (i, pair) in pairs.enumerated() where pair.continuation.isEmpty {
+            let (context, continuations) = encodeQuestion(q.context, q.continuations, encode: encode, endOfText: prompting.tokenizer.eosTokenID)
+            for (i, tokens) in continuations.enumerated() where tokens.isEmpty {
                 throw EvaluationError("choice \(i + 1) ('\(q.continuations[i])') has no tokens after the context")
             }
-            encoded.append((withBOS(pairs[0].context), pairs.map(\.continuation)))
+            encoded.append((withBOS(context), continuations))
         }
         if sharedContext { return try model.continuationScores(questions: encoded) }
         // Each choice with its own copy of the context: the same batches, nothing shared.

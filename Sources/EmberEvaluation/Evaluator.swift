@@ -19,6 +19,8 @@ public final class Evaluator {
     public let backend: any EvaluationBackend
     let documents: [Document]
     let examples: [Document]
+    /// Each item's full prompt, rendered once when the evaluator is made.
+    private(set) var contexts: [String] = []
     let exactMatch: ExactMatch
     /// Told (items done, items in all) as the run goes.
     public var progress: (Int, Int) -> Void = { _, _ in }
@@ -39,9 +41,9 @@ public final class Evaluator {
         exactMatch = ExactMatch(task: task)
         // Every item renders before anything runs: a template naming a missing field fails now
         // (and a multiple-choice item's target names one of its choices).
-        for document in documents {
-            _ = try context(for: document, index: 0)
+        contexts = try documents.enumerated().map { i, document in
             if task.kind == .multipleChoice { _ = try targetIndex(document, choices: choices(document, source: task.dataPath), source: task.dataPath) }
+            return try context(for: document, index: i)
         }
     }
 
@@ -195,7 +197,7 @@ public final class Evaluator {
             let choices = try choices(documents[i], source: source)
             choiceLists.append(choices)
             targets.append(try targetIndex(documents[i], choices: choices, source: source))
-            questions.append(Question(context: try context(for: documents[i], index: i), continuations: choices.map { task.targetDelimiter + $0 }))
+            questions.append(Question(context: contexts[i], continuations: choices.map { task.targetDelimiter + $0 }))
         }
         let results = try await backend.loglikelihoods(questions)
         return indices.indices.map { j in
@@ -208,12 +210,9 @@ public final class Evaluator {
     func generation(_ indices: [Int]) async throws -> [[String: Any]] {
         let samples = task.kind == .code ? task.samples : 1
         var asks: [GenerationAsk] = []
-        var contexts: [String] = []
         for i in indices {
-            let context = try context(for: documents[i], index: i)
-            contexts.append(context)
             for s in 0..<samples {
-                asks.append(GenerationAsk(prompt: context, until: task.until, maxTokens: task.maxTokens, temperature: task.temperature,
+                asks.append(GenerationAsk(prompt: contexts[i], until: task.until, maxTokens: task.maxTokens, temperature: task.temperature,
                                           seed: task.seed &+ UInt64(i * samples + s)))
             }
         }
@@ -223,7 +222,7 @@ public final class Evaluator {
         if task.kind == .code {
             var programs: [String] = []
             for (j, i) in indices.enumerated() {
-                for s in 0..<samples { programs.append(try program(outputs[j * samples + s], for: documents[i], prompt: contexts[j])) }
+                for s in 0..<samples { programs.append(try program(outputs[j * samples + s], for: documents[i], prompt: contexts[i])) }
             }
             outcomes = try await runAll(programs)
         }
@@ -231,7 +230,7 @@ public final class Evaluator {
         for (j, i) in indices.enumerated() {
             let document = documents[i]
             let texts = Array(outputs[j * samples..<(j + 1) * samples])
-            var record: [String: Any] = ["doc_id": i, "line": document.line, "prompt": contexts[j]]
+            var record: [String: Any] = ["doc_id": i, "line": document.line, "prompt": contexts[i]]
             if task.kind == .generateUntil {
                 let target = try render(task.target!, "target", document, source: task.dataPath)
                 let (answer, score) = exactMatch.score(texts[0], target: target)

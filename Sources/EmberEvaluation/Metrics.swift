@@ -62,24 +62,25 @@ public enum Metrics {
 /// Exact match as the harness scores generations: the answer taken from the output by a regular
 /// expression (its `regex` filter; `[invalid]` when nothing matches), then both it and the target
 /// normalised (`regexes_to_ignore` removed, case folded, punctuation removed) and compared.
-public struct ExactMatch: Sendable {
-    public var answerPattern: String?
-    public var last = false
-    public var ignoreCase = false
-    public var ignorePunctuation = false
-    public var ignoreRegexes: [String] = []
+public struct ExactMatch: @unchecked Sendable {  // immutable; NSRegularExpression is thread-safe
+    let answerPattern: NSRegularExpression?
+    let last: Bool
+    let ignoreCase: Bool
+    let ignorePunctuation: Bool
+    let ignoreRegexes: [NSRegularExpression]
 
+    /// The task's patterns, compiled once (the task checked that they compile).
     public init(task: EvaluationTask) {
-        answerPattern = task.answerPattern
+        answerPattern = task.answerPattern.flatMap { try? NSRegularExpression(pattern: $0) }
         last = task.answerMatch == "last"
         ignoreCase = task.ignoreCase
         ignorePunctuation = task.ignorePunctuation
-        ignoreRegexes = task.ignoreRegexes
+        ignoreRegexes = task.ignoreRegexes.compactMap { try? NSRegularExpression(pattern: $0) }
     }
 
     /// The answer in `output`: the chosen match's first non-empty group (or the whole match), trimmed.
     public func extract(_ output: String) -> String {
-        guard let answerPattern, let regex = try? NSRegularExpression(pattern: answerPattern) else { return output }
+        guard let regex = answerPattern else { return output }
         let range = NSRange(output.startIndex..., in: output)
         let matches = regex.matches(in: output, range: range)
         guard let match = last ? matches.last : matches.first else { return "[invalid]" }
@@ -90,8 +91,7 @@ public struct ExactMatch: Sendable {
 
     public func normalize(_ text: String) -> String {
         var s = text
-        for pattern in ignoreRegexes {
-            guard let regex = try? NSRegularExpression(pattern: pattern) else { continue }
+        for regex in ignoreRegexes {
             s = regex.stringByReplacingMatches(in: s, range: NSRange(s.startIndex..., in: s), withTemplate: "")
         }
         if ignoreCase { s = s.lowercased() }

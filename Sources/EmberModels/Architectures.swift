@@ -81,7 +81,8 @@ public enum ModelFamily: String, Sendable, CaseIterable, Codable {
     /// Whether block `layer` attends through the sliding window (when the model has one).
     func slidesWindow(layer: Int) -> Bool { self == .mistral || (self == .gemma2 && layer % 2 == 0) }
 
-    /// Whether Ember trains this family (the others are inference only).
+    /// Whether the LLaMA training path (and LoRA over it) runs this family; GPT-2 trains through
+    /// its own path (`TrainableGPT2`), the rest are inference only.
     public var trains: Bool { self == .llama || self == .mistral }
 }
 

@@ -15,11 +15,11 @@ public enum GGUFExport {
 
     /// With `merging`, each adapted matrix is written as W + (α / r) · B · A (`--merge-lora`).
     public static func write(directory: String, to path: String, type: MatrixType, merging adapter: LoRAAdapter? = nil) throws {
-        if try LlamaConfiguration.load(configPath: directory + "/config.json").family == .gpt2 {
-            guard adapter == nil else { throw TrainingError("GPT-2 takes no LoRA adapters to merge") }
-            return try writeGPT2(TrainableGPT2(directory: directory), directory: directory, to: path, type: type)
-        }
         let model = try TrainableLlama(directory: directory)
+        if let gpt2 = model.gpt2 {
+            guard adapter == nil else { throw TrainingError("GPT-2 takes no LoRA adapters to merge") }
+            return try writeGPT2(gpt2, directory: directory, to: path, type: type)
+        }
         let c = model.configuration
         if let adapter { model.merge(adapter) }
         var writer = GGUFWriter()

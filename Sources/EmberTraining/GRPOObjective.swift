@@ -225,7 +225,7 @@ public final class GRPOObjective: TrainingObjective {
         }
         rewardModels = models
         padding = Int32(prompting.paddingToken)
-        rollouts = RolloutEngine(policy: policy, prompting: prompting, maxLength: maximumLength,
+        rollouts = try RolloutEngine(policy: policy, prompting: prompting, maxLength: maximumLength,
                                  maxSequences: max(16, min(64, settings.generations * 4)))
         order = try EpochOrder(count: training.count, seed: seed, state: state, what: "training prompts")
     }

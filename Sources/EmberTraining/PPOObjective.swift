@@ -134,7 +134,7 @@ public final class PPOObjective: TrainingObjective {
         self.seed = seed
         rewardModel = try GRPOObjective.rewardModel(settings.rewardModel, for: prompting, vocabulary: policy.configuration.vocabularySize)
         padding = Int32(prompting.paddingToken)
-        rollouts = RolloutEngine(policy: policy, prompting: prompting, maxLength: maximumLength, maxSequences: 64)
+        rollouts = try RolloutEngine(policy: policy, prompting: prompting, maxLength: maximumLength, maxSequences: 64)
         order = try EpochOrder(count: training.count, seed: seed, state: state, what: "training prompts")
     }
 

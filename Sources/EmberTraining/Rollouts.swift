@@ -34,7 +34,10 @@ public final class RolloutEngine {
     public private(set) var lastSeconds = 0.0
 
     /// `maxLength`: the longest prompt + completion; `maxSequences`: sequences decoded together.
-    public init(policy: TrainableLlama, prompting: Prompting, maxLength: Int, maxSequences: Int = 16) {
+    public init(policy: TrainableLlama, prompting: Prompting, maxLength: Int, maxSequences: Int = 16) throws {
+        guard policy.gpt2 == nil else {
+            throw TrainingError("generating from the weights being trained runs LLaMA-path models; GPT-2 trains with pretrain and sft")
+        }
         self.policy = policy
         self.prompting = prompting
         let model = policy.lora == nil ? policy.inferenceModel() : Llama(configuration: policy.configuration, weights: policy.base!)

@@ -128,11 +128,12 @@ public final class TrainableLlama: @unchecked Sendable {
     /// Draws of dropout masks so far (each forward with LoRA dropout takes one seed per layer).
     private var dropoutDraws: UInt64 = 0
 
-    /// The training path is LLaMA's: other families (their biases, norms and fused matrices) run
-    /// for inference only.
+    /// The LLaMA path (and LoRA over it) trains LLaMA and Mistral: other families (their biases,
+    /// norms and fused matrices) run for inference only, but GPT-2, which trains whole (`gpt2`).
     static func checkTrainable(_ c: LlamaConfiguration) throws {
+        guard c.family != .gpt2 else { throw TrainingError("GPT-2 trains whole (pretrain, sft without LoRA); LoRA runs on LLaMA and Mistral models") }
         guard c.family.trains else {
-            throw TrainingError("\(c.family.rawValue) models run for inference only; Ember trains \(ModelFamily.allCases.filter(\.trains).map(\.rawValue).joined(separator: " and ")) models")
+            throw TrainingError("\(c.family.rawValue) models run for inference only; Ember trains \(ModelFamily.allCases.filter(\.trains).map(\.rawValue).joined(separator: ", ")) and gpt2 models")
         }
         guard !c.attentionBias, c.ropeDimensions == c.headDim else {
             throw TrainingError("attention biases and partial rotary embeddings run for inference only; training needs a plain LLaMA configuration")

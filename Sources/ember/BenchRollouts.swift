@@ -39,7 +39,7 @@ struct BenchRollouts: ParsableCommand {
         guard all.count >= prompts else { throw CommandError("\(data) has \(all.count) usable prompts; --prompts asks for \(prompts)") }
         let chosen = Array(all.prefix(prompts)).map(\.ids)
         let longest = chosen.map(\.count).max()! + maxCompletionLength
-        let rollouts = RolloutEngine(policy: policy, prompting: prompting, maxLength: longest, maxSequences: max(16, prompts * generations))
+        let rollouts = try RolloutEngine(policy: policy, prompting: prompting, maxLength: longest, maxSequences: max(16, prompts * generations))
         var p = SamplingParameters()
         p.temperature = Float(temperature)
         p.maxTokens = maxCompletionLength

@@ -133,4 +133,15 @@ import Testing
             _ = try TrainableLlama(configuration: Self.configuration, seed: 1, layout: ModelLayout(tensorRank: 0, tensorSize: 2))
         }
     }
+
+    /// Generation from the weights being trained (GRPO, PPO) runs LLaMA-path models: GPT-2 is refused
+    /// by name instead of stopping the process.
+    @Test func rolloutsAreRefused() throws {
+        let folder = GPT2GradientTests.root.appendingPathComponent("Tests/Fixtures/architectures/gpt2/hf").path
+        let policy = try TrainableLlama(directory: folder)
+        let error = #expect(throws: TrainingError.self) {
+            _ = try RolloutEngine(policy: policy, prompting: LoadedModel.prompting(directory: folder), maxLength: 64)
+        }
+        #expect(error?.description.contains("GPT-2") == true)
+    }
 }

@@ -48,7 +48,7 @@ struct GRPOTests {
         for whole in [false, true] {
             let model = whole ? try TrainableLlama(directory: PreferenceTests.smolLM)
                 : try TrainableLlama.withLoRA(base: PreferenceTests.smolLM, lora: Self.lora).model
-            let rollouts = RolloutEngine(policy: model, prompting: prompting, maxLength: 128)
+            let rollouts = try RolloutEngine(policy: model, prompting: prompting, maxLength: 128)
             let before = try rollouts.generate([prompt], n: 1, parameters: greedy)[0][0]
             let agreeBefore = trainingPathGreedy(model, prompt: prompt, completion: before.tokens) == before.tokens
             // A change to the trained weights, in memory: every LoRA B (zero when new), or the whole
