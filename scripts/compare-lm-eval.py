@@ -41,6 +41,11 @@ for line in open(os.path.join(runs, "timings.txt")):
     timings[(who, name)] = (int(items), float(seconds))
 
 
+def number(value):
+    """A metric as 0.0000 (the harness writes "N/A" for the stderr of a single item)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+
+
 def rate(who, name, count):
     if (who, name) not in timings:
         return None
@@ -59,9 +64,9 @@ for task, ember_name, kind in [("logiqa", "logiqa", "mc"), ("reclor", "reclor", 
     names = ["acc", "acc_norm"] if kind == "mc" else ["exact_match"]
     for metric in names:
         key = f"{metric},none" if kind == "mc" else f"{metric},flexible-extract"
-        h = f"{theirs[key]:.4f} ± {theirs[key.replace(',', '_stderr,')]:.4f}"
-        e = f"{ours[metric]:.4f} ± {ours[metric + '_stderr']:.4f}"
-        s = f"{served[key]:.4f} ± {served[key.replace(',', '_stderr,')]:.4f}" if served else "-"
+        h = f"{number(theirs[key])} ± {number(theirs[key.replace(',', '_stderr,')])}"
+        e = f"{number(ours[metric])} ± {number(ours[metric + '_stderr'])}"
+        s = f"{number(served[key])} ± {number(served[key.replace(',', '_stderr,')])}" if served else "-"
         print(f"| {task} | {metric} | {h} | {e} | {s} |")
     n = len(our_items)
     if kind == "mc":
