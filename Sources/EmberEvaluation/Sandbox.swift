@@ -99,6 +99,16 @@ public enum Sandbox {
             finished.wait()
         }
         output.fileHandleForReading.readabilityHandler = nil
+        // What the program wrote just before it ended may not have reached the handler yet:
+        // read it without blocking (a process it left behind could hold the pipe open).
+        let fd = output.fileHandleForReading.fileDescriptor
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            tail.append(Data(buffer[0..<count]))
+        }
         if timedOut { return ProgramOutcome(passed: false, summary: "timed out after \(timeout) s") }
         let status = process.terminationStatus
         if process.terminationReason == .uncaughtSignal { return ProgramOutcome(passed: false, summary: "failed: killed by signal \(status)") }
