@@ -52,3 +52,26 @@ let package = Package(
         .testTarget(name: "EmberDistributedTests", dependencies: ["EmberDistributed"], path: "Tests/EmberDistributedTests"),
     ]
 )
+
+// Fuzz harnesses (Fuzz/), one executable per reader, built only for `make fuzz`: EMBER_FUZZ=1 with
+// `-sanitize=fuzzer,address` (scripts/fuzz.sh). libFuzzer supplies the entry point, so the harnesses
+// are parsed as libraries.
+if Context.environment["EMBER_FUZZ"] != nil {
+    package.dependencies += [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ]
+    let harnesses: [(name: String, dependencies: [Target.Dependency])] = [
+        ("gguf", ["EmberModels"]), ("safetensors", ["EmberModels"]), ("tokenizer-json", ["EmberTokenizers"]),
+        ("sentencepiece", ["EmberTokenizers"]), ("jinja", ["EmberTokenizers"]), ("jsonl", ["EmberTraining", "EmberEvaluation"]),
+        ("adapter", ["EmberModels"]), ("checkpoint", ["EmberTraining"]), ("dequantize", ["EmberTensor"]),
+        ("requests", ["EmberServer", .product(name: "Hummingbird", package: "hummingbird"),
+                      .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "Logging", package: "swift-log")]),
+    ]
+    package.targets.append(.target(name: "FuzzSupport", dependencies: ["EmberTokenizers", "EmberTensor"], path: "Fuzz/Support"))
+    for harness in harnesses {
+        package.products.append(.executable(name: "fuzz-\(harness.name)", targets: ["fuzz-\(harness.name)"]))
+        package.targets.append(.executableTarget(name: "fuzz-\(harness.name)", dependencies: ["FuzzSupport"] + harness.dependencies,
+                                                 path: "Fuzz/\(harness.name)", swiftSettings: [.unsafeFlags(["-parse-as-library"])]))
+    }
+}

@@ -1,0 +1,12 @@
+import EmberTokenizers
+import Foundation
+import FuzzSupport
+
+/// A Hugging Face `tokenizer.json`; a tokenizer that loads encodes and decodes the probe texts.
+@_cdecl("LLVMFuzzerTestOneInput") public func fuzz(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
+    guard let tokenizer = try? TokenizerJSON.load(data: Data(input(data, count))) else { return 0 }
+    checkTokenizer(tokenizer)
+    return 0
+}
+
+@_cdecl("fuzz_tokenizer_json_main") public func main(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzz) }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the fuzz harnesses (Fuzz/, libFuzzer with AddressSanitizer) and runs each for SECONDS on
+# JOBS cores. Each harness's corpus grows in .cache/fuzz/corpus/<harness> from the committed seeds in
+# Fuzz/seeds/<harness>; crashes, hangs (an input over 1 s) and out-of-memory inputs (over 2 GiB)
+# land in .cache/fuzz/findings/<harness>/ and fail the run. A summary line per harness (executions,
+# coverage in edges and features, corpus size, findings) goes to .cache/fuzz/summary.txt.
+# Usage: scripts/fuzz.sh [SECONDS per harness, default 60] [HARNESS...]   (JOBS=2 by default)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+seconds=${1:-60}
+shift || true
+harnesses=("$@")
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(gguf safetensors tokenizer-json sentencepiece jinja requests jsonl adapter checkpoint dequantize)
+jobs=${JOBS:-2}
+build=.build-fuzz
+for harness in "${harnesses[@]}"; do
+    EMBER_FUZZ=1 swift build -c release --build-path "$build" -Xswiftc -sanitize=fuzzer,address \
+        -Xcc -fsanitize=fuzzer-no-link,address --product "fuzz-$harness" 2>&1 | grep -E "error|Compiling|complete" >&2 || true
+    [ -x "$build/release/fuzz-$harness" ] || { echo "fuzz-$harness did not build" >&2; exit 1; }
+done
+export EMBER_FUZZ_MODEL="$root/Fuzz/seeds/gguf/tiny-fim.gguf"
+export OPENBLAS_NUM_THREADS=1
+summary=.cache/fuzz/summary.txt
+mkdir -p .cache/fuzz
+failed=0
+for harness in "${harnesses[@]}"; do
+    corpus=.cache/fuzz/corpus/$harness findings=.cache/fuzz/findings/$harness logs=.cache/fuzz/logs/$harness
+    mkdir -p "$corpus" "$findings" "$logs"
+    rm -f "$logs"/*.log
+    echo "fuzz-$harness: ${seconds}s on $jobs cores" >&2
+    status=0
+    "$build/release/fuzz-$harness" "$corpus" "Fuzz/seeds/$harness" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
+        -malloc_limit_mb=2048 -max_len=65536 -fork="$jobs" -ignore_crashes=0 -artifact_prefix="$findings/" -print_final_stats=1 \
+        >"$logs/fuzz.log" 2>&1 || status=$?
+    stats=$(grep -E "^#[0-9]+" "$logs/fuzz.log" | tail -1 || true)
+    found=$(ls "$findings" | wc -l)
+    line="$(date -u +%FT%TZ) $harness seconds=$seconds jobs=$jobs status=$status findings=$found last: $stats"
+    echo "$line" | tee -a "$summary" >&2
+    if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
+        failed=1
+        grep -E "ERROR|invariant broken|Fatal error|panic|SUMMARY|deadly|timeout|out-of-memory" "$logs"/*.log | head -20 >&2 || true
+    fi
+done
+exit $failed
