@@ -16,7 +16,7 @@ work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 fixtures=Tests/Fixtures
 
 # A tiny LLaMA with fill-in-the-middle tokens, as a GGUF: a GGUF seed, and the requests harness's model.
-"$ember" export --input "$fixtures/fim/base" --gguf "$seeds/gguf/tiny-fim.gguf" >/dev/null
+"$ember" export --input "$fixtures/fim/base" --add-fim-tokens "$work/fim" --gguf "$seeds/gguf/tiny-fim.gguf" >/dev/null
 cp "$fixtures/tokenizers/sentencepiece/llama.vocab.gguf" "$seeds/gguf/"
 
 "$python" - "$seeds" "$work" <<'PY'

@@ -7,7 +7,7 @@ import FuzzSupport
     let files = parts(input(data, count), count: 2)
     guard let source = String(validating: files[0], as: UTF8.self), let template = try? ChatTemplate(source) else { return 0 }
     let messages = String(validating: files[1], as: UTF8.self).flatMap { try? JinjaValue(json: $0) }
-        ?? .list([.object([("role", "user"), ("content", "Hello")])])
+        ?? .list([.dict(JinjaDict([("role", .string("user")), ("content", .string("Hello"))]))])
     for generation in [false, true] {
         _ = try? template.render(messages: messages, addGenerationPrompt: generation, bosToken: "<s>", eosToken: "</s>")
     }
