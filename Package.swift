@@ -22,6 +22,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // The HTTP parts that a connection-level handler (limits, slow clients) sees; already under Hummingbird.
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        // openapi.yaml, the API's description, is served as JSON at /openapi.json.
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", providers: [.apt(["libopenblas-dev"])]),
@@ -36,7 +40,9 @@ let package = Package(
         .target(name: "EmberTraining", dependencies: ["EmberModels", "EmberNN", "EmberDistributed", "EmberInference"], swiftSettings: numericFlags),
         .target(name: "EmberInference", dependencies: ["EmberModels"], swiftSettings: numericFlags),
         .target(name: "EmberEvaluation", dependencies: ["EmberInference"], swiftSettings: numericFlags),
-        .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird")]),
+        .target(name: "EmberServer", dependencies: ["EmberInference", .product(name: "Hummingbird", package: "hummingbird"),
+                                                  .product(name: "NIOHTTPTypes", package: "swift-nio-extras"), "Yams"],
+                resources: [.copy("openapi.yaml")]),
         .executableTarget(name: "ember", dependencies: [
             "EmberModels", "EmberServer", "EmberTraining", "EmberEvaluation", .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

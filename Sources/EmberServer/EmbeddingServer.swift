@@ -14,18 +14,21 @@ public struct EmbeddingServer: Sendable {
     public let encoder: SentenceEncoder
     public let modelName: String
     public let apiKey: String?
-    public let maxBodyBytes: Int
+    public let limits: ServerLimits
+    /// Places for requests: one computing and `limits.maxQueuedRequests` waiting.
+    let admission: Admission
     /// Most inputs in one request (OpenAI's limit).
     public static let maxInputs = 2048
     /// Most tokens in one forward pass; a request with more runs in several.
     public static let batchTokens = 8192
     private let queue = DispatchQueue(label: "ember.embeddings")
 
-    public init(encoder: SentenceEncoder, modelName: String, apiKey: String?, maxBodyBytes: Int = OpenAIServer.Limits().maxBodyBytes) {
+    public init(encoder: SentenceEncoder, modelName: String, apiKey: String?, limits: ServerLimits = ServerLimits()) {
         self.encoder = encoder
         self.modelName = modelName
         self.apiKey = apiKey
-        self.maxBodyBytes = maxBodyBytes
+        self.limits = limits
+        admission = Admission(capacity: 1 + limits.maxQueuedRequests)
     }
 
     public func router() -> Router<BasicRequestContext> {
@@ -38,9 +41,15 @@ public struct EmbeddingServer: Sendable {
                                           ("max_model_len", .int(encoder.maxSequenceLength))])
             return OpenAIServer.json(.object([("object", "list"), ("data", .list([card]))]))
         }
-        router.post("v1/embeddings") { request, _ in try await embeddings(try await OpenAIServer.fields(request, limit: maxBodyBytes)) }
+        router.get("openapi.json") { _, _ in try OpenAPIDocument.response() }
+        router.post("v1/embeddings") { request, _ in
+            let f = try await OpenAIServer.fields(request, limit: limits.maxBodyBytes)
+            let ticket = try admission.take(1, retryAfter: limits.retryAfter)
+            defer { ticket.release() }
+            return try await embeddings(f)
+        }
         router.post("tokenize") { request, _ in
-            let f = try await OpenAIServer.fields(request, limit: maxBodyBytes)
+            let f = try await OpenAIServer.fields(request, limit: limits.maxBodyBytes)
             guard let prompt = try f.string("prompt") else { throw APIError.badRequest("give 'prompt' (a string)", param: "prompt") }
             let ids = try f.bool("add_special_tokens") ?? true ? encoder.tokens(prompt) : encoder.tokenizer.encode(prompt, parseSpecial: false)
             return OpenAIServer.json(.object([("count", .int(ids.count)), ("max_model_len", .int(encoder.maxSequenceLength)),

@@ -11,10 +11,7 @@ import NIOCore
 /// streaming and OpenAI's error shape; for models with fill-in-the-middle tokens also llama.cpp's
 /// `/infill` and OpenAI's `suffix` on `/v1/completions`.
 public struct OpenAIServer: Sendable {
-    public struct Limits: Sendable {
-        public var maxBodyBytes = 4 << 20
-        public init() {}
-    }
+    public typealias Limits = ServerLimits
 
     public let engine: Engine
     public let modelName: String
@@ -27,6 +24,8 @@ public struct OpenAIServer: Sendable {
     /// infill prompts are in SPM order (llama-server's --spm-infill).
     public let fim: FillInTheMiddle?
     public let spmInfill: Bool
+    /// Places for generation requests: the running batch and `limits.maxQueuedRequests` more.
+    let admission: Admission
 
     public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits(), adapters: [InferenceAdapter] = [],
                 fim: FillInTheMiddle? = nil, spmInfill: Bool = false) {
@@ -38,6 +37,7 @@ public struct OpenAIServer: Sendable {
         self.prompting = prompting
         self.apiKey = apiKey
         self.limits = limits
+        admission = Admission(capacity: engine.configuration.maxSequences + limits.maxQueuedRequests)
     }
 
     var tokenizer: any Tokenizer { engine.tokenizer }
@@ -47,6 +47,7 @@ public struct OpenAIServer: Sendable {
         let router = Router()
         router.middlewares.add(ErrorShapeMiddleware(apiKey: apiKey))
         router.get("health") { _, _ in Response(status: .ok) }
+        router.get("openapi.json") { _, _ in try OpenAPIDocument.response() }
         router.get("metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                      body: .init(byteBuffer: ByteBuffer(string: engine.metrics.prometheus(model: modelName))))
@@ -112,6 +113,8 @@ public struct OpenAIServer: Sendable {
             guard !ids.isEmpty else { throw APIError.badRequest("input \(i) has no tokens", param: "input") }
             guard ids.count <= limit else { throw APIError.badRequest("input \(i) has \(ids.count) tokens; the model's context is \(limit)", param: "input") }
         }
+        let ticket = try admission.take(1, retryAfter: limits.retryAfter)
+        defer { ticket.release() }
         let model = engine.model
         let scores = try await Task.detached { try inputs.map { try model.scores($0)[0] } }.value
         let data: [JinjaValue] = scores.enumerated().map { i, score in
@@ -145,8 +148,9 @@ public struct OpenAIServer: Sendable {
     }
 
     static func error(_ e: APIError) -> Response {
-        Response(status: HTTPResponse.Status(code: e.status), headers: [.contentType: "application/json"],
-                 body: .init(byteBuffer: ByteBuffer(string: e.body)))
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let seconds = e.retryAfter { headers[.retryAfter] = String(seconds) }
+        return Response(status: HTTPResponse.Status(code: e.status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: e.body)))
     }
 
     static func json(_ value: JinjaValue, status: HTTPResponse.Status = .ok) -> Response {
@@ -298,6 +302,7 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("'stream_options' must be an object", param: "stream_options")
         }
 
+        let ticket = try admission.take(prompts.count, retryAfter: limits.retryAfter)
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         // Every prompt goes to the engine first, so that they run in the same batches; then each is collected.
         var requests: [(builder: ResponseBuilder, submitted: (id: Int, events: AsyncStream<GenerationEvent>)?)] = []
@@ -310,16 +315,24 @@ public struct OpenAIServer: Sendable {
             if p.maxTokens == 0 { builder.finishWithoutGenerating() }
             requests.append((builder, p.maxTokens > 0 ? try submit(prompt.tokens, p, adapter) : nil))
         }
+        let deadline = Deadline(seconds: limits.requestTimeout, engine: engine, requests: requests.compactMap { $0.submitted?.id })
         if stream, let submitted = requests[0].submitted {
-            let engine = engine, includeUsage = includeUsage, response = requests[0].builder
+            let engine = engine, includeUsage = includeUsage, response = requests[0].builder, limits = limits
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                             body: ResponseBody { writer in
                                 var finished = false
-                                defer { if !finished { engine.cancel(submitted.id) } }
+                                defer {
+                                    if !finished { engine.cancel(submitted.id) }
+                                    ticket.release()
+                                }
                                 var builder = response
                                 for chunk in builder.streamStart() { try await writer.write(ByteBuffer(string: chunk)) }
                                 for await event in submitted.events {
                                     for chunk in builder.stream(event) { try await writer.write(ByteBuffer(string: chunk)) }
+                                }
+                                if deadline.finish() {
+                                    let error = Deadline.error(limits.requestTimeout, retryAfter: limits.retryAfter)
+                                    try await writer.write(ByteBuffer(string: "data: \(error.body)\n\n"))
                                 }
                                 finished = builder.allFinished
                                 if includeUsage { try await writer.write(ByteBuffer(string: builder.usageChunk())) }
@@ -339,6 +352,8 @@ public struct OpenAIServer: Sendable {
             if let submitted = request.submitted { builder = try await collect(submitted, into: builder) }
             builders.append(builder)
         }
+        if deadline.finish() { throw Deadline.error(limits.requestTimeout, retryAfter: limits.retryAfter) }
+        ticket.release()
         return Self.json(ResponseBuilder.merged(builders))
     }
 
@@ -434,10 +449,15 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("the infill prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: "input_extra")
         }
         parameters.maxTokens = min(requested ?? engine.configuration.maxTokensLimit, context - prompt.count, engine.configuration.maxTokensLimit)
+        let ticket = try admission.take(1, retryAfter: limits.retryAfter)
+        defer { ticket.release() }
         let submitted = try submit(prompt, parameters, adapter)
+        let deadline = Deadline(seconds: limits.requestTimeout, engine: engine, requests: [submitted.id])
         let response = ResponseBuilder(id: "infill", chat: false, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
                                        logprobs: false, promptTokens: prompt.count)
-        return Self.json(try await collect(submitted, into: response).infillResponse())
+        let collected = try await collect(submitted, into: response)
+        if deadline.finish() { throw Deadline.error(limits.requestTimeout, retryAfter: limits.retryAfter) }
+        return Self.json(collected.infillResponse())
     }
 }
 
@@ -448,7 +468,7 @@ struct ErrorShapeMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let apiKey, request.uri.path != "/health" {
-            guard request.headers[.authorization] == "Bearer \(apiKey)" else {
+            guard constantTimeEquals(request.headers[.authorization], "Bearer \(apiKey)") else {
                 return OpenAIServer.error(APIError(status: 401, message: "missing or wrong API key (send 'Authorization: Bearer KEY')",
                                                    code: "invalid_api_key"))
             }

@@ -10,6 +10,8 @@ struct APIError: Error {
     var type = "invalid_request_error"
     var param: String?
     var code: String?
+    /// Seconds after which the client may try again (429 and 503), sent as `Retry-After`.
+    var retryAfter: Int?
 
     static func badRequest(_ message: String, param: String? = nil) -> APIError { APIError(status: 400, message: message, param: param) }
 

@@ -58,7 +58,36 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .customLong("spm-infill"), help: "Fill-in-the-middle prompts in SPM order (suffix, then prefix) rather than PSM.")
     var spmInfill = false
 
+    @Option(help: "Requests that may wait beyond the running batch (--max-num-seqs); more are answered 429 with Retry-After.")
+    var maxQueuedRequests = ServerLimits().maxQueuedRequests
+
+    @Option(help: ArgumentHelp("Seconds a request may run before it is stopped and answered 503.", valueName: "seconds"))
+    var requestTimeout = ServerLimits().requestTimeout
+
+    @Option(help: ArgumentHelp("Seconds a client has to send a whole request; slower clients are disconnected.", valueName: "seconds"))
+    var readTimeout = ServerLimits().readTimeout
+
+    @Option(help: "Open connections at most; one more is answered 503 and closed.")
+    var maxConnections = ServerLimits().maxConnections
+
+    @Option(help: ArgumentHelp("Largest request body, in bytes (413 above it).", valueName: "bytes"))
+    var maxBodyBytes = ServerLimits().maxBodyBytes
+
+    /// The server's limits from the options.
+    var limits: ServerLimits {
+        var limits = ServerLimits()
+        limits.maxQueuedRequests = maxQueuedRequests
+        limits.requestTimeout = requestTimeout
+        limits.readTimeout = readTimeout
+        limits.maxConnections = maxConnections
+        limits.maxBodyBytes = maxBodyBytes
+        return limits
+    }
+
     func validate() throws {
+        guard maxQueuedRequests >= 0 else { throw ValidationError("--max-queued-requests must be 0 or more") }
+        guard requestTimeout > 0, readTimeout > 0 else { throw ValidationError("--request-timeout and --read-timeout must be positive") }
+        guard maxConnections >= 1, maxBodyBytes >= 1 else { throw ValidationError("--max-connections and --max-body-bytes must be at least 1") }
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
         guard maxBatchedTokens >= 1 else { throw ValidationError("--max-batched-tokens must be at least 1") }
@@ -110,9 +139,9 @@ struct Serve: AsyncParsableCommand {
         }
         let fim = loaded.fillInTheMiddle
         if let fim { printError("fill-in-the-middle tokens \(fim.prefix), \(fim.suffix), \(fim.middle): POST /infill answers") }
-        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, adapters: adapters,
-                                  fim: fim, spmInfill: spmInfill)
-        let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
+        let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, limits: limits,
+                                  adapters: adapters, fim: fim, spmInfill: spmInfill)
+        let app = Application(router: server.router(), server: limits.http1(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")
                               })
@@ -127,9 +156,9 @@ struct Serve: AsyncParsableCommand {
         ThreadPool.configureShared(threadCount: options.threads)
         let encoder = try SentenceEncoder(path: options.model)
         let name = servedModelName ?? URL(fileURLWithPath: options.model).lastPathComponent
-        let server = EmbeddingServer(encoder: encoder, modelName: name, apiKey: apiKey)
+        let server = EmbeddingServer(encoder: encoder, modelName: name, apiKey: apiKey, limits: limits)
         let threads = options.threads
-        let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
+        let app = Application(router: server.router(), server: limits.http1(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving embedding model \(name) (\(encoder.dimensions) dimensions, \(encoder.pooling.rawValue) pooling\(encoder.normalize ? ", normalised" : ""), inputs cut at \(encoder.maxSequenceLength) tokens) on http://\(host):\(port) (\(threads) threads)")
                               })
