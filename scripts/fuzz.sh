@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the fuzz harnesses (Fuzz/, libFuzzer with AddressSanitizer) and runs each for SECONDS on
 # JOBS cores. Each harness's corpus grows in .cache/fuzz/corpus/<harness> from the committed seeds in
-# Fuzz/seeds/<harness>; crashes, hangs (an input over 1 s) and out-of-memory inputs (over 2 GiB)
+# Fuzz/seeds/<harness>, after the inputs in Fuzz/regressions/<harness> (each once a finding) pass; crashes, hangs (an input over 1 s) and out-of-memory inputs (over 2 GiB)
 # land in .cache/fuzz/findings/<harness>/ and fail the run. A summary line per harness (executions,
 # coverage in edges and features, corpus size, findings) goes to .cache/fuzz/summary.txt.
 # Usage: scripts/fuzz.sh [SECONDS per harness, default 60] [HARNESS...]
@@ -36,6 +36,11 @@ for harness in "${harnesses[@]}"; do
     corpus=.cache/fuzz/corpus/$harness findings=.cache/fuzz/findings/$harness logs=.cache/fuzz/logs/$harness
     mkdir -p "$corpus" "$findings" "$logs"
     rm -f "$logs"/*.log
+    # Inputs that once failed run first: each must pass again.
+    if compgen -G "Fuzz/regressions/$harness/*" >/dev/null; then
+        "$build/release/fuzz-$harness" Fuzz/regressions/"$harness"/* >"$logs/regressions.log" 2>&1 \
+            || { echo "fuzz-$harness: a regression input fails again" >&2; tail -20 "$logs/regressions.log" >&2; failed=1; continue; }
+    fi
     echo "fuzz-$harness: ${seconds}s on $jobs cores" >&2
     status=0
     "$build/release/fuzz-$harness" "$corpus" "Fuzz/seeds/$harness" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
