@@ -13,7 +13,7 @@ THREADS ?= $(shell nproc)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test build setup model bench clean
+.PHONY: run test build setup model bench clean fuzz fuzz-seeds sanitize-address sanitize-thread
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,21 @@ test: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS) $(F32_MODEL)/toke
 	$(SWIFT_BUILD) --build-tests
 	swift test -c release --skip-build
 	scripts/test-openai.sh
+
+# Every fuzz harness for FUZZ_SECONDS each (libFuzzer and ASan, on all cores); see docs/reliability.md.
+FUZZ_SECONDS ?= 60
+fuzz: setup model
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-seeds: build
+	scripts/fuzz-seeds.sh
+
+# The whole test suite under AddressSanitizer or ThreadSanitizer (their own build folders).
+sanitize-address: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS) $(F32_MODEL)/tokenizer_config.json
+	scripts/sanitize.sh address
+
+sanitize-thread: setup model $(F32_MODEL)/model.safetensors $(TOKENIZERS) $(F32_MODEL)/tokenizer_config.json
+	scripts/sanitize.sh thread
 
 bench: build model
 	bench/compare.sh
