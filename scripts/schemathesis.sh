@@ -8,7 +8,9 @@
 # Writes runs/schemathesis/summary.txt (schemathesis's output), junit.xml and server.log; fails if a
 # check fails or the server crashed.
 # Usage: [EXAMPLES=100] [SEED=N] [SCHEMA=Sources/EmberServer/openapi.yaml] scripts/schemathesis.sh
-#   SCHEMA tests that file instead of the server's /openapi.json; SEED repeats a run (its output names its seed).
+#   SCHEMA tests that file instead of the server's /openapi.json;
+#   SEED repeats a run (the output names its seed); `cd runs/schemathesis && ../../.cache/venv/bin/st replay ID`
+#   sends a failure's request again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,8 +24,8 @@ mkdir -p "$out"
 [ -f "$model" ] || scripts/fetch-model.sh >/dev/null
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-.build/release/ember serve --model "$model" --port "$port" --max-model-len 2048 --max-tokens-limit "$limit" \
-    --kv-cache-memory 256MiB > "$out/server.log" 2>&1 &
+.build/release/ember serve --model "$model" --port "$port" --max-tokens-limit "$limit" --kv-cache-memory 512MiB \
+    > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 150); do
@@ -31,12 +33,13 @@ for _ in $(seq 150); do
     kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; echo "ember serve exited before it was ready" >&2; exit 1; }
     sleep 0.2
 done
-if [ -n "${SCHEMA:-}" ]; then location=(--url "$url" "$SCHEMA"); else location=("$url/openapi.json"); fi
+if [ -n "${SCHEMA:-}" ]; then location=(--url "$url" "$(realpath "$SCHEMA")"); else location=("$url/openapi.json"); fi
 status=0
-SCHEMATHESIS_HOOKS=scripts/schemathesis-hooks.py EMBER_SERVES=generative EMBER_MAX_TOKENS_LIMIT=$limit \
+# From runs/schemathesis, where schemathesis keeps its cache of failures (.schemathesis/, for `st replay`).
+(cd "$out" && SCHEMATHESIS_HOOKS="$root/scripts/schemathesis-hooks.py" EMBER_SERVES=generative EMBER_MAX_TOKENS_LIMIT=$limit \
     "$st" run "${location[@]}" --checks all --max-examples "${EXAMPLES:-100}" ${SEED:+--seed "$SEED"} \
     --workers 1 --request-timeout 120 --generation-database none --output-sanitize false --no-color \
-    --report junit --report-junit-path "$out/junit.xml" 2>&1 | tee "$out/summary.txt" || status=$?
+    --report junit --report-junit-path junit.xml) 2>&1 | tee "$out/summary.txt" || status=$?
 kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; echo "ember serve crashed during the tests" >&2; exit 1; }
 kill -INT $server
 wait $server || true

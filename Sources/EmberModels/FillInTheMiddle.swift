@@ -98,7 +98,7 @@ public struct FillInTheMiddle: Sendable, Equatable {
         var head = encode(prefix), tail = encode(suffix)
         head = Array(head.suffix(min(head.count, 3 * (window / 4))))
         tail = Array(tail.prefix(max(0, min(tail.count, window / 4 - (2 + prompt.count)))))
-        let extraTake = min(max(0, context - window - 2 * maxTokens), extraTokens.count)
+        let extraTake = min(max(0, context - window - 2 * min(max(maxTokens, 0), context)), extraTokens.count)
         head = [self.prefix] + head + prompt
         tail = [self.suffix] + tail
         var tokens = spm ? tail : head

@@ -277,7 +277,7 @@ public struct OpenAIServer: Sendable {
         } else if let suffix = try f.string("suffix") {
             guard let fim else { throw APIError.badRequest("this model has no fill-in-the-middle tokens, so 'suffix' cannot be used", param: "suffix") }
             guard case .string(let prefix)? = f["prompt"] else { throw APIError.badRequest("with 'suffix', 'prompt' must be a string", param: "prompt") }
-            prompts = [(infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested ?? engine.configuration.maxTokensLimit), nil)]
+            prompts = [(infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: min(requested ?? .max, engine.configuration.maxTokensLimit)), nil)]
             parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
         } else {
             prompts = try completionPrompts(f["prompt"])
@@ -302,6 +302,9 @@ public struct OpenAIServer: Sendable {
             throw APIError.badRequest("'stream_options' must be an object", param: "stream_options")
         }
 
+        guard prompts.count <= admission.capacity else {
+            throw APIError.badRequest("'prompt' has \(prompts.count) prompts; this server runs or queues at most \(admission.capacity) at once", param: "prompt")
+        }
         let ticket = try admission.take(prompts.count, retryAfter: limits.retryAfter)
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         // Every prompt goes to the engine first, so that they run in the same batches; then each is collected.
@@ -444,7 +447,7 @@ public struct OpenAIServer: Sendable {
         if let n = requested, n < 0 { requested = nil }  // llama.cpp: -1 is "until the context ends"
         if requested == 0 { throw APIError.badRequest("'n_predict' must be at least 1", param: "n_predict") }
         let prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, extra: extra, prompt: tokenizer.encode(try f.string("prompt") ?? "", parseSpecial: true),
-                                  maxTokens: requested ?? engine.configuration.maxTokensLimit)
+                                  maxTokens: min(requested ?? .max, engine.configuration.maxTokensLimit))
         guard prompt.count < context else {
             throw APIError.badRequest("the infill prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: "input_extra")
         }
@@ -466,6 +469,14 @@ struct ErrorShapeMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let apiKey: String?
 
+    /// The method each path answers: another method on it is 405 with `Allow`, not 404.
+    static let methods: [String: String] = {
+        var methods: [String: String] = [:]
+        for path in ["/health", "/metrics", "/v1/models", "/openapi.json"] { methods[path] = "GET" }
+        for path in ["/tokenize", "/detokenize", "/v1/chat/completions", "/v1/completions", "/infill", "/pooling", "/v1/embeddings"] { methods[path] = "POST" }
+        return methods
+    }()
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         if let apiKey, request.uri.path != "/health" {
             guard constantTimeEquals(request.headers[.authorization], "Bearer \(apiKey)") else {
@@ -478,6 +489,11 @@ struct ErrorShapeMiddleware: RouterMiddleware {
         } catch let error as APIError {
             return OpenAIServer.error(error)
         } catch let error as any HTTPResponseError {
+            if error.status == .notFound, let allowed = Self.methods[request.uri.path], allowed != request.method.rawValue {
+                var response = OpenAIServer.error(APIError(status: 405, message: "\(request.uri.path) answers \(allowed), not \(request.method)"))
+                response.headers[.allow] = allowed
+                return response
+            }
             let message = error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : "\(error.status)"
             return OpenAIServer.error(APIError(status: error.status.code, message: message,
                                                type: error.status.code >= 500 ? "server_error" : "invalid_request_error"))
