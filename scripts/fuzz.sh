@@ -43,12 +43,13 @@ for harness in "${harnesses[@]}"; do
     fi
     echo "fuzz-$harness: ${seconds}s on $jobs cores" >&2
     status=0
+    started=$(date +%s)
     "$build/release/fuzz-$harness" "$corpus" "Fuzz/seeds/$harness" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 -max_len=65536 -fork="$jobs" -artifact_prefix="$findings/" -print_final_stats=1 \
         >"$logs/fuzz.log" 2>&1 || status=$?
     stats=$(grep -E "^#[0-9]+" "$logs/fuzz.log" | tail -1 || true)
     found=$(ls "$findings" | wc -l)
-    line="$(date -u +%FT%TZ) $harness seconds=$seconds jobs=$jobs status=$status findings=$found last: $stats"
+    line="$(date -u +%FT%TZ) $harness seconds=$(( $(date +%s) - started )) jobs=$jobs status=$status findings=$found last: $stats"
     echo "$line" | tee -a "$summary" >&2
     if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
         failed=1
