@@ -17,7 +17,7 @@ adapters=$(mktemp -d)
 tools=$(scripts/python-env.sh numpy safetensors==0.8.0)
 for n in 1 2; do "$tools" scripts/make-random-adapter.py "$adapters/$n" --seed "$n"; done
 .build/release/ember serve --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --port "$port" --api-key "$key" \
-    --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 256MiB --lora-modules one="$adapters/1" two="$adapters/2" > "$log" 2>&1 &
+    --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 256MiB --lora-modules one="$adapters/1" two="$adapters/2" --lora-root "$adapters" > "$log" 2>&1 &
 server=$!
 fim_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fim_log=$(mktemp)
@@ -25,7 +25,7 @@ reward_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0
 reward_log=$(mktemp)
 embedding_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 embedding_log=$(mktemp)
-trap 'kill $server ${fim_server:-} ${reward_server:-} ${embedding_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$reward_log" "$embedding_log" "$adapters"' EXIT
+trap 'kill $server ${fim_server:-} ${reward_server:-} ${embedding_server:-} 2>/dev/null || true; rm -rf "$log" "$fim_log" "$reward_log" "$embedding_log" "$adapters" "$adapters-outside"' EXIT
 .build/release/ember export --input .cache/models/SmolLM2-135M-f32 --add-fim-tokens "$adapters/fim"
 .build/release/ember serve --model "$adapters/fim" --served-model-name fim --port "$fim_port" --api-key "$key" \
     --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 128MiB > "$fim_log" 2>&1 &

@@ -256,14 +256,23 @@ public final class InferenceAdapter: @unchecked Sendable {
     public let name: String
     public let adapter: LoRAAdapter
     /// Salts the prefix cache's block keys: rows under another adapter have other keys and values.
+    /// Each adapter loaded gets its own, so that one loaded later under a name used before never
+    /// meets the cached rows of the first.
     public let cacheKey: UInt64
     let matrices: [[LoRATarget: (a: FloatBuffer, b: FloatBuffer)]]
+
+    private static let loaded = NSLock()
+    nonisolated(unsafe) private static var count: UInt64 = 0
 
     public init(_ adapter: LoRAAdapter, name: String, for model: Llama) {
         self.name = name
         self.adapter = adapter
+        let serial = Self.loaded.withLock { () -> UInt64 in
+            Self.count += 1
+            return Self.count
+        }
         var key: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in name.utf8 { key = (key ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        for byte in name.utf8 + withUnsafeBytes(of: serial.littleEndian, Array.init) { key = (key ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
         cacheKey = key | 1
         matrices = adapter.weights(rowOrder: model.weights.ropeMode, model.configuration)
     }

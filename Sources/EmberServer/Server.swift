@@ -18,8 +18,9 @@ public struct OpenAIServer: Sendable {
     public let prompting: Prompting
     public let apiKey: String?
     public let limits: Limits
-    /// LoRA adapters served beside the base, each under its own model name (vLLM's --lora-modules).
-    public let adapters: [InferenceAdapter]
+    /// LoRA adapters served beside the base, each under its own model name (vLLM's --lora-modules),
+    /// and those loaded at run time from inside `loraRoot`.
+    let adapters: AdapterRegistry
     /// The model's fill-in-the-middle tokens (nil: /infill and `suffix` are refused), and whether
     /// infill prompts are in SPM order (llama-server's --spm-infill).
     public let fim: FillInTheMiddle?
@@ -28,12 +29,12 @@ public struct OpenAIServer: Sendable {
     let admission: Admission
 
     public init(engine: Engine, modelName: String, prompting: Prompting, apiKey: String?, limits: Limits = Limits(), adapters: [InferenceAdapter] = [],
-                fim: FillInTheMiddle? = nil, spmInfill: Bool = false) {
+                loraRoot: String? = nil, fim: FillInTheMiddle? = nil, spmInfill: Bool = false) {
         self.engine = engine
         self.fim = fim
         self.spmInfill = spmInfill
         self.modelName = modelName
-        self.adapters = adapters
+        self.adapters = AdapterRegistry(adapters, root: loraRoot)
         self.prompting = prompting
         self.apiKey = apiKey
         self.limits = limits
@@ -58,7 +59,7 @@ public struct OpenAIServer: Sendable {
                          ("root", .string(parent == nil ? modelName : id)), ("parent", parent.map { .string($0) } ?? .none),
                          ("max_model_len", .int(engine.configuration.maxModelLength))])
             }
-            let cards = [card(modelName, parent: nil)] + adapters.map { card($0.name, parent: modelName) }
+            let cards = [card(modelName, parent: nil)] + adapters.all.map { card($0.name, parent: modelName) }
             return Self.json(.object([("object", "list"), ("data", .list(cards))]))
         }
         router.post("tokenize") { request, _ in try await handle { try tokenize(try await body(request)) } }
@@ -67,6 +68,20 @@ public struct OpenAIServer: Sendable {
         router.post("v1/completions") { request, _ in try await handle { try await completion(try await body(request), chat: false) } }
         router.post("infill") { request, _ in try await handle { try await infill(try await body(request)) } }
         router.post("pooling") { request, _ in try await handle { try await pooling(try await body(request)) } }
+        router.post("v1/load_lora_adapter") { request, _ in
+            let f = try await body(request)
+            guard let name = try f.string("lora_name") else { throw APIError.badRequest("'lora_name' (a string) is required", param: "lora_name") }
+            guard let path = try f.string("lora_path") else { throw APIError.badRequest("'lora_path' (a string) is required", param: "lora_path") }
+            let model = engine.model, base = modelName, adapters = adapters
+            try await Task.detached { try adapters.load(name: name, path: path, baseName: base, model: model) }.value
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' added successfully.")))
+        }
+        router.post("v1/unload_lora_adapter") { request, _ in
+            let f = try await body(request)
+            guard let name = try f.string("lora_name") else { throw APIError.badRequest("'lora_name' (a string) is required", param: "lora_name") }
+            try adapters.unload(name: name)
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
+        }
         router.post("v1/embeddings") { _, _ -> Response in
             throw APIError.badRequest("\(modelName) is a generative model; POST /v1/embeddings answers on a server of an embedding model (a BERT sentence-transformers folder)")
         }
@@ -227,7 +242,7 @@ public struct OpenAIServer: Sendable {
     /// The adapter the request's `model` names (nil: the base).
     private func adapter(_ f: Fields) throws -> InferenceAdapter? {
         guard let model = try f.string("model"), model != modelName else { return nil }
-        guard let named = adapters.first(where: { $0.name == model }) else {
+        guard let named = adapters.named(model) else {
             throw APIError(status: 404, message: "The model `\(model)` does not exist.", param: "model", code: "model_not_found")
         }
         return named
@@ -473,7 +488,8 @@ struct ErrorShapeMiddleware: RouterMiddleware {
     static let methods: [String: String] = {
         var methods: [String: String] = [:]
         for path in ["/health", "/metrics", "/v1/models", "/openapi.json"] { methods[path] = "GET" }
-        for path in ["/tokenize", "/detokenize", "/v1/chat/completions", "/v1/completions", "/infill", "/pooling", "/v1/embeddings"] { methods[path] = "POST" }
+        for path in ["/tokenize", "/detokenize", "/v1/chat/completions", "/v1/completions", "/infill", "/pooling", "/v1/embeddings",
+                     "/v1/load_lora_adapter", "/v1/unload_lora_adapter"] { methods[path] = "POST" }
         return methods
     }()
 

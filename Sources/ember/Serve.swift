@@ -55,6 +55,9 @@ struct Serve: AsyncParsableCommand {
             help: ArgumentHelp("LoRA adapters to serve beside the base, as NAME=DIR (PEFT folders: adapter_config.json and adapter_model.safetensors); a request's \"model\": NAME runs under that adapter, in the same batches as the others.", valueName: "name=dir"))
     var loraModules: [String] = []
 
+    @Option(help: ArgumentHelp("Allow loading LoRA adapters at run time (POST /v1/load_lora_adapter, /v1/unload_lora_adapter), from folders inside this one only.", valueName: "dir"))
+    var loraRoot: String?
+
     @Flag(name: .customLong("spm-infill"), help: "Fill-in-the-middle prompts in SPM order (suffix, then prefix) rather than PSM.")
     var spmInfill = false
 
@@ -88,6 +91,12 @@ struct Serve: AsyncParsableCommand {
         guard maxQueuedRequests >= 0 else { throw ValidationError("--max-queued-requests must be 0 or more") }
         guard requestTimeout > 0, readTimeout > 0 else { throw ValidationError("--request-timeout and --read-timeout must be positive") }
         guard maxConnections >= 1, maxBodyBytes >= 1 else { throw ValidationError("--max-connections and --max-body-bytes must be at least 1") }
+        if let loraRoot {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: loraRoot, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("--lora-root \(loraRoot) is not a folder")
+            }
+        }
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard maxNumSeqs >= 1 else { throw ValidationError("--max-num-seqs must be at least 1") }
         guard maxBatchedTokens >= 1 else { throw ValidationError("--max-batched-tokens must be at least 1") }
@@ -140,7 +149,7 @@ struct Serve: AsyncParsableCommand {
         let fim = loaded.fillInTheMiddle
         if let fim { printError("fill-in-the-middle tokens \(fim.prefix), \(fim.suffix), \(fim.middle): POST /infill answers") }
         let server = OpenAIServer(engine: engine, modelName: name, prompting: try loaded.prompting(), apiKey: apiKey, limits: limits,
-                                  adapters: adapters, fim: fim, spmInfill: spmInfill)
+                                  adapters: adapters, loraRoot: loraRoot, fim: fim, spmInfill: spmInfill)
         let app = Application(router: server.router(), server: limits.http1(), configuration: .init(address: .hostname(host, port: port), serverName: "ember"),
                               onServerRunning: { _ in
                                   printError("Serving \(name) on http://\(host):\(port) (\(kvTokens) KV tokens, context \(context), \(threads) threads)")
@@ -152,7 +161,7 @@ struct Serve: AsyncParsableCommand {
 
     /// An embedding model's server: only the options that apply to it.
     private func serveEmbeddings() async throws {
-        guard loraModules.isEmpty else { throw CommandError("--lora-modules: \(options.model) is an embedding model, which takes no adapters") }
+        guard loraModules.isEmpty, loraRoot == nil else { throw CommandError("--lora-modules: \(options.model) is an embedding model, which takes no adapters") }
         ThreadPool.configureShared(threadCount: options.threads)
         let encoder = try SentenceEncoder(path: options.model)
         let name = servedModelName ?? URL(fileURLWithPath: options.model).lastPathComponent

@@ -300,6 +300,81 @@ class Adapters(unittest.TestCase):
             self.complete("three", "Hi")
 
 
+class RuntimeAdapters(unittest.TestCase):
+    """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, confined to --lora-root (EMBER_ADAPTERS)."""
+
+    def post(self, path, body):
+        return httpx.post(BASE + path, headers=HEADERS, json=body, timeout=120)
+
+    def text(self, model):
+        return client.completions.create(model=model, prompt="The sea is", max_tokens=8, temperature=0).choices[0].text
+
+    def test_load_use_unload_and_reload_under_the_same_name(self):
+        self.assertEqual(self.post("/v1/load_lora_adapter", {"lora_name": "three", "lora_path": "1"}).status_code, 200)
+        self.assertIn("three", [m.id for m in client.models.list().data])
+        self.assertEqual(self.text("three"), self.text("one"))
+        self.assertEqual(self.post("/v1/load_lora_adapter", {"lora_name": "three", "lora_path": "2"}).status_code, 400)
+        self.assertEqual(self.post("/v1/unload_lora_adapter", {"lora_name": "three"}).status_code, 200)
+        with self.assertRaises(openai.NotFoundError):
+            self.text("three")
+        self.assertEqual(self.post("/v1/unload_lora_adapter", {"lora_name": "three"}).status_code, 404)
+        # Another adapter under the name used before: its own outputs, never the first one's cached rows.
+        self.assertEqual(self.post("/v1/load_lora_adapter", {"lora_name": "three", "lora_path": os.environ["EMBER_ADAPTERS"] + "/2"}).status_code, 200)
+        self.assertEqual(self.text("three"), self.text("two"))
+        self.assertEqual(self.post("/v1/unload_lora_adapter", {"lora_name": "three"}).status_code, 200)
+
+    def test_paths_outside_the_root_are_refused(self):
+        root = os.environ["EMBER_ADAPTERS"]
+        outside = root + "-outside"
+        os.makedirs(outside, exist_ok=True)
+        link = os.path.join(root, "escape")
+        if not os.path.islink(link):
+            os.symlink(outside, link)
+        for path in ["../" + os.path.basename(outside), outside, "/etc", "escape", "1/../../" + os.path.basename(outside)]:
+            r = self.post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": path})
+            print(f"lora_path {path!r}: {r.status_code} {r.json()['error']['message']}")
+            self.assertEqual(r.status_code, 403, path)
+            self.assertEqual(r.json()["error"]["param"], "lora_path")
+        self.assertEqual(self.post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "missing"}).status_code, 404)
+        self.assertEqual(self.post("/v1/load_lora_adapter", {"lora_name": MODEL, "lora_path": "1"}).status_code, 400)
+        self.assertNotIn("x", [m.id for m in client.models.list().data])
+
+
+class Limits(unittest.TestCase):
+    """What the server refuses at its edges: methods, sizes, keys; and its API description."""
+
+    def test_another_method_is_405_with_allow(self):
+        r = httpx.get(BASE + "/v1/completions", headers=HEADERS)
+        self.assertEqual(r.status_code, 405)
+        self.assertEqual(r.headers["allow"], "POST")
+        self.assertIn("message", r.json()["error"])
+
+    def test_a_body_over_the_limit_is_413(self):
+        r = httpx.post(BASE + "/v1/completions", headers=HEADERS, content=b'{"prompt": "' + b"a" * (5 << 20) + b'"}', timeout=120)
+        self.assertEqual(r.status_code, 413)
+
+    def test_a_huge_header_is_refused_and_the_server_goes_on(self):
+        try:
+            r = httpx.get(BASE + "/v1/models", headers={**HEADERS, "X-Big": "a" * (200 << 10)}, timeout=30)
+            self.assertGreaterEqual(r.status_code, 400)
+        except httpx.HTTPError:
+            pass  # the connection closed: also a refusal
+        self.assertEqual(httpx.get(BASE + "/health").status_code, 200)
+
+    def test_a_wrong_key_of_any_length_is_401(self):
+        for key in ["k", KEY[:-1], KEY + "x", "x" * len(KEY)]:
+            r = httpx.get(BASE + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+            self.assertEqual(r.status_code, 401, key)
+        self.assertEqual(httpx.get(BASE + "/v1/models").status_code, 401)
+
+    def test_openapi_document_describes_every_route(self):
+        document = httpx.get(BASE + "/openapi.json", headers=HEADERS).json()
+        self.assertTrue(document["openapi"].startswith("3."))
+        for path in ["/health", "/metrics", "/v1/models", "/tokenize", "/detokenize", "/v1/chat/completions", "/v1/completions",
+                     "/infill", "/pooling", "/v1/embeddings", "/openapi.json", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"]:
+            self.assertIn(path, document["paths"])
+
+
 class Infill(unittest.TestCase):
     """llama.cpp's /infill and OpenAI's `suffix`, on a model with FIM tokens (the base has none)."""
 
