@@ -24,7 +24,8 @@ mkdir -p "$out"
 [ -f "$model" ] || scripts/fetch-model.sh >/dev/null
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 url="http://127.0.0.1:$port"
-.build/release/ember serve --model "$model" --port "$port" --max-tokens-limit "$limit" --kv-cache-memory 512MiB \
+mkdir -p "$out/lora-root"
+.build/release/ember serve --model "$model" --port "$port" --max-tokens-limit "$limit" --kv-cache-memory 512MiB --lora-root "$out/lora-root" \
     > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
@@ -36,7 +37,7 @@ done
 if [ -n "${SCHEMA:-}" ]; then location=(--url "$url" "$(realpath "$SCHEMA")"); else location=("$url/openapi.json"); fi
 status=0
 # From runs/schemathesis, where schemathesis keeps its cache of failures (.schemathesis/, for `st replay`).
-(cd "$out" && SCHEMATHESIS_HOOKS="$root/scripts/schemathesis-hooks.py" EMBER_SERVES=generative EMBER_MAX_TOKENS_LIMIT=$limit \
+(cd "$out" && SCHEMATHESIS_HOOKS="$root/scripts/schemathesis-hooks.py" EMBER_SERVES=generative,lora-root EMBER_MAX_TOKENS_LIMIT=$limit \
     "$st" run "${location[@]}" --checks all --max-examples "${EXAMPLES:-100}" ${SEED:+--seed "$SEED"} \
     --workers 1 --request-timeout 120 --generation-database none --output-sanitize false --no-color \
     --report junit --report-junit-path junit.xml) 2>&1 | tee "$out/summary.txt" || status=$?

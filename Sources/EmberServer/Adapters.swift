@@ -22,7 +22,10 @@ final class AdapterRegistry: @unchecked Sendable {
     /// `path` (relative to the root, or absolute) as a folder inside the root, every symbolic link
     /// followed: `..`, absolute paths elsewhere and links that lead out are refused.
     static func confined(_ path: String, to root: String) throws -> String {
-        guard !path.isEmpty, !path.contains("\0") else { throw APIError.badRequest("'lora_path' must be a non-empty path", param: "lora_path") }
+        guard !path.isEmpty else { throw APIError.badRequest("'lora_path' must be a non-empty path", param: "lora_path") }
+        guard !path.contains("\0") else {
+            throw APIError(status: 404, message: "no adapter folder '\(path)' under --lora-root", param: "lora_path", code: "adapter_not_found")
+        }
         let joined = path.hasPrefix("/") ? path : root + "/" + path
         let resolved = URL(fileURLWithPath: joined).resolvingSymlinksInPath().standardizedFileURL.path
         guard resolved == root || resolved.hasPrefix(root == "/" ? "/" : root + "/") else {
