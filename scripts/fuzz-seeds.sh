@@ -55,7 +55,8 @@ for path in sorted(glob.glob(f"{fixtures}/chat-templates/*.jinja")):
         write("jinja", f"{os.path.basename(path)}-{i}", read(path) + separator + json.dumps(m).encode())
 
 # Requests: the first byte picks the endpoint, in the harness's order.
-endpoints = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/infill", "/pooling", "/v1/embeddings", "/v1/models", "/health"]
+endpoints = ["/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize", "/infill", "/pooling", "/v1/embeddings", "/v1/models", "/health",
+             "/v1/load_lora_adapter", "/v1/unload_lora_adapter"]
 bodies = {
     "/v1/chat/completions": [{"model": "tiny", "messages": messages[0], "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "seed": 1, "logprobs": True, "top_logprobs": 2},
                              {"messages": messages[0], "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 3, "stop": ["\n", "."], "n": 2}],
@@ -67,6 +68,8 @@ bodies = {
     "/pooling": [{"input": "text"}],
     "/v1/embeddings": [{"input": ["a", "b"], "encoding_format": "base64"}],
     "/v1/models": [{}], "/health": [{}],
+    "/v1/load_lora_adapter": [{"lora_name": "a", "lora_path": "seeds"}, {"lora_name": "b", "lora_path": "../Sources"}],
+    "/v1/unload_lora_adapter": [{"lora_name": "a"}],
 }
 for index, endpoint in enumerate(endpoints):
     for i, body in enumerate(bodies[endpoint]):

@@ -16,6 +16,8 @@ import NIOEmbedded
 let endpoints: [(HTTPRequest.Method, String)] = [
     (.post, "/v1/chat/completions"), (.post, "/v1/completions"), (.post, "/tokenize"), (.post, "/detokenize"),
     (.post, "/infill"), (.post, "/pooling"), (.post, "/v1/embeddings"), (.get, "/v1/models"), (.get, "/health"),
+    (.post, "/v1/load_lora_adapter"), (.post, "/v1/unload_lora_adapter"), (.get, "/openapi.json"), (.get, "/metrics"),
+    (.put, "/v1/completions"),
 ]
 
 let responder: RouterResponder<BasicRequestContext> = {
@@ -32,7 +34,8 @@ let responder: RouterResponder<BasicRequestContext> = {
     configuration.maxTokensLimit = 8
     let engine = Engine(model: loaded.model, tokenizer: loaded.tokenizer!, configuration: configuration)
     engine.start()
-    let server = OpenAIServer(engine: engine, modelName: "tiny", prompting: prompting, apiKey: nil, fim: loaded.fillInTheMiddle)
+    // Runtime adapters may come from Fuzz/ only (it holds no adapter folder: every load is refused).
+    let server = OpenAIServer(engine: engine, modelName: "tiny", prompting: prompting, apiKey: nil, loraRoot: "Fuzz", fim: loaded.fillInTheMiddle)
     return server.router().buildResponder()
 }()
 
