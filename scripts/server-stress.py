@@ -4,6 +4,7 @@ overload  CLIENTS concurrent clients, each sending a few completions, chats and 
           answer must be 200 or 429/503 in OpenAI's error shape with Retry-After; never another 5xx.
 slow      500 idle connections and a client sending one byte a second, while other clients are
           served; their latencies are reported.
+timeout   requests longer than --request-timeout (start the server with SERVER_ARGS="--request-timeout 2").
 soak      SECONDS of chat, completions, streams dropped half-way, malformed bodies, adapter
           requests, embeddings and overload bursts together.
 
@@ -178,6 +179,31 @@ async def slow(run):
             "latency max s": round(latencies[-1], 3) if latencies else None}
 
 
+async def timeout(run):
+    """Requests longer than the server's --request-timeout: a 503 in OpenAI's shape, or a stream
+    that ends with that error; the KV cache free afterwards."""
+    base = run.args.url
+    body = {"model": run.args.model, "prompt": "Write a very long story.", "max_tokens": 256, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=120) as client:
+        t0 = time.time()
+        r = await client.post(f"{base}/v1/completions", json=body)
+        whole = {"status": r.status_code, "seconds": round(time.time() - t0, 1), "code": r.json().get("error", {}).get("code")}
+        run.record("a request over the timeout", r)
+        if r.status_code != 503 or whole["code"] != "request_timeout":
+            run.failures.append(f"a request over the timeout got {r.status_code}: {r.text[:200]}")
+        events = []
+        async with client.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+        errors = [e for e in events if e.startswith('{"error"')]
+        streamed = {"events": len(events), "error event": errors[0][:120] if errors else None, "last": events[-1] if events else None}
+        if not errors or events[-1] != "[DONE]":
+            run.failures.append(f"a stream over the timeout did not end with the error and [DONE]: {events[-3:]}")
+    idle = await check_idle(run, base)
+    return {"whole": whole, "stream": streamed, "kv cache after": idle.get("vllm:kv_cache_usage_perc")}
+
+
 async def soak(run, seconds):
     base, stop_at = run.args.url, time.time() + seconds
     stop = asyncio.Event()
@@ -216,8 +242,10 @@ async def soak(run, seconds):
                         run.failures.append(f"a malformed body got {r.status_code}")
                     count("malformed")
                 elif kind == 6 and run.args.embeddings:
-                    r = await client.post(f"{run.args.embeddings}/v1/embeddings", json={"input": [f"sentence {i}", "another"], "model": "e"})
+                    r = await client.post(f"{run.args.embeddings}/v1/embeddings", json={"input": [f"sentence {i}", "another"]})
                     run.record("embeddings", r)
+                    if r.status_code not in (200, 429):
+                        run.failures.append(f"embeddings answered {r.status_code}: {r.text[:200]}")
                     count("embeddings")
             except httpx.HTTPError as e:
                 run.failures.append(f"soak worker {w}: {type(e).__name__}: {e}")
@@ -242,6 +270,8 @@ def memory_report(run, flat_from):
     report = {}
     for p in pids:
         series = [(t, m[p]) for t, m in run.memory if p in m]
+        if not series:
+            continue
         later = [v for t, v in series if t >= flat_from] or [v for _, v in series]
         at = later[0] if later else 0
         report[p] = {"start MiB": round(series[0][1], 1) if series else None, "peak MiB": round(max(v for _, v in series), 1) if series else None,
@@ -252,7 +282,7 @@ def memory_report(run, flat_from):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["overload", "slow", "soak"])
+    parser.add_argument("mode", choices=["overload", "slow", "timeout", "soak"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--adapter", help="a --lora-modules name to send requests to (soak)")
@@ -273,6 +303,8 @@ def main():
         details = asyncio.run(overload(run, args.clients, args.rounds))
     elif args.mode == "slow":
         details = asyncio.run(slow(run))
+    elif args.mode == "timeout":
+        details = asyncio.run(timeout(run))
     else:
         details = asyncio.run(soak(run, args.seconds))
     memory = memory_report(run, args.flat_from if args.mode == "soak" else 0)

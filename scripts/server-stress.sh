@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts `ember serve` on the default model (a queue of 32 beyond 8 running sequences, a LoRA adapter
 # beside the base) and, for the soak, an embedding server, then runs scripts/server-stress.py.
-# Usage: scripts/server-stress.sh overload|slow|soak [ARGS for server-stress.py, e.g. --seconds 1800]
+# Usage: [SERVER_ARGS="--request-timeout 2"] scripts/server-stress.sh overload|slow|timeout|soak [ARGS for server-stress.py]
+#   e.g. scripts/server-stress.sh soak --seconds 1800; SERVER_ARGS="--request-timeout 2" scripts/server-stress.sh timeout
 # The JSON summary is also written to runs/server-stress/MODE.json.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +18,7 @@ port=$(free_port)
 "$python" scripts/make-random-adapter.py "$work/adapter" --seed 1 >/dev/null
 .build/release/ember serve --model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --served-model-name SmolLM2-135M-Instruct --port "$port" \
     --max-num-seqs 8 --max-queued-requests 32 --max-model-len 512 --max-tokens-limit 256 --kv-cache-memory 256MiB \
-    --lora-modules one="$work/adapter" > "$work/server.log" 2>&1 &
+    --lora-modules one="$work/adapter" ${SERVER_ARGS:-} > "$work/server.log" 2>&1 &
 server=$!
 pids=("--pid" "$server")
 extra=("--adapter" "one")

@@ -130,7 +130,9 @@ public final class Engine: @unchecked Sendable {
         guard prompt.count + parameters.maxTokens <= c.maxModelLength else {
             throw RequestError("the prompt (\(prompt.count) tokens) plus max_tokens (\(parameters.maxTokens)) exceeds the context of \(c.maxModelLength) tokens")
         }
-        guard scheduler.fits(tokens: prompt.count + parameters.maxTokens) else {
+        // From the configuration, not the scheduler: the engine's thread owns the scheduler, and
+        // this runs on the caller's.
+        guard (prompt.count + parameters.maxTokens + c.blockSize - 1) / c.blockSize <= c.blockCount else {
             throw RequestError("the KV cache (\(c.blockCount * c.blockSize) tokens) cannot hold \(prompt.count + parameters.maxTokens) tokens; raise --kv-cache-memory")
         }
     }

@@ -341,6 +341,7 @@ public struct OpenAIServer: Sendable {
                                 var finished = false
                                 defer {
                                     if !finished { engine.cancel(submitted.id) }
+                                    _ = deadline.finish()
                                     ticket.release()
                                 }
                                 var builder = response
@@ -358,6 +359,7 @@ public struct OpenAIServer: Sendable {
                                 try await writer.finish(nil)
                             })
         }
+        defer { _ = deadline.finish() }
         var builders: [ResponseBuilder] = []
         for (k, request) in requests.enumerated() {
             var builder = request.builder
@@ -471,6 +473,7 @@ public struct OpenAIServer: Sendable {
         defer { ticket.release() }
         let submitted = try submit(prompt, parameters, adapter)
         let deadline = Deadline(seconds: limits.requestTimeout, engine: engine, requests: [submitted.id])
+        defer { _ = deadline.finish() }
         let response = ResponseBuilder(id: "infill", chat: false, model: adapter?.name ?? modelName, tokenizer: tokenizer, n: parameters.n,
                                        logprobs: false, promptTokens: prompt.count)
         let collected = try await collect(submitted, into: response)
