@@ -68,8 +68,6 @@ final class Admission: @unchecked Sendable {
         lock.unlock()
     }
 
-    var inUse: Int { lock.withLock { taken } }
-
     /// Places held by one request; given back once, by `release` or when the ticket goes away.
     final class Ticket: @unchecked Sendable {
         private let admission: Admission

@@ -292,7 +292,7 @@ public struct OpenAIServer: Sendable {
         } else if let suffix = try f.string("suffix") {
             guard let fim else { throw APIError.badRequest("this model has no fill-in-the-middle tokens, so 'suffix' cannot be used", param: "suffix") }
             guard case .string(let prefix)? = f["prompt"] else { throw APIError.badRequest("with 'suffix', 'prompt' must be a string", param: "prompt") }
-            prompts = [(infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: min(requested ?? .max, engine.configuration.maxTokensLimit)), nil)]
+            prompts = [(infillPrompt(fim, prefix: prefix, suffix: suffix, maxTokens: requested ?? engine.configuration.maxTokensLimit), nil)]
             parameters.stopTokenIDs.formUnion(fim.endOfGeneration)
         } else {
             prompts = try completionPrompts(f["prompt"])
@@ -464,7 +464,7 @@ public struct OpenAIServer: Sendable {
         if let n = requested, n < 0 { requested = nil }  // llama.cpp: -1 is "until the context ends"
         if requested == 0 { throw APIError.badRequest("'n_predict' must be at least 1", param: "n_predict") }
         let prompt = infillPrompt(fim, prefix: prefix, suffix: suffix, extra: extra, prompt: tokenizer.encode(try f.string("prompt") ?? "", parseSpecial: true),
-                                  maxTokens: min(requested ?? .max, engine.configuration.maxTokensLimit))
+                                  maxTokens: requested ?? engine.configuration.maxTokensLimit)
         guard prompt.count < context else {
             throw APIError.badRequest("the infill prompt has \(prompt.count) tokens but the model's context is \(context) tokens", param: "input_extra")
         }
