@@ -10,7 +10,9 @@ struct BPEMerges: Sendable {
     private let table: [UInt64: (rank: Int32, merged: Int32)]
 
     /// From a ranked merge list (`"Ġ t"`, highest priority first), as in `tokenizer.json` and GGUF `gpt2` vocabularies.
-    init(list: [String], vocabulary: [String: Int]) throws {
+    /// A merge whose product is one of `unreachable` (special tokens) is left out: ordinary text
+    /// never merges into a special token, which would decode as its text rather than its bytes.
+    init(list: [String], vocabulary: [String: Int], unreachable: Set<Int> = []) throws {
         var table: [UInt64: (rank: Int32, merged: Int32)] = [:]
         table.reserveCapacity(list.count)
         for (rank, merge) in list.enumerated() {
@@ -23,7 +25,7 @@ struct BPEMerges: Sendable {
                 throw TokenizerError("merge \(rank) \"\(merge)\" produces a token that is not in the vocabulary")
             }
             let key = UInt64(l) << 32 | UInt64(r)
-            if table[key] == nil { table[key] = (Int32(rank), Int32(m)) }
+            if table[key] == nil, !unreachable.contains(m) { table[key] = (Int32(rank), Int32(m)) }
         }
         self.table = table
     }

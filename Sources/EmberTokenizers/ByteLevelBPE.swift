@@ -2,7 +2,9 @@
 ///
 /// Encoding: split out special tokens, pre-tokenize each remaining span, map each piece's UTF-8 bytes
 /// through `ByteLevel`, then merge adjacent symbols, always the pair with the lowest merge rank first
-/// (leftmost on ties), until no ranked pair remains.
+/// (leftmost on ties), until no ranked pair remains. Ordinary text never becomes a special token:
+/// a byte, a merge or a whole pre-token whose token is control or user-defined is not used, so
+/// every text decodes back to itself.
 ///
 ///     let bpe = try ByteLevelBPETokenizer(tokens: ["a", "b", "ab"], merges: ["a b"], preTokenizer: .gpt2)
 ///     bpe.encode("ab")   // [2]
@@ -53,11 +55,11 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
 
         var byteTokens = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
-            if let id = vocabulary[String(ByteLevel.byteToScalar[b])] { byteTokens[b] = Int32(id) }
+            if let id = vocabulary[String(ByteLevel.byteToScalar[b])], !special.contains(id) { byteTokens[b] = Int32(id) }
         }
         self.byteTokens = byteTokens
 
-        merges = try BPEMerges(list: mergeList, vocabulary: vocabulary)
+        merges = try BPEMerges(list: mergeList, vocabulary: vocabulary, unreachable: special)
 
         splitter = SpecialTokenSplitter(special.map { (tokens[$0], $0, userTokens.contains($0)) })
     }
@@ -96,7 +98,7 @@ public final class ByteLevelBPETokenizer: Tokenizer, @unchecked Sendable {
                 continue
             }
             var symbols: [Int32]
-            if ignoreMerges, let whole = vocabulary[ByteLevel.encode(utf8)] {
+            if ignoreMerges, let whole = vocabulary[ByteLevel.encode(utf8)], !special.contains(whole) {
                 symbols = [Int32(whole)]
             } else {
                 symbols = merges.merge(utf8.map { byteTokens[Int($0)] }).map(\.id)

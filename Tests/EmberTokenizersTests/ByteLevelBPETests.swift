@@ -32,6 +32,20 @@ enum Fixtures {
         #expect(bpe.encode("a<|end|>", parseSpecial: false).count == 8)
     }
 
+    /// A vocabulary whose merges reach a control token ("æĹ¥", the byte-level spelling of 日, made
+    /// a control token) and whose byte "x" is user-defined: plain text uses neither, so it decodes
+    /// back whole (a fuzzed GGUF vocabulary once made "日本語" decode as "æĹ¥本語").
+    @Test func ordinaryTextNeverBecomesASpecialToken() throws {
+        let bytes = ByteLevel.byteToScalar.map { String($0) }
+        let bpe = try ByteLevelBPETokenizer(tokens: bytes + ["æĹ", "æĹ¥"], merges: ["æ Ĺ", "æĹ ¥"],
+                                            preTokenizer: .gpt2, controlTokens: [257], userTokens: [Int(UInt8(ascii: "x"))])
+        let ids = bpe.encode("日本語", parseSpecial: false)
+        #expect(ids.first == 256 && !ids.contains(257))
+        #expect(bpe.decode(ids, skipSpecial: false) == "日本語")
+        #expect(bpe.encode("日", parseSpecial: true) == [256, Int(ByteLevel.byteToScalar.firstIndex(of: "¥")!)])
+        #expect(bpe.decode(bpe.encode("a x b", parseSpecial: false), skipSpecial: false) == "a x b")
+    }
+
     @Test func rejectsMergesOfUnknownTokens() {
         #expect(throws: TokenizerError.self) {
             try ByteLevelBPETokenizer(tokens: ["a", "b"], merges: ["a c"], preTokenizer: .gpt2)
