@@ -29,6 +29,17 @@ public final class MappedFile: @unchecked Sendable {
         pointer = UnsafeRawPointer(base)
     }
 
+    /// Reads every page through the map, so that all of it is resident from now on: a server's
+    /// memory then stays flat instead of growing as requests reach new rows of an embedding table
+    /// (llama.cpp populates its model maps the same way). Returns a checksum so the reads happen.
+    @discardableResult
+    public func prefetch() -> UInt8 {
+        var sum: UInt8 = 0
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        for offset in stride(from: 0, to: size, by: max(page, 1)) { sum &+= pointer.load(fromByteOffset: offset, as: UInt8.self) }
+        return sum
+    }
+
     deinit {
         if size == 0 { UnsafeMutableRawPointer(mutating: pointer).deallocate() }
         else { munmap(UnsafeMutableRawPointer(mutating: pointer), size) }

@@ -68,6 +68,8 @@ protocol TensorSource {
     func lookup(_ name: String) throws -> (DType, [Int], UnsafeRawPointer, AnyObject)?
     /// Whether the source holds `name` (without reading it: a lookup may dequantize).
     func contains(_ name: String) -> Bool
+    /// The memory-mapped files the tensors come from.
+    var files: [MappedFile] { get }
 }
 
 extension TensorSource {
@@ -89,6 +91,7 @@ extension TensorSource {
 struct GGUFTensorSource: TensorSource {
     let gguf: GGUFFile
     var path: String { gguf.path }
+    var files: [MappedFile] { [gguf.file] }
 
     func contains(_ name: String) -> Bool { gguf.tensorInfo(named: name) != nil }
 
@@ -105,6 +108,7 @@ struct GGUFTensorSource: TensorSource {
 struct SafetensorsTensorSource: TensorSource {
     let collection: SafetensorsCollection
     let path: String
+    var files: [MappedFile] { collection.files.map(\.file) }
 
     func contains(_ name: String) -> Bool { collection.entry(name) != nil }
 

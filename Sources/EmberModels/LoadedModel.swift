@@ -38,13 +38,16 @@ public struct LoadedModel: Sendable {
         Prompting(tokenizer: try requireTokenizer(), chatFormat: try chatFormat(), addBOS: addBOS)
     }
 
-    public static func load(path: String) throws -> LoadedModel {
+    /// - Parameter prefetch: read every page of the weights' files now (a server's memory then stays
+    ///   flat rather than growing as requests touch new parts of them; see `MappedFile.prefetch`).
+    public static func load(path: String, prefetch: Bool = false) throws -> LoadedModel {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw FormatError("\(path): no such file or directory")
         }
-        if isDirectory.boolValue { return try loadDirectory(path) }
+        if isDirectory.boolValue { return try loadDirectory(path, prefetch: prefetch) }
         let gguf = try GGUFFile(path: path)
+        if prefetch { gguf.file.prefetch() }
         let configuration = try LlamaConfiguration(gguf: gguf)
         let weights = try LlamaWeights.load(from: GGUFTensorSource(gguf: gguf), configuration: configuration, format: .gguf,
                                             ropeMode: configuration.family.ropeMode(.gguf))
@@ -57,11 +60,12 @@ public struct LoadedModel: Sendable {
                            addBOS: gguf.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false, gguf: gguf)
     }
 
-    private static func loadDirectory(_ path: String) throws -> LoadedModel {
+    private static func loadDirectory(_ path: String, prefetch: Bool) throws -> LoadedModel {
         let configPath = path + "/config.json"
         guard FileManager.default.fileExists(atPath: configPath) else { throw FormatError("\(path): no config.json in the model directory") }
         let configuration = try LlamaConfiguration.load(configPath: configPath)
         let tensors = try SafetensorsCollection(directory: path)
+        if prefetch { tensors.files.forEach { $0.file.prefetch() } }
         let weights = try LlamaWeights.load(from: SafetensorsTensorSource(collection: tensors, path: path), configuration: configuration,
                                             format: .huggingFace, ropeMode: configuration.family.ropeMode(.huggingFace))
         let (tokenizer, settings) = try tokenizerFiles(path)

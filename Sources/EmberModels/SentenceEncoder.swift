@@ -90,10 +90,13 @@ public final class SentenceEncoder: @unchecked Sendable {
     /// A sentence-transformers folder, or a GGUF `bert` file (as llama.cpp's convert_hf_to_gguf.py
     /// writes it: pooling from `bert.pooling_type`, normalised as llama.cpp's embeddings are, inputs
     /// cut at the context length).
-    public convenience init(path: String) throws {
+    /// - Parameter prefetch: read every page of the weights' files now (see `LoadedModel.load`).
+    public convenience init(path: String, prefetch: Bool = false) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FormatError("\(path): no such file or directory") }
-        try self.init(path: path, parts: isDirectory.boolValue ? try Self.folder(path) : try Self.gguf(path))
+        let parts = isDirectory.boolValue ? try Self.folder(path) : try Self.gguf(path)
+        if prefetch { parts.source.files.forEach { $0.prefetch() } }
+        try self.init(path: path, parts: parts)
     }
 
     init(path: String, parts p: Parts) throws {

@@ -42,9 +42,9 @@ struct ModelOptions: ParsableArguments {
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be between 1 and 1024") }
     }
 
-    func load() throws -> LoadedModel {
+    func load(prefetch: Bool = false) throws -> LoadedModel {
         ThreadPool.configureShared(threadCount: threads)
-        return try LoadedModel.load(path: model)
+        return try LoadedModel.load(path: model, prefetch: prefetch)
     }
 }
 

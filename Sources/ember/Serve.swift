@@ -118,7 +118,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         if SentenceEncoder.isEncoder(path: options.model) { return try await serveEmbeddings() }
-        let loaded = try options.load()
+        let loaded = try options.load(prefetch: true)
         let tokenizer = try loaded.requireTokenizer()
         let model = loaded.model
         let context = min(maxModelLen ?? min(model.configuration.maxPositionEmbeddings, 8192), model.configuration.maxPositionEmbeddings)
@@ -163,7 +163,7 @@ struct Serve: AsyncParsableCommand {
     private func serveEmbeddings() async throws {
         guard loraModules.isEmpty, loraRoot == nil else { throw CommandError("--lora-modules: \(options.model) is an embedding model, which takes no adapters") }
         ThreadPool.configureShared(threadCount: options.threads)
-        let encoder = try SentenceEncoder(path: options.model)
+        let encoder = try SentenceEncoder(path: options.model, prefetch: true)
         let name = servedModelName ?? URL(fileURLWithPath: options.model).lastPathComponent
         let server = EmbeddingServer(encoder: encoder, modelName: name, apiKey: apiKey, limits: limits)
         let threads = options.threads
