@@ -126,18 +126,22 @@ extension Tape {
     public func attention(q: Variable, k: Variable, v: Variable, batch: Int, tokens: Int, heads: Int, kvHeads: Int, headDim: Int,
                           segmentStarts: [Int32]? = nil, window: Int? = nil) -> Variable {
         let out = Variable(output: [batch * tokens, heads * headDim])
-        let probabilities = FloatBuffer(uninitializedCount: batch * heads * tokens * tokens)
+        let logSumExp = FloatBuffer(uninitializedCount: batch * heads * tokens)
         precondition(segmentStarts.map { $0.count == batch * tokens } ?? true, "attention: one segment start per token")
-        func forward(_ starts: UnsafePointer<Int32>?) {
-            causalAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, probabilities: probabilities.pointer,
+        func withStarts(_ body: (UnsafePointer<Int32>?) -> Void) {
+            if let segmentStarts { segmentStarts.withUnsafeBufferPointer { body($0.baseAddress!) } } else { body(nil) }
+        }
+        withStarts { starts in
+            causalAttentionForward(q: q.pointer, k: k.pointer, v: v.pointer, out: out.pointer, logSumExp: logSumExp.pointer,
                                    batch: batch, tokens: tokens, heads: heads, kvHeads: kvHeads, headDim: headDim, segmentStarts: starts,
                                    window: window, pool: pool)
         }
-        if let segmentStarts { segmentStarts.withUnsafeBufferPointer { forward($0.baseAddress!) } } else { forward(nil) }
         record { [pool] in
-            causalAttentionBackward(dout: out.gradient.pointer, q: q.pointer, k: k.pointer, v: v.pointer, probabilities: probabilities.pointer,
-                                    dq: q.gradient.pointer, dk: k.gradient.pointer, dv: v.gradient.pointer, batch: batch, tokens: tokens,
-                                    heads: heads, kvHeads: kvHeads, headDim: headDim, pool: pool)
+            withStarts { starts in
+                causalAttentionBackward(dout: out.gradient.pointer, q: q.pointer, k: k.pointer, v: v.pointer, logSumExp: logSumExp.pointer,
+                                        dq: q.gradient.pointer, dk: k.gradient.pointer, dv: v.gradient.pointer, batch: batch, tokens: tokens,
+                                        heads: heads, kvHeads: kvHeads, headDim: headDim, segmentStarts: starts, window: window, pool: pool)
+            }
         }
         return out
     }

@@ -90,6 +90,16 @@ import Testing
         }
     }
 
+    @Test func slidingWindowAttentionOverPackedRows() {
+        // A window of 5 over 70 tokens (two query chunks) in one row packed as 40 + 30 tokens: the
+        // backward recomputes the probabilities under both masks.
+        let starts = (0..<70).map { Int32($0 < 40 ? 0 : 40) }
+        Self.check("windowed block-diagonal attention, 70 tokens", [Self.variable([70, 8], seed: 24), Self.variable([70, 4], seed: 25),
+                                                                    Self.variable([70, 4], seed: 26)]) {
+            $0.attention(q: $1[0], k: $1[1], v: $1[2], batch: 1, tokens: 70, heads: 2, kvHeads: 1, headDim: 4, segmentStarts: starts, window: 5)
+        }
+    }
+
     @Test func blockDiagonalAttention() {
         // Packed rows: row 0 holds sequences of 3 and 4 tokens, row 1 of 2, 3 and 2.
         let starts: [Int32] = [0, 0, 0, 3, 3, 3, 3, 0, 0, 2, 2, 2, 5, 5]
