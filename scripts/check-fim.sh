@@ -31,15 +31,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 pid=
 trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true' EXIT
 
-# wait_ready PORT LOG: until /health answers 200, or the server exits.
-wait_ready() {
-    for _ in $(seq 600); do
-        python3 -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:$1/health', timeout=2)" 2>/dev/null && return 0
-        kill -0 $pid 2>/dev/null || { cat "$2"; echo "the server exited before it was ready" >&2; exit 1; }
-        sleep 0.5
-    done
-    echo "the server did not become ready" >&2; exit 1
-}
+wait_ready() { scripts/wait-ready.sh "$1" "$pid" "$2"; }
 stop() { kill -INT $pid; wait $pid || true; pid=; }
 
 port=$(free_port)

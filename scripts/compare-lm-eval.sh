@@ -127,7 +127,7 @@ if [ "${SERVER:-0}" = 1 ]; then
     .build/release/ember serve --model "$model" --port "$port" >"$work/runs/serve.log" 2>&1 &
     server=$!
     trap 'kill $server 2>/dev/null || true' EXIT
-    for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+    scripts/wait-ready.sh "$port" "$server" "$work/runs/serve.log"
     for name in logiqa reclor; do
         echo "== $name: lm_eval local-completions against ember serve" >&2
         rm -rf "$work/runs/served-$name"

@@ -29,11 +29,7 @@ mkdir -p "$out/lora-root"
     > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 150); do
-    "$python" -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('$url/health', timeout=2).status != 200)" 2>/dev/null && break
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log"; echo "ember serve exited before it was ready" >&2; exit 1; }
-    sleep 0.2
-done
+scripts/wait-ready.sh "$port" "$server" "$out/server.log"
 if [ -n "${SCHEMA:-}" ]; then location=(--url "$url" "$(realpath "$SCHEMA")"); else location=("$url/openapi.json"); fi
 status=0
 # From runs/schemathesis, where schemathesis keeps its cache of failures (.schemathesis/, for `st replay`).

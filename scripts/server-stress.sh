@@ -33,13 +33,8 @@ if [ "$mode" = soak ]; then
     extra+=("--embeddings" "http://127.0.0.1:$embedding_port")
 fi
 trap 'kill $server $embedding_server 2>/dev/null || true; rm -rf "$work"' EXIT
-for at in $port ${embedding_port:-}; do
-    for _ in $(seq 150); do
-        "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$at/health').status_code != 200)" 2>/dev/null && break
-        kill -0 "$server" 2>/dev/null || { cat "$work/server.log"; echo "ember serve exited before it was ready" >&2; exit 1; }
-        sleep 0.2
-    done
-done
+scripts/wait-ready.sh "$port" "$server" "$work/server.log"
+[ -z "$embedding_server" ] || scripts/wait-ready.sh "$embedding_port" "$embedding_server" "$work/embedding.log"
 mkdir -p runs/server-stress
 status=0
 "$python" scripts/server-stress.py "$mode" --url "http://127.0.0.1:$port" "${pids[@]}" "${extra[@]}" "$@" | tee "runs/server-stress/$mode.json" || status=$?

@@ -42,11 +42,7 @@ reward_server=$!
 embedding_server=$!
 for p in "$port:$server:$log" "$fim_port:$fim_server:$fim_log" "$reward_port:$reward_server:$reward_log" "$embedding_port:$embedding_server:$embedding_log"; do
     IFS=: read -r at pid out <<< "$p"
-    for _ in $(seq 150); do
-        "$python" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$at/health').status_code != 200)" 2>/dev/null && break
-        kill -0 "$pid" 2>/dev/null || { cat "$out"; echo "ember serve exited before it was ready" >&2; exit 1; }
-        sleep 0.2
-    done
+    scripts/wait-ready.sh "$at" "$pid" "$out"
 done
 status=0
 EMBER_BASE_URL="http://127.0.0.1:$port" EMBER_FIM_URL="http://127.0.0.1:$fim_port" EMBER_REWARD_URL="http://127.0.0.1:$reward_port" \
