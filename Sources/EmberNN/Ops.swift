@@ -222,6 +222,29 @@ extension Tape {
         return loss
     }
 
+    /// Mean cross-entropy of the logits h · wᵀ (h [N, C], w [V, C]) against `targets` [N] (negative =
+    /// not scored), without holding the [N, V] logits: `crossEntropy(linear(h, w), targets:)` in a
+    /// chunk of rows at a time (see `linearCrossEntropy`). The gradients are formed in the forward
+    /// and only scaled in the backward. A scalar; 0 when nothing is scored.
+    public func linearCrossEntropy(_ h: Variable, _ w: Variable, targets: [Int32], chunkFloats: Int = 16 << 20) -> Variable {
+        let V = w.shape[0], C = w.shape[1], N = targets.count
+        precondition(h.count == N * C, "linearCrossEntropy: input \(h.shape) is not \(N) rows of \(C)")
+        let dh = recording && h.requiresGradient ? FloatBuffer(uninitializedCount: N * C) : nil
+        let dw = recording && w.requiresGradient ? FloatBuffer(count: V * C) : nil
+        let (sum, count) = targets.withUnsafeBufferPointer {
+            EmberTensor.linearCrossEntropy(h: h.pointer, w: w.pointer, targets: $0.baseAddress!, dh: dh?.pointer, dw: dw?.pointer,
+                                           rows: N, columns: C, vocabulary: V, chunkFloats: chunkFloats, pool: pool)
+        }
+        let loss = Variable(shape: [1], values: [count == 0 ? 0 : Float(sum / Double(count))])
+        record {
+            guard count > 0 else { return }
+            let scale = loss.gradient.pointer[0] / Float(count)
+            if let dh { axpy(scale, dh.pointer, h.gradient.pointer, N * C) }
+            if let dw { axpy(scale, dw.pointer, w.gradient.pointer, V * C) }
+        }
+        return loss
+    }
+
     /// log softmax(logits_r)[target_r] for each row of logits [N, V]: [N] (0 where the target is negative).
     public func tokenLogProbabilities(_ logits: Variable, targets: [Int32]) -> Variable {
         let V = logits.shape.last!, N = targets.count

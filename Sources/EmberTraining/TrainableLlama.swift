@@ -542,10 +542,18 @@ public final class TrainableLlama: @unchecked Sendable {
         }
     }
 
-    /// Mean cross-entropy of the logits against `targets` (negative = not scored).
+    /// Mean cross-entropy of the logits against `targets` (negative = not scored). With a trained
+    /// output projection and no tensor parallelism, the projection and the loss run fused, a chunk
+    /// of rows at a time (`Tape.linearCrossEntropy`), so the [B·T, V] logits are never held.
     public func loss(_ tape: Tape, inputs: [Int32], targets: [Int32], batch: Int, positions: [Int32]? = nil, recompute: Recompute = .none) -> Variable {
-        loss(tape, logits: forward(tape, inputs: inputs, batch: batch, tokens: inputs.count / batch, positions: positions, recompute: recompute),
-             targets: targets)
+        let tokens = inputs.count / batch
+        if tensor == nil, gpt2 == nil, score == nil, case .trained(let w)? = output {
+            return forward(tape, inputs: inputs, input: nil, batch: batch, tokens: tokens, positions: positions, recompute: recompute) { tape, h in
+                tape.linearCrossEntropy(h, w, targets: targets)
+            }
+        }
+        return loss(tape, logits: forward(tape, inputs: inputs, batch: batch, tokens: tokens, positions: positions, recompute: recompute),
+                    targets: targets)
     }
 
     /// For each token of rows of T packed tokens, the index within its row where its sequence

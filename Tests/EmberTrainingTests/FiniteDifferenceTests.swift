@@ -200,6 +200,25 @@ import Testing
         Self.check("crossEntropy", [Self.variable([4, 11], seed: 14, scale: 3)]) { $0.crossEntropy($1[0], targets: [3, -100, 10, 0]) }
     }
 
+    /// The fused projection and loss, in chunks of 3 rows (over 7 rows, one not scored), against
+    /// central differences and against `crossEntropy(linear(h, w))`.
+    @Test func linearCrossEntropy() {
+        let targets: [Int32] = [3, -100, 10, 0, 7, 7, 1]
+        let h = Self.variable([7, 5], seed: 16), w = Self.variable([11, 5], seed: 17, scale: 2)
+        Self.check("linearCrossEntropy", [h, w]) { $0.linearCrossEntropy($1[0], $1[1], targets: targets, chunkFloats: 33) }
+        func run(_ fused: Bool) -> (loss: Float, dh: [Float], dw: [Float]) {
+            h.zeroGradient(); w.zeroGradient()
+            let tape = Tape()
+            let loss = fused ? tape.linearCrossEntropy(h, w, targets: targets, chunkFloats: 33) : tape.crossEntropy(tape.linear(h, w), targets: targets)
+            tape.backward(loss, seed: 0.5)
+            return (loss.values[0], h.gradient.values, w.gradient.values)
+        }
+        let fused = run(true), plain = run(false)
+        let difference = max(abs(fused.loss - plain.loss), zip(fused.dh + fused.dw, plain.dh + plain.dw).map { abs($0 - $1) }.max()!)
+        print("linearCrossEntropy against crossEntropy(linear): max difference \(difference) (loss \(fused.loss))")
+        #expect(difference < 1e-5)
+    }
+
     @Test func tokenLogProbabilities() {
         Self.check("tokenLogProbabilities", [Self.variable([4, 11], seed: 15, scale: 3)]) {
             $0.tokenLogProbabilities($1[0], targets: [3, 7, -100, 0])

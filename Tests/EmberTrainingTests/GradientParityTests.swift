@@ -47,15 +47,27 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
         print("\(name), recompute \(recompute): loss \(loss.values[0]) vs \(expectedLoss), logits max |Δ| \(logitsDifference)")
         #expect(abs(loss.values[0] - expectedLoss) < 1e-5)
         #expect(logitsDifference < 1e-5)
-        var worst: (name: String, difference: Float, relative: Float) = ("", 0, 0)
-        for p in model.parameters {
-            let expected = try reference.floats("grad." + p.name)
-            let difference = maxDifference(p.gradient.values, expected)
-            let scale = expected.map(abs).max()!
-            if difference / scale > worst.relative { worst = (p.name, difference, difference / scale) }
-            #expect(difference <= 1e-5 + 1e-4 * scale, "\(p.name): max |Δ| \(difference), largest |grad| \(scale)")
+        func compareGradients(_ label: String) throws {
+            var worst: (name: String, difference: Float, relative: Float) = ("", 0, 0)
+            for p in model.parameters {
+                let expected = try reference.floats("grad." + p.name)
+                let difference = maxDifference(p.gradient.values, expected)
+                let scale = expected.map(abs).max()!
+                if difference / scale > worst.relative { worst = (p.name, difference, difference / scale) }
+                #expect(difference <= 1e-5 + 1e-4 * scale, "\(label): \(p.name): max |Δ| \(difference), largest |grad| \(scale)")
+            }
+            print("\(label): \(model.parameters.count) gradients, worst \(worst.name) max |Δ| \(worst.difference) (relative \(worst.relative))")
         }
-        print("\(name), recompute \(recompute): \(model.parameters.count) gradients, worst \(worst.name) max |Δ| \(worst.difference) (relative \(worst.relative))")
+        try compareGradients("\(name), recompute \(recompute)")
+
+        // The same through the fused output projection and loss, which never holds the logits.
+        model.parameters.forEach { $0.zeroGradient() }
+        let fusedTape = Tape()
+        let fusedLoss = model.loss(fusedTape, inputs: inputs, targets: targets, batch: 2, recompute: recompute)
+        fusedTape.backward(fusedLoss)
+        print("\(name), recompute \(recompute), fused loss: \(fusedLoss.values[0]) vs \(expectedLoss)")
+        #expect(abs(fusedLoss.values[0] - expectedLoss) < 1e-5)
+        try compareGradients("\(name), recompute \(recompute), fused loss")
     }
 }
 
