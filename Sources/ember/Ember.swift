@@ -24,7 +24,7 @@ struct Ember: AsyncParsableCommand {
           ember sft --model base --data train.jsonl --output runs/sft
         """,
         version: emberVersion,
-        subcommands: [Serve.self, Generate.self, Perplexity.self, Eval.self, Bench.self, BenchAttention.self, Tokenize.self, Embed.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, Export.self, Inspect.self])
+        subcommands: [Serve.self, Generate.self, Perplexity.self, Eval.self, Bench.self, BenchAttention.self, Tokenize.self, Embed.self, TrainTokenizer.self, PrepareData.self, Pretrain.self, FineTune.self, TrainReward.self, DPO.self, GRPOCommand.self, PPOCommand.self, BenchRollouts.self, BenchGEMM.self, Export.self, Inspect.self])
 }
 
 /// Ember's version, in `ember --version` and evaluation results.

@@ -66,4 +66,15 @@ void ember_swiglu_backward(const float *gate, const float *up, const float *dout
 /// Σ exp(x_i − shift) over n values with the same exp polynomial, eight at a time (partial sums
 /// in f32 lanes, added in double); the terms are also written to `out` unless it is NULL.
 double ember_exp_sum(const float *x, float shift, float *out, long n);
+/// Whether this CPU runs AVX-512 BF16 (with BW and VL): `ember_gemm_bf16`.
+int ember_has_bf16(void);
+/// x rounded to bf16 (to nearest, ties to even; a NaN stays a NaN), as its 16 bits.
+uint16_t ember_bf16_from_f32(float x);
+/// C [m, n] = alpha · op(A) · op(B) + beta · C, row-major as cblas_sgemm: op(A) [m, k] (A stored
+/// [k, m] when trans_a), op(B) [k, n] (B stored [n, k] when trans_b). The operands are rounded to
+/// bf16 as they are packed, and the products are summed in f32 by vdpbf16ps. Single-threaded.
+/// Returns 0; −1 where the CPU lacks AVX-512 BF16 (C untouched: callers take their f32 path on
+/// bf16-rounded operands), −2 when the packing buffers cannot be allocated.
+int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc);
 #endif

@@ -1,0 +1,119 @@
+/* Matrix products in bf16 with f32 accumulation (AVX-512 BF16's vdpbf16ps): the f32 operands are
+   rounded to bf16 (to nearest, ties to even) as they are packed, and every sum is kept in f32.
+   Blocking follows the usual three loops around a register-tiled micro-kernel: panels of B
+   (KC × NC) and of A (MC × KC) are packed once per block, pairs of k side by side, because
+   vdpbf16ps multiplies two bf16 pairs per 32-bit lane and adds both products to the lane's f32. */
+#include "ckernels.h"
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MR = 12, NR = 32, KC = 256, MC = 96, NC = 512 };
+
+uint16_t ember_bf16_from_f32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays a quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+int ember_has_bf16(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }
+    return known;
+}
+
+static inline uint32_t pair(float lo, float hi) { return (uint32_t)ember_bf16_from_f32(lo) | (uint32_t)ember_bf16_from_f32(hi) << 16; }
+
+/* Packs indices i0 ..< i0 + count (rows of op(A), or columns of op(B)) by k0 ..< k0 + kc as panels
+   of `width` indices: [panel][k pair][width] 32-bit bf16 pairs, zero past the matrix (`limit`
+   indices, k values of k). Element (i, k) is x[i * ld + k] when `index_major`, else x[k * ld + i]. */
+static void pack(const float *x, long ld, int index_major, int i0, int count, int k0, int kc, int limit, int k, int width, uint32_t *out) {
+    const int pairs = (kc + 1) / 2;
+    for (int p = 0; p < count; p += width) {
+        for (int q = 0; q < pairs; q++) {
+            const long ka = k0 + 2 * q, kb = ka + 1;
+            for (int r = 0; r < width; r++) {
+                const long i = i0 + p + r;
+                const int inside = p + r < count && i < limit;
+                const float lo = inside && ka < k0 + kc && ka < k ? (index_major ? x[i * ld + ka] : x[ka * ld + i]) : 0;
+                const float hi = inside && kb < k0 + kc && kb < k ? (index_major ? x[i * ld + kb] : x[kb * ld + i]) : 0;
+                *out++ = pair(lo, hi);
+            }
+        }
+    }
+}
+
+/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over `pairs` k pairs; rows ≥ rows and
+   columns ≥ cols are not written. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void micro_kernel(const uint32_t *ap, const uint32_t *bp, int pairs, float alpha, float *c, long ldc, int rows, int cols) {
+    __m512 acc[MR][2];
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int q = 0; q < pairs; q++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
+        for (int r = 0; r < MR; r++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)ap[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+        }
+        ap += MR;
+        bp += NR;
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (rows == MR && cols == NR) {
+        for (int r = 0; r < MR; r++) {
+            float *row = c + r * ldc;
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(acc[r][0], va, _mm512_loadu_ps(row)));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(acc[r][1], va, _mm512_loadu_ps(row + 16)));
+        }
+        return;
+    }
+    const __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+    const __mmask16 m1 = (__mmask16)(cols >= 32 ? 0xffff : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
+    for (int r = 0; r < rows; r++) {
+        float *row = c + r * ldc;
+        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[r][0], va, _mm512_maskz_loadu_ps(m0, row)));
+        _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(acc[r][1], va, _mm512_maskz_loadu_ps(m1, row + 16)));
+    }
+}
+
+int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
+                    float beta, float *c, long ldc) {
+    if (!ember_has_bf16()) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    uint32_t *bp = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((NC + NR - 1) / NR * NR));
+    uint32_t *ap = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((MC + MR - 1) / MR * MR));
+    if (!bp || !ap) { free(bp); free(ap); return -2; }
+    for (int i = 0; i < m; i++) {
+        float *row = c + (long)i * ldc;
+        if (beta == 0) memset(row, 0, sizeof(float) * (size_t)n);
+        else if (beta != 1) for (int j = 0; j < n; j++) row[j] *= beta;
+    }
+    if (k <= 0 || alpha == 0) { free(bp); free(ap); return 0; }
+    for (int jc = 0; jc < n; jc += NC) {
+        const int nc = n - jc < NC ? n - jc : NC;
+        for (int pc = 0; pc < k; pc += KC) {
+            const int kc = k - pc < KC ? k - pc : KC, pairs = (kc + 1) / 2;
+            pack(b, ldb, trans_b, jc, nc, pc, kc, n, k, NR, bp);
+            for (int ic = 0; ic < m; ic += MC) {
+                const int mc = m - ic < MC ? m - ic : MC;
+                pack(a, lda, !trans_a, ic, mc, pc, kc, m, k, MR, ap);
+                for (int jr = 0; jr < nc; jr += NR) {
+                    const int cols = nc - jr < NR ? nc - jr : NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        const int rows = mc - ir < MR ? mc - ir : MR;
+                        micro_kernel(ap + (long)ir * pairs, bp + (long)jr * pairs, pairs, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols);
+                    }
+                }
+            }
+        }
+    }
+    free(bp);
+    free(ap);
+    return 0;
+}

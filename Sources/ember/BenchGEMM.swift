@@ -1,0 +1,96 @@
+import ArgumentParser
+import CBLAS
+import EmberTensor
+import Foundation
+
+struct BenchGEMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-gemm",
+        abstract: "Time the training products in f32 (OpenBLAS SGEMM) and in bf16 (AVX-512 BF16), side by side.",
+        discussion: """
+        For each weight of the small and medium pretraining presets (and a square product that gives
+        each path's peak), times the three products a linear layer makes in a training step over
+        --tokens rows: the forward x · Wᵀ, the input gradient dy · W and the weight gradient dyᵀ · x,
+        each split across the threads as training splits it (one single-threaded call per thread).
+        Reports GFLOP/s of both paths and their ratio (median of the repetitions). Without AVX-512
+        BF16 the bf16 path is SGEMM over bf16-rounded copies, and says so.
+        """)
+
+    @Option(help: "Rows of activations per product (batch × sequence length).")
+    var tokens = 2048
+
+    @Option(help: "Threads (one product call each).")
+    var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    @Option(help: "Timed runs of each case.")
+    var repetitions = 5
+
+    func validate() throws {
+        guard tokens > 0, (1...1024).contains(threads), repetitions > 0 else {
+            throw ValidationError("--tokens and --repetitions must be positive and --threads between 1 and 1024")
+        }
+    }
+
+    func run() throws {
+        ThreadPool.configureShared(threadCount: threads)
+        let pool = ThreadPool.shared
+        BLASCore.prepare()
+        print("bf16 path: \(hasBF16Instructions ? "AVX-512 BF16 (vdpbf16ps)" : "SGEMM over bf16-rounded copies (this CPU has no AVX-512 BF16)"); \(threads) threads, \(tokens) rows")
+        print("| weight [out, in] | f32 GFLOP/s | bf16 GFLOP/s | bf16 / f32 |")
+        print("| --- | ---: | ---: | ---: |")
+        let cases: [(String, Int, Int)] = [
+            ("small q, o [256, 256]", 256, 256), ("small k, v [128, 256]", 128, 256), ("small gate, up [1024, 256]", 1024, 256),
+            ("small down [256, 1024]", 256, 1024), ("small head [4096, 256]", 4096, 256),
+            ("medium q, o [512, 512]", 512, 512), ("medium k, v [256, 512]", 256, 512), ("medium gate, up [1536, 512]", 1536, 512),
+            ("medium down [512, 1536]", 512, 1536), ("medium head [4096, 512]", 4096, 512), ("square [2048, 2048]", 2048, 2048),
+        ]
+        for (name, n, k) in cases {
+            let f32 = gflops(n: n, k: k, pool: pool, bf16: false), bf16 = gflops(n: n, k: k, pool: pool, bf16: true)
+            print("| \(name) | \(String(format: "%.1f", f32)) | \(String(format: "%.1f", bf16)) | \(String(format: "%.2f", bf16 / f32)) |")
+        }
+    }
+
+    /// GFLOP/s of the forward, input-gradient and weight-gradient products of a weight [n, k].
+    func gflops(n: Int, k: Int, pool: ThreadPool, bf16: Bool) -> Double {
+        let m = tokens
+        let x = FloatBuffer(count: m * k), w = FloatBuffer(count: n * k), y = FloatBuffer(count: m * n)
+        let dx = FloatBuffer(count: m * k), dw = FloatBuffer(count: n * k)
+        for (i, buffer) in [x, w, y].enumerated() {
+            for j in 0..<buffer.count { buffer.pointer[j] = Float((j * 7 + i * 13) % 29) / 29 - 0.5 }
+        }
+        /// C = alpha · op(A) · op(B) + beta · C on this thread.
+        func product(_ ta: Bool, _ tb: Bool, _ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
+                     _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+            if bf16 {
+                gemmBF16(transA: ta, transB: tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            } else {
+                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
+                            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+            }
+        }
+        func step() {
+            let parts = min(pool.threadCount, m)
+            pool.parallelFor(parts) { p in  // y = x · wᵀ, rows split
+                let r = (p * m / parts)..<((p + 1) * m / parts)
+                product(false, true, r.count, n, k, x.pointer + r.lowerBound * k, k, w.pointer, k, 0, y.pointer + r.lowerBound * n, n)
+            }
+            pool.parallelFor(parts) { p in  // dx += dy · w, rows split
+                let r = (p * m / parts)..<((p + 1) * m / parts)
+                product(false, false, r.count, k, n, y.pointer + r.lowerBound * n, n, w.pointer, k, 1, dx.pointer + r.lowerBound * k, k)
+            }
+            let wParts = min(pool.threadCount, n)
+            pool.parallelFor(wParts) { p in  // dw += dyᵀ · x, rows of w split
+                let r = (p * n / wParts)..<((p + 1) * n / wParts)
+                product(true, false, r.count, k, m, y.pointer + r.lowerBound, n, x.pointer, k, 1, dw.pointer + r.lowerBound * k, k)
+            }
+        }
+        step()  // warm-up: pages, packing buffers, OpenBLAS's core
+        var times: [Double] = []
+        for _ in 0..<repetitions {
+            let start = DispatchTime.now().uptimeNanoseconds
+            step()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return 3 * 2 * Double(m) * Double(n) * Double(k) / times.sorted()[times.count / 2] / 1e9
+    }
+}
