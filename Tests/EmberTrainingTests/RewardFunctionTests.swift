@@ -22,7 +22,10 @@ import Testing
 
     static let items = [RewardItem(prompt: "2+2", completion: "4", answer: "4"), RewardItem(prompt: "3+3", completion: "7", answer: "6")]
 
-    func error(_ script: String, timeout: Double = 20, items: [RewardItem] = Self.items) -> String? {
+    /// The error of running `script` as the reward command. Only the hang is meant to meet its
+    /// timeout; the others get a wide one, since under ThreadSanitizer on two busy cores the
+    /// notice that a program has ended once took more than 20 s to arrive.
+    func error(_ script: String, timeout: Double = 300, items: [RewardItem] = Self.items) -> String? {
         do {
             _ = try ExternalReward(command: ["sh", "-c", script], timeout: timeout).rewards(items)
             return nil
