@@ -3,15 +3,15 @@ import EmberTensor
 /// The differentiable ops. Each runs its forward kernel now and records its backward kernel.
 /// Shapes are given as [rows, columns]; a variable of any shape is read as rows of its last dimension.
 extension Tape {
-    /// y [M, N] = x [M, K] · wᵀ, w [N, K] (a linear layer without bias).
-    public func linear(_ x: Variable, _ w: Variable) -> Variable {
+    /// y [M, N] = x [M, K] · wᵀ, w [N, K] (a linear layer without bias), its products in `precision`.
+    public func linear(_ x: Variable, _ w: Variable, precision: Precision = .f32) -> Variable {
         let N = w.shape[0], K = w.shape[1], M = x.count / K
         precondition(x.count == M * K, "linear: input \(x.shape) is not rows of \(K)")
         let y = Variable(output: [M, N])
-        matmulLarge(x.pointer, w.pointer, y.pointer, m: M, n: N, k: K, pool: pool)
+        matmulLarge(x.pointer, w.pointer, y.pointer, m: M, n: N, k: K, precision: precision, pool: pool)
         record { [pool] in
             matmulBackward(dy: y.gradient.pointer, x: x.pointer, w: w.pointer, dx: x.gradientIfWanted, dw: w.gradientIfWanted,
-                           m: M, n: N, k: K, pool: pool)
+                           m: M, n: N, k: K, precision: precision, pool: pool)
         }
         return y
     }
@@ -226,14 +226,15 @@ extension Tape {
     /// not scored), without holding the [N, V] logits: `crossEntropy(linear(h, w), targets:)` in a
     /// chunk of rows at a time (see `linearCrossEntropy`). The gradients are formed in the forward
     /// and only scaled in the backward. A scalar; 0 when nothing is scored.
-    public func linearCrossEntropy(_ h: Variable, _ w: Variable, targets: [Int32], chunkFloats: Int = 16 << 20) -> Variable {
+    public func linearCrossEntropy(_ h: Variable, _ w: Variable, targets: [Int32], chunkFloats: Int = 16 << 20,
+                                   precision: Precision = .f32) -> Variable {
         let V = w.shape[0], C = w.shape[1], N = targets.count
         precondition(h.count == N * C, "linearCrossEntropy: input \(h.shape) is not \(N) rows of \(C)")
         let dh = recording && h.requiresGradient ? FloatBuffer(uninitializedCount: N * C) : nil
         let dw = recording && w.requiresGradient ? FloatBuffer(count: V * C) : nil
         let (sum, count) = targets.withUnsafeBufferPointer {
             EmberTensor.linearCrossEntropy(h: h.pointer, w: w.pointer, targets: $0.baseAddress!, dh: dh?.pointer, dw: dw?.pointer,
-                                           rows: N, columns: C, vocabulary: V, chunkFloats: chunkFloats, pool: pool)
+                                           rows: N, columns: C, vocabulary: V, chunkFloats: chunkFloats, precision: precision, pool: pool)
         }
         let loss = Variable(shape: [1], values: [count == 0 ? 0 : Float(sum / Double(count))])
         record {

@@ -23,6 +23,8 @@ public final class TrainableGPT2: @unchecked Sendable {
     let tokenEmbedding: Variable, positionEmbedding: Variable
     let blocks: [Block]
     let finalNorm: (weight: Variable, bias: Variable)
+    /// The precision of the matrix products (`TrainableLlama.precision` sets it).
+    var precision: Precision = .f32
 
     struct Block {
         let norm1, norm2: (weight: Variable, bias: Variable)
@@ -118,7 +120,7 @@ public final class TrainableGPT2: @unchecked Sendable {
                        recompute: TrainableLlama.Recompute = .none) -> Variable {
         let c = configuration, T = inputs.count / B, C = c.hiddenSize, H = c.headCount, eps = c.rmsNormEpsilon
         precondition(inputs.count == B * T && T <= c.maxPositionEmbeddings, "GPT-2: \(inputs.count) tokens are not \(B) sequences within the context")
-        func linear(_ tape: Tape, _ x: Variable, _ l: (weight: Variable, bias: Variable)) -> Variable { tape.addBias(tape.linear(x, l.weight), l.bias) }
+        func linear(_ tape: Tape, _ x: Variable, _ l: (weight: Variable, bias: Variable)) -> Variable { tape.addBias(tape.linear(x, l.weight, precision: precision), l.bias) }
         let positions = packed ?? (0..<B * T).map { Int32($0 % T) }
         let segmentStarts = packed.map { TrainableLlama.segmentStarts(positions: $0, tokens: T) }
         var x = tape.add(tape.embedding(inputs, tokenEmbedding), tape.embedding(positions, positionEmbedding))
@@ -133,7 +135,7 @@ public final class TrainableGPT2: @unchecked Sendable {
             }
             x = recompute == .block ? tape.checkpoint(x, body) : body(tape, x)
         }
-        return tape.linear(tape.layerNorm(x, finalNorm.weight, finalNorm.bias, epsilon: eps), tokenEmbedding)
+        return tape.linear(tape.layerNorm(x, finalNorm.weight, finalNorm.bias, epsilon: eps), tokenEmbedding, precision: precision)
     }
 
     /// The mean next-token cross-entropy of `inputs` [B·T], each token predicting the next in its

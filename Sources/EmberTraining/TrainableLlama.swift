@@ -50,6 +50,9 @@ public final class TrainableLlama: @unchecked Sendable {
     let ropeMode: RopeMode
     /// The tensor-parallel group the forward's collectives run in (set by the trainer).
     public var tensor: TensorGroup?
+    /// The precision of the trained matrices' products (set by the trainer): bf16 rounds both
+    /// operands and sums in f32; the weights themselves stay f32.
+    public var precision: Precision = .f32 { didSet { gpt2?.precision = precision } }
     /// A GPT-2 model trains through this class too: it then holds the weights and runs the forward,
     /// and this class gives the trainer its arena, its loss and its saving (one process or plain data
     /// parallel; not under ZeRO, tensor or pipeline parallelism, or with LoRA).
@@ -108,12 +111,12 @@ public final class TrainableLlama: @unchecked Sendable {
     func apply(_ tape: Tape, _ x: Variable, _ linear: Linear, seed: UInt64) -> Variable {
         switch linear {
         case .trained(let w):
-            return tape.linear(x, w)
+            return tape.linear(x, w, precision: precision)
         case .frozen(let w, let lora):
             let y = tape.frozenLinear(x, w)
             guard let lora, let settings = self.lora, adapterEnabled else { return y }
-            let h = tape.linear(tape.dropout(x, rate: settings.dropout, seed: seed), lora.a)
-            return tape.add(y, tape.linear(h, lora.b), scale: settings.scale)
+            let h = tape.linear(tape.dropout(x, rate: settings.dropout, seed: seed), lora.a, precision: precision)
+            return tape.add(y, tape.linear(h, lora.b, precision: precision), scale: settings.scale)
         }
     }
 
@@ -549,7 +552,7 @@ public final class TrainableLlama: @unchecked Sendable {
         let tokens = inputs.count / batch
         if tensor == nil, gpt2 == nil, score == nil, case .trained(let w)? = output {
             return forward(tape, inputs: inputs, input: nil, batch: batch, tokens: tokens, positions: positions, recompute: recompute) { tape, h in
-                tape.linearCrossEntropy(h, w, targets: targets)
+                tape.linearCrossEntropy(h, w, targets: targets, precision: self.precision)
             }
         }
         return loss(tape, logits: forward(tape, inputs: inputs, batch: batch, tokens: tokens, positions: positions, recompute: recompute),

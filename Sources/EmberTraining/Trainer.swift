@@ -21,6 +21,8 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
     public var decayEverything: Bool
     public var gradientClip: Float
     public var recompute: TrainableLlama.Recompute
+    /// The matrix products' precision (nil: f32, as in checkpoints written before the setting).
+    public var precision: Precision?
     public var seed: UInt64
     public var evalEvery: Int
     public var evalWindows: Int
@@ -34,7 +36,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
 
     public init(data: String, steps: Int = 1000, batchSize: Int = 16, sequenceLength: Int = 128, gradientAccumulation: Int = 1,
                 learningRate: Float = 3e-3, minimumLearningRate: Float = 3e-4, warmup: Int = 30, weightDecay: Float = 0.1, decayEverything: Bool = false,
-                gradientClip: Float = 1, recompute: TrainableLlama.Recompute = .none, seed: UInt64 = 1, evalEvery: Int = 50,
+                gradientClip: Float = 1, recompute: TrainableLlama.Recompute = .none, precision: Precision? = nil, seed: UInt64 = 1, evalEvery: Int = 50,
                 evalWindows: Int = 32, saveEvery: Int = 100, keepCheckpoints: Int = 2, fineTuning: FineTuningSettings? = nil) {
         self.data = data
         self.steps = steps
@@ -48,6 +50,7 @@ public struct TrainingSettings: Codable, Sendable, Equatable {
         self.decayEverything = decayEverything
         self.gradientClip = gradientClip
         self.recompute = recompute
+        self.precision = precision
         self.seed = seed
         self.evalEvery = evalEvery
         self.evalWindows = evalWindows
@@ -220,6 +223,7 @@ public final class Trainer {
         partition = parallelism.zeroStage == 3 ? ParameterPartition(model: model, communicator: parallelism.data, shards: shards, thread: thread) : nil
         model.residency = partition
         pipeline = parallelism.pipeline.size > 1 ? Pipeline(communicator: parallelism.pipeline) : nil
+        model.precision = settings.precision ?? .f32
         model.tensor = parallelism.tensor.size > 1 ? TensorGroup(communicator: parallelism.tensor, sequenceParallel: parallelism.sequenceParallel) : nil
         replicatedNorms = parallelism.sequenceParallel ? model.slices.indices.filter { model.slices[$0].slice.axis == nil && model.slices[$0].tensor.role != .embedding } : []
     }

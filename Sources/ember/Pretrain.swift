@@ -64,6 +64,8 @@ struct Pretrain: ParsableCommand {
     var decayEverything = false
     @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm (default \(D.gradientClip)).") var gradClip: Float?
     @Option(help: "Activation recomputation: none, or block (keep only each block's input; less memory, ~30% slower; default \(D.recompute.rawValue)).") var recompute: TrainableLlama.Recompute?
+    @Option(help: "Precision of the matrix products: f32, or bf16 (operands rounded to bf16, with AVX-512 BF16 where the CPU has it; sums, master weights, AdamW moments, norms, softmax and losses stay f32). Default f32.")
+    var precision: Precision?
     @Option(help: "Seed for the initial weights and the data order (default \(D.seed)).") var seed: UInt64?
     @Option(name: .customLong("eval-every"), help: "Steps between validation losses (default \(D.evalEvery); 0: only at the end).") var evalEvery: Int?
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (default \(D.saveEvery); 0: only at the end).") var saveEvery: Int?
@@ -81,8 +83,8 @@ struct Pretrain: ParsableCommand {
             if architecture != .llama && preset == nil {
                 throw ValidationError("--architecture chooses a --preset's architecture; --config and --init name their own")
             }
-        } else if preset != nil || config != nil || initial != nil || data != nil || decayEverything || architecture != .llama {
-            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --architecture, --config, --init, --data and --decay-norms-and-embeddings")
+        } else if preset != nil || config != nil || initial != nil || data != nil || decayEverything || architecture != .llama || precision != nil {
+            throw ValidationError("--resume continues a run with its own model, data and settings; leave out --preset, --architecture, --config, --init, --data, --precision and --decay-norms-and-embeddings")
         }
     }
 
@@ -152,7 +154,7 @@ struct Pretrain: ParsableCommand {
                 sequenceLength: seqLen ?? min(D.sequenceLength, model.configuration.maxPositionEmbeddings),
                 gradientAccumulation: gradAccum ?? D.gradientAccumulation, learningRate: lr ?? D.learningRate,
                 minimumLearningRate: minLr ?? D.minimumLearningRate, warmup: warmup ?? D.warmup, weightDecay: weightDecay ?? D.weightDecay,
-                decayEverything: decayEverything, gradientClip: gradClip ?? D.gradientClip, recompute: recompute ?? D.recompute, seed: seed,
+                decayEverything: decayEverything, gradientClip: gradClip ?? D.gradientClip, recompute: recompute ?? D.recompute, precision: precision, seed: seed,
                 evalEvery: evalEvery ?? D.evalEvery, evalWindows: D.evalWindows, saveEvery: saveEvery ?? D.saveEvery,
                 keepCheckpoints: keep ?? D.keepCheckpoints)
             trainer = try Trainer(model: model, dataset: dataset, settings: settings, parallelism: parallelism)
@@ -193,6 +195,7 @@ struct Pretrain: ParsableCommand {
 }
 
 extension TrainableLlama.Recompute: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
 
 /// The defaults `ember pretrain` shows and uses.
 private let D = TrainingSettings.defaults

@@ -86,7 +86,11 @@ struct ParallelOptions: ParsableArguments {
     func describe(_ trainer: Trainer) {
         let world = trainer.parallelism.world
         func say(_ text: String) { if trainer.parallelism.isLeader { printError(text) } }
-        say("f32 products: \(BLASCore.summary)")
+        if trainer.settings.precision == .bf16 {
+            say("bf16 products: \(hasBF16Instructions ? "AVX-512 BF16 (vdpbf16ps), f32 sums" : "SGEMM over bf16-rounded operands (this CPU has no AVX-512 BF16)"); master weights, moments, norms, softmax and losses in f32")
+        } else {
+            say("f32 products: \(BLASCore.summary)")
+        }
         if world.size > 1 {
             let gradients = "gradients \(zeroStage > 0 ? "reduce-scattered" : "all-reduced") in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
             let moments = Double(trainer.optimizer.range.count * 8) / 1_048_576
@@ -202,6 +206,8 @@ struct FineTuningOptions: ParsableArguments {
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of the projection matrices.") var weightDecay: Float = 0
     @Option(name: .customLong("grad-clip"), help: "Largest global gradient norm.") var gradClip: Float = 1
     @Option(help: "Activation recomputation: none or block.") var recompute: TrainableLlama.Recompute = .none
+    @Option(help: "Precision of the matrix products: f32, or bf16 (operands rounded to bf16, sums, weights and everything else in f32).")
+    var precision: Precision = .f32
     @Option(help: "Seed of the held-out split, the data order and a new adapter.") var seed: UInt64 = 1
     @Option(name: .customLong("eval-every"), help: "Steps between validations (0: only at the end).") var evalEvery: Int = 50
     @Option(name: .customLong("save-every"), help: "Steps between checkpoints (0: only at the end).") var saveEvery: Int = 100
@@ -257,7 +263,7 @@ struct FineTuningOptions: ParsableArguments {
         TrainingSettings(
             data: absolute(data!), steps: 1, batchSize: batchSize, sequenceLength: maxLength, gradientAccumulation: gradAccum,
             learningRate: lr ?? defaultLR, minimumLearningRate: minLr, warmup: warmup, weightDecay: weightDecay, gradientClip: gradClip,
-            recompute: recompute, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
+            recompute: recompute, precision: precision, seed: seed, evalEvery: evalEvery, saveEvery: saveEvery, keepCheckpoints: keep, fineTuning: fineTuning)
     }
 
     /// --steps, or enough steps for --epochs over `rows` training rows.

@@ -71,6 +71,31 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
     }
 }
 
+/// bf16 products (operands rounded to bf16, f32 sums) give the loss and gradients of f32 within
+/// bf16's precision, on every path this CPU runs, with and without recomputation.
+@Suite struct BF16TrainingTests {
+    @Test(arguments: TrainableLlama.Recompute.allCases)
+    func gradientsNearThoseOfF32(recompute: TrainableLlama.Recompute) throws {
+        let reference = try Reference("untied/reference.safetensors")
+        let model = try TrainableLlama(directory: Reference.directory("untied"))
+        let inputs = try reference.ints("inputs"), targets = try reference.ints("targets")
+        model.precision = .bf16
+        let tape = Tape()
+        let loss = model.loss(tape, inputs: inputs, targets: targets, batch: 2, recompute: recompute)
+        tape.backward(loss)
+        let expectedLoss = try reference.floats("loss")[0]
+        var worst: (name: String, relative: Float) = ("", 0)
+        for p in model.parameters {
+            let expected = try reference.floats("grad." + p.name)
+            let relative = maxDifference(p.gradient.values, expected) / expected.map(abs).max()!
+            if relative > worst.relative { worst = (p.name, relative) }
+            #expect(relative < 0.05, "\(p.name): max |Δ| \(relative) of the largest f32 gradient")
+        }
+        print("bf16 products, recompute \(recompute) (\(hasBF16Instructions ? "AVX-512 BF16" : "SGEMM on rounded operands")): loss \(loss.values[0]) vs f32 \(expectedLoss); worst gradient \(worst.name), max |Δ| \(worst.relative) of its largest")
+        #expect(abs(loss.values[0] - expectedLoss) < 1e-2 * expectedLoss)
+    }
+}
+
 /// Frozen parameters get no gradient and no update; the others are unchanged by the freezing.
 @Suite struct FrozenParameterTests {
     @Test func frozenParametersAreLeftAlone() throws {

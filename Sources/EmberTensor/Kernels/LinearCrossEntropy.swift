@@ -7,12 +7,13 @@ import CKernels
 /// multiplied out while the chunk is at hand:
 ///   dh[chunk] = dlogits · w   (written; dh [N, C]),   dw += dlogitsᵀ · h[chunk]   (dw [V, C])
 /// A caller scales both by d(loss)/d(sum) afterwards, so no logits are recomputed in the backward.
-/// Chunks hold at most `chunkFloats` logits (64 MiB by default; at least one row).
+/// Chunks hold at most `chunkFloats` logits (64 MiB by default; at least one row). The products run
+/// in `precision`; the softmax and the loss in f32.
 /// Returns the summed loss over the scored rows and their count.
 public func linearCrossEntropy(h: UnsafePointer<Float>, w: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
                                dh: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?,
                                rows N: Int, columns C: Int, vocabulary V: Int, chunkFloats: Int = 16 << 20,
-                               pool: ThreadPool = .shared) -> (sum: Double, count: Int) {
+                               precision: Precision = .f32, pool: ThreadPool = .shared) -> (sum: Double, count: Int) {
     let chunk = max(1, min(N, chunkFloats / max(V, 1)))
     let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * V)
     let logSumExps = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
@@ -21,7 +22,7 @@ public func linearCrossEntropy(h: UnsafePointer<Float>, w: UnsafePointer<Float>,
     var sum = 0.0, count = 0
     for start in stride(from: 0, to: N, by: chunk) {
         let R = min(chunk, N - start), t = targets + start
-        matmulLarge(h + start * C, w, logits, m: R, n: V, k: C, pool: pool)
+        matmulLarge(h + start * C, w, logits, m: R, n: V, k: C, precision: precision, pool: pool)
         let part = crossEntropyForward(logits: logits, targets: t, logSumExps: logSumExps, rows: R, vocabulary: V, pool: pool)
         sum += part.sum
         count += part.count
@@ -35,7 +36,7 @@ public func linearCrossEntropy(h: UnsafePointer<Float>, w: UnsafePointer<Float>,
                 row[Int(t[r])] -= 1
             }
         }
-        matmulBackward(dy: logits, x: h + start * C, w: w, dx: dh.map { $0 + start * C }, dw: dw, m: R, n: V, k: C, pool: pool)
+        matmulBackward(dy: logits, x: h + start * C, w: w, dx: dh.map { $0 + start * C }, dw: dw, m: R, n: V, k: C, precision: precision, pool: pool)
     }
     return (sum, count)
 }

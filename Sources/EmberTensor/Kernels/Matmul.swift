@@ -23,40 +23,59 @@ func sgemmNT(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMu
                 accumulate ? 1 : 0, y, Int32(ldy))
 }
 
+/// The precision of training's matrix products: f32 throughout, or bf16 operands with f32 sums
+/// (`gemmBF16`). Everything else (norms, softmax, losses, the optimizer) stays f32 either way.
+public enum Precision: String, Codable, Sendable, CaseIterable {
+    case f32, bf16
+}
+
+/// One single-threaded row-major product C = op(A) · op(B) + beta · C in `precision`.
+@inline(__always)
+func gemm(_ precision: Precision, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+          b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    switch precision {
+    case .f32:
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
+                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    case .bf16:
+        gemmBF16(transA: transA, transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+}
+
 /// y [M, N] = x [M, K] · w [N, K]ᵀ for large products (training): the rows of x are split into one
-/// part per thread, so each thread makes one SGEMM call and packs w once.
+/// part per thread, so each thread makes one product call and packs w once.
 public func matmulLarge(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                        m M: Int, n N: Int, k K: Int, pool: ThreadPool = .shared) {
+                        m M: Int, n N: Int, k K: Int, precision: Precision = .f32, pool: ThreadPool = .shared) {
     BLASCore.prepare()
     pool.parallelFor(min(pool.threadCount, M)) { part in
         let rows = evenPart(part, of: M, parts: min(pool.threadCount, M))
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows.count), Int32(N), Int32(K), 1,
-                    x + rows.lowerBound * K, Int32(K), w, Int32(K), 0, y + rows.lowerBound * N, Int32(N))
+        gemm(precision, transA: false, transB: true, m: rows.count, n: N, k: K, a: x + rows.lowerBound * K, lda: K, b: w, ldb: K,
+             beta: 0, c: y + rows.lowerBound * N, ldc: N)
     }
 }
 
 /// The gradients of `matmulLarge` (y = x · wᵀ), added into dx [M, K] and dw [N, K] (either may be
-/// nil), one SGEMM call per thread:
+/// nil), one product call per thread:
 ///   dx += dy · w      (rows of x split across the pool)
 ///   dw += dyᵀ · x     (rows of w split across the pool)
 public func matmulBackward(dy: UnsafePointer<Float>, x: UnsafePointer<Float>, w: UnsafePointer<Float>,
                            dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?, m M: Int, n N: Int, k K: Int,
-                           pool: ThreadPool = .shared) {
+                           precision: Precision = .f32, pool: ThreadPool = .shared) {
     BLASCore.prepare()
     if let dx {
         let parts = min(pool.threadCount, M)
         pool.parallelFor(parts) { part in
             let rows = evenPart(part, of: M, parts: parts)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(N), 1,
-                        dy + rows.lowerBound * N, Int32(N), w, Int32(K), 1, dx + rows.lowerBound * K, Int32(K))
+            gemm(precision, transA: false, transB: false, m: rows.count, n: K, k: N, a: dy + rows.lowerBound * N, lda: N, b: w, ldb: K,
+                 beta: 1, c: dx + rows.lowerBound * K, ldc: K)
         }
     }
     if let dw {
         let parts = min(pool.threadCount, N)
         pool.parallelFor(parts) { part in
             let rows = evenPart(part, of: N, parts: parts)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(rows.count), Int32(K), Int32(M), 1,
-                        dy + rows.lowerBound, Int32(N), x, Int32(K), 1, dw + rows.lowerBound * K, Int32(K))
+            gemm(precision, transA: true, transB: false, m: rows.count, n: K, k: M, a: dy + rows.lowerBound, lda: N, b: x, ldb: K,
+                 beta: 1, c: dw + rows.lowerBound * K, ldc: K)
         }
     }
 }
