@@ -27,22 +27,50 @@ int ember_has_bf16(void) {
     return known;
 }
 
-static inline uint32_t pair(float lo, float hi) { return (uint32_t)ember_bf16_from_f32(lo) | (uint32_t)ember_bf16_from_f32(hi) << 16; }
-
 /* Packs indices i0 ..< i0 + count (rows of op(A), or columns of op(B)) by k0 ..< k0 + kc as panels
-   of `width` indices: [panel][k pair][width] 32-bit bf16 pairs, zero past the matrix (`limit`
-   indices, k values of k). Element (i, k) is x[i * ld + k] when `index_major`, else x[k * ld + i]. */
+   of `width` (≤ 32) indices: [panel][k pair][width] 32-bit bf16 pairs, zero past the matrix (`limit`
+   indices, k values of k). Element (i, k) is x[i * ld + k] when `index_major`, else x[k * ld + i].
+   vcvtne2ps2bf16 rounds to nearest even (and, unlike `ember_bf16_from_f32`, takes subnormal inputs
+   as zero). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void pack(const float *x, long ld, int index_major, int i0, int count, int k0, int kc, int limit, int k, int width, uint32_t *out) {
-    const int pairs = (kc + 1) / 2;
+    const int pairs = (kc + 1) / 2, kend = k0 + kc < k ? k0 + kc : k;
+    /* Interleaves the low 16 bf16 (from the first operand's rows ka) with the high 16 (rows kb). */
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    uint32_t row[KC / 2];
     for (int p = 0; p < count; p += width) {
-        for (int q = 0; q < pairs; q++) {
-            const long ka = k0 + 2 * q, kb = ka + 1;
+        uint32_t *panel = out + (long)(p / width) * pairs * width;
+        const int valid = (count - p < width ? count - p : width) < limit - (i0 + p) ? (count - p < width ? count - p : width) : limit - (i0 + p);
+        if (index_major) {
             for (int r = 0; r < width; r++) {
-                const long i = i0 + p + r;
-                const int inside = p + r < count && i < limit;
-                const float lo = inside && ka < k0 + kc && ka < k ? (index_major ? x[i * ld + ka] : x[ka * ld + i]) : 0;
-                const float hi = inside && kb < k0 + kc && kb < k ? (index_major ? x[i * ld + kb] : x[kb * ld + i]) : 0;
-                *out++ = pair(lo, hi);
+                if (r < valid) {
+                    const float *src = x + (long)(i0 + p + r) * ld;
+                    for (int q = 0; q < pairs; q += 16) {
+                        const int ka = k0 + 2 * q;
+                        const int left = kend - ka;  /* values of this row left from ka */
+                        const __mmask16 lo = (__mmask16)(left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1);
+                        const __mmask16 hi = (__mmask16)(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+                        const __m512 a = _mm512_maskz_loadu_ps(lo, src + ka), b = _mm512_maskz_loadu_ps(hi, src + ka + 16);
+                        _mm512_storeu_si512(row + q, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+                    }
+                    for (int q = 0; q < pairs; q++) panel[q * width + r] = row[q];
+                } else {
+                    for (int q = 0; q < pairs; q++) panel[q * width + r] = 0;
+                }
+            }
+        } else {
+            for (int q = 0; q < pairs; q++) {
+                const long ka = k0 + 2 * q, kb = ka + 1;
+                for (int c = 0; c < width; c += 16) {
+                    const int n = valid - c >= 16 ? 16 : valid - c <= 0 ? 0 : valid - c;
+                    const __mmask16 m = (__mmask16)(n == 16 ? 0xffff : (1u << n) - 1);
+                    const __m512 a = ka < kend ? _mm512_maskz_loadu_ps(m, x + ka * ld + i0 + p + c) : _mm512_setzero_ps();
+                    const __m512 b = kb < kend ? _mm512_maskz_loadu_ps(m, x + kb * ld + i0 + p + c) : _mm512_setzero_ps();
+                    const __m512i pairs16 = _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+                    const int store = width - c >= 16 ? 16 : width - c;
+                    _mm512_mask_storeu_epi32(panel + q * width + c, (__mmask16)(store == 16 ? 0xffff : (1u << store) - 1), pairs16);
+                }
             }
         }
     }
