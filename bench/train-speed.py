@@ -1,12 +1,13 @@
 """Training throughput, Ember against PyTorch on the CPU, side by side in one run.
 
 For each model size (LLaMA with grouped-query attention and tied embeddings, vocabulary of the
-data's tokenizer), both train the same configuration in f32 with AdamW on the same batch size,
-sequence length and thread count: PyTorch with transformers' LlamaForCausalLM (its default SDPA
-attention), Ember with `ember pretrain --config`. Reported: median tokens/s over the timed steps,
-the ratio, and achieved GFLOP/s (6·N + 12·L·C·T per token, N = parameters used in products)
-against this machine's SGEMM peak measured in the same run (the best of torch.mm and numpy
-matmul on 2048×2048 matrices).
+data's tokenizer), both train the same configuration with AdamW on the same batch size, sequence
+length and thread count: PyTorch with transformers' LlamaForCausalLM (its default SDPA attention)
+in f32 and under CPU autocast to bf16, Ember with `ember pretrain --config` with `--precision f32`
+and `--precision bf16`. Reported: median tokens/s over the timed steps, the ratios, and achieved
+GFLOP/s (6·N + 12·L·C·T per token, N = parameters used in products) against this machine's peaks
+measured in the same run on 2048×2048 matrices: SGEMM (the best of torch.mm and numpy matmul in
+f32) for f32, and torch.mm on bf16 matrices for bf16.
 
 Usage: bench/train-speed.py --data DIR [--threads 2] [--steps 12] [--batch-size 8] [--seq-len 256]
 (bench/train-speed.sh prepares the default corpus and runs this.)
@@ -31,13 +32,14 @@ SIZES = {  # the ~10M and ~40M configurations (the small and medium presets)
 }
 
 
-def sgemm_peak(threads):
+def gemm_peak(threads, bf16=False):
     torch.set_num_threads(threads)
     best = 0.0
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     x, y = a.numpy().copy(), b.numpy().copy()
-    for f in (lambda: torch.mm(a, b), lambda: x @ y):
+    ab, bb = a.bfloat16(), b.bfloat16()
+    for f in ((lambda: torch.mm(ab, bb),) if bf16 else (lambda: torch.mm(a, b), lambda: x @ y)):
         f()
         times = []
         for _ in range(5):
@@ -57,7 +59,7 @@ def flops_per_token(config, seq_len):
     return 6 * used + 12 * L * C * seq_len, L * per_layer + V * C
 
 
-def torch_speed(config, data, args):
+def torch_speed(config, data, args, autocast=False):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**config)).float()
@@ -72,8 +74,9 @@ def torch_speed(config, data, args):
         offsets = rng.integers(0, len(data) - args.seq_len - 1, args.batch_size)
         window = torch.from_numpy(np.stack([data[o:o + args.seq_len + 1] for o in offsets]).astype(np.int64))
         start = time.perf_counter()
-        logits = model(input_ids=window[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=window[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), window[:, 1:].reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -83,14 +86,14 @@ def torch_speed(config, data, args):
     return statistics.median(speeds)
 
 
-def ember_speed(config, args):
+def ember_speed(config, args, precision="f32"):
     with tempfile.TemporaryDirectory() as work:
         path = os.path.join(work, "config.json")
         with open(path, "w") as f:
             json.dump({"architectures": ["LlamaForCausalLM"], **config}, f)
         subprocess.run([os.path.join(ROOT, ".build/release/ember"), "pretrain", "--config", path, "--data", args.data,
                         "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-                        "--threads", str(args.threads), "--eval-every", "0", "--save-every", "0", "--output", os.path.join(work, "run")],
+                        "--threads", str(args.threads), "--precision", precision, "--eval-every", "0", "--save-every", "0", "--output", os.path.join(work, "run")],
                        check=True, stderr=subprocess.DEVNULL)
         with open(os.path.join(work, "run/log.jsonl")) as f:
             speeds = [json.loads(line)["tokens_per_s"] for line in f][2:]
@@ -110,23 +113,26 @@ def main():
     raw = open(os.path.join(args.data, "train.bin"), "rb").read()
     width = int.from_bytes(raw[12:16], "little")
     data = np.frombuffer(raw[32:], dtype=np.uint16 if width == 2 else np.uint32)
-    peak = sgemm_peak(args.threads)
-    print(f"SGEMM peak ({args.threads} threads, 2048³): {peak:.1f} GFLOP/s", file=sys.stderr)
+    peak, peak16 = gemm_peak(args.threads), gemm_peak(args.threads, bf16=True)
+    print(f"GEMM peaks ({args.threads} threads, 2048³): f32 {peak:.1f}, bf16 {peak16:.1f} GFLOP/s", file=sys.stderr)
     rows = []
     for name in args.sizes.split(","):
         config = dict(SIZES[name], vocab_size=description["vocab_size"], max_position_embeddings=max(256, args.seq_len),
                       tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=10000.0)
         flops, parameters = flops_per_token(config, args.seq_len)
-        theirs = torch_speed(config, data, args)
-        ours = ember_speed(config, args)
-        print(f"{name}: PyTorch {theirs:.0f} tok/s, Ember {ours:.0f} tok/s", file=sys.stderr)
-        rows.append((name, parameters, theirs, ours, flops))
-    print(f"| model | parameters | PyTorch tokens/s | Ember tokens/s | Ember / PyTorch | PyTorch GFLOP/s | Ember GFLOP/s | Ember / SGEMM peak ({peak:.0f} GFLOP/s) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, parameters, theirs, ours, flops in rows:
-        print(f"| {name} | {parameters / 1e6:.1f}M | {theirs:.0f} | {ours:.0f} | {ours / theirs:.2f} | {theirs * flops / 1e9:.1f} | "
-              f"{ours * flops / 1e9:.1f} | {ours * flops / 1e9 / peak:.0%} |")
-
+        speeds = {"torch f32": torch_speed(config, data, args), "torch bf16": torch_speed(config, data, args, autocast=True),
+                  "ember f32": ember_speed(config, args), "ember bf16": ember_speed(config, args, "bf16")}
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in speeds.items()), file=sys.stderr)
+        rows.append((name, parameters, speeds, flops))
+    print("| model | parameters | PyTorch f32 | PyTorch bf16 autocast | Ember f32 | Ember bf16 | Ember f32 / PyTorch f32 | "
+          "Ember bf16 / PyTorch f32 | Ember bf16 / PyTorch bf16 | Ember f32 GFLOP/s (of SGEMM peak) | Ember bf16 GFLOP/s (of bf16 peak) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, parameters, s, flops in rows:
+        g32, g16 = s["ember f32"] * flops / 1e9, s["ember bf16"] * flops / 1e9
+        print(f"| {name} | {parameters / 1e6:.1f}M | {s['torch f32']:.0f} | {s['torch bf16']:.0f} | {s['ember f32']:.0f} | {s['ember bf16']:.0f} | "
+              f"{s['ember f32'] / s['torch f32']:.2f} | {s['ember bf16'] / s['torch f32']:.2f} | {s['ember bf16'] / s['torch bf16']:.2f} | "
+              f"{g32:.1f} ({g32 / peak:.0%}) | {g16:.1f} ({g16 / peak16:.0%}) |")
+    print(f"Tokens/s, median of the timed steps; peaks on 2048³ matrices with {args.threads} threads: SGEMM {peak:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s.")
 
 if __name__ == "__main__":
     main()
