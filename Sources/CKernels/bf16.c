@@ -76,20 +76,42 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
     }
 }
 
-/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over `pairs` k pairs; rows ≥ rows and
-   columns ≥ cols are not written. */
+/* Rows i0 ..< i0 + count of x (element (i, k) at x[i * ld + k]), k0 ..< k0 + kc, as bf16 pairs
+   row by row: [row][pair], the rows padded with zeros to a multiple of MR. No transpose: the
+   micro-kernel broadcasts each row's pairs from here. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-static void micro_kernel(const uint32_t *ap, const uint32_t *bp, int pairs, float alpha, float *c, long ldc, int rows, int cols) {
+static void pack_rows(const float *x, long ld, int i0, int count, int k0, int kc, int limit, int k, uint32_t *out) {
+    const int pairs = (kc + 1) / 2, kend = k0 + kc < k ? k0 + kc : k;
+    const int valid = count < limit - i0 ? count : limit - i0, padded = (count + MR - 1) / MR * MR;
+    for (int r = 0; r < padded; r++) {
+        uint32_t *dst = out + (long)r * pairs;
+        const float *src = x + (long)(i0 + r) * ld;
+        for (int q = 0; q < pairs; q += 16) {
+            const int ka = k0 + 2 * q, left = r < valid ? kend - ka : 0;
+            const __mmask16 lo = (__mmask16)(left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1);
+            const __mmask16 hi = (__mmask16)(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+            const __m512 a = _mm512_maskz_loadu_ps(lo, src + ka), b = _mm512_maskz_loadu_ps(hi, src + ka + 16);
+            const int n = pairs - q >= 16 ? 16 : pairs - q;
+            _mm512_mask_storeu_epi32(dst + q, (__mmask16)(n == 16 ? 0xffff : (1u << n) - 1), (__m512i)_mm512_cvtne2ps_pbh(b, a));
+        }
+    }
+}
+
+/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over `pairs` k pairs, the pair q of row r
+   of A at ap[q * a_pair + r * a_row]; rows ≥ rows and columns ≥ cols are not written. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void micro_kernel(const uint32_t *ap, long a_pair, long a_row, const uint32_t *bp, int pairs, float alpha, float *c, long ldc,
+                         int rows, int cols) {
     __m512 acc[MR][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int q = 0; q < pairs; q++) {
         const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 16);
         for (int r = 0; r < MR; r++) {
-            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)ap[r]);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)ap[r * a_row]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
         }
-        ap += MR;
+        ap += a_pair;
         bp += NR;
     }
     const __m512 va = _mm512_set1_ps(alpha);
@@ -130,12 +152,16 @@ int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, 
             pack(b, ldb, trans_b, jc, nc, pc, kc, n, k, NR, bp);
             for (int ic = 0; ic < m; ic += MC) {
                 const int mc = m - ic < MC ? m - ic : MC;
-                pack(a, lda, !trans_a, ic, mc, pc, kc, m, k, MR, ap);
+                /* Untransposed, A's rows are contiguous in k and are converted row by row;
+                   transposed, its columns are gathered into pair-major panels. */
+                if (trans_a) pack(a, lda, 0, ic, mc, pc, kc, m, k, MR, ap);
+                else pack_rows(a, lda, ic, mc, pc, kc, m, k, ap);
+                const long a_pair = trans_a ? MR : 1, a_row = trans_a ? 1 : pairs;
                 for (int jr = 0; jr < nc; jr += NR) {
                     const int cols = nc - jr < NR ? nc - jr : NR;
                     for (int ir = 0; ir < mc; ir += MR) {
                         const int rows = mc - ir < MR ? mc - ir : MR;
-                        micro_kernel(ap + (long)ir * pairs, bp + (long)jr * pairs, pairs, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols);
+                        micro_kernel(ap + (long)ir * pairs, a_pair, a_row, bp + (long)jr * pairs, pairs, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols);
                     }
                 }
             }
