@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MR = 12, NR = 32, KC = 256, MC = 96, NC = 512 };
+enum { MR = 12, NR = 32, KC = 256, MC = 192, NC = 4096 };
 
 uint16_t ember_bf16_from_f32(float x) {
     uint32_t u;
