@@ -97,11 +97,12 @@ static void pack_rows(const float *x, long ld, int i0, int count, int k0, int kc
     }
 }
 
-/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over `pairs` k pairs, the pair q of row r
-   of A at ap[q * a_pair + r * a_row]; rows ≥ rows and columns ≥ cols are not written. */
+/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over `pairs` k pairs (= with `overwrite`),
+   the pair q of row r of A at ap[q * a_pair + r * a_row]; rows ≥ rows and columns ≥ cols are not
+   written. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void micro_kernel(const uint32_t *ap, long a_pair, long a_row, const uint32_t *bp, int pairs, float alpha, float *c, long ldc,
-                         int rows, int cols) {
+                         int rows, int cols, int overwrite) {
     __m512 acc[MR][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int q = 0; q < pairs; q++) {
@@ -118,8 +119,10 @@ static void micro_kernel(const uint32_t *ap, long a_pair, long a_row, const uint
     if (rows == MR && cols == NR) {
         for (int r = 0; r < MR; r++) {
             float *row = c + r * ldc;
-            _mm512_storeu_ps(row, _mm512_fmadd_ps(acc[r][0], va, _mm512_loadu_ps(row)));
-            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(acc[r][1], va, _mm512_loadu_ps(row + 16)));
+            const __m512 c0 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row);
+            const __m512 c1 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(acc[r][0], va, c0));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(acc[r][1], va, c1));
         }
         return;
     }
@@ -127,8 +130,8 @@ static void micro_kernel(const uint32_t *ap, long a_pair, long a_row, const uint
     const __mmask16 m1 = (__mmask16)(cols >= 32 ? 0xffff : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
     for (int r = 0; r < rows; r++) {
         float *row = c + r * ldc;
-        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[r][0], va, _mm512_maskz_loadu_ps(m0, row)));
-        _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(acc[r][1], va, _mm512_maskz_loadu_ps(m1, row + 16)));
+        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[r][0], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m0, row)));
+        _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(acc[r][1], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m1, row + 16)));
     }
 }
 
@@ -139,7 +142,9 @@ int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, 
     uint32_t *bp = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((NC + NR - 1) / NR * NR));
     uint32_t *ap = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((MC + MR - 1) / MR * MR));
     if (!bp || !ap) { free(bp); free(ap); return -2; }
-    for (int i = 0; i < m; i++) {
+    /* With beta 0, the first block of k writes C instead of adding to it. */
+    const int overwrite = beta == 0 && k > 0 && alpha != 0;
+    for (int i = 0; i < m && !overwrite; i++) {
         float *row = c + (long)i * ldc;
         if (beta == 0) memset(row, 0, sizeof(float) * (size_t)n);
         else if (beta != 1) for (int j = 0; j < n; j++) row[j] *= beta;
@@ -161,7 +166,8 @@ int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, 
                     const int cols = nc - jr < NR ? nc - jr : NR;
                     for (int ir = 0; ir < mc; ir += MR) {
                         const int rows = mc - ir < MR ? mc - ir : MR;
-                        micro_kernel(ap + (long)ir * pairs, a_pair, a_row, bp + (long)jr * pairs, pairs, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols);
+                        micro_kernel(ap + (long)ir * pairs, a_pair, a_row, bp + (long)jr * pairs, pairs, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols,
+                                     overwrite && pc == 0);
                     }
                 }
             }
