@@ -1,3 +1,4 @@
+import EmberTensor
 import Foundation
 
 /// Runs untrusted programs (a code task's completions with their tests), each in its own process:
@@ -87,7 +88,7 @@ public enum Sandbox {
         process.standardError = output
         let finished = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in finished.signal() }
-        do { try process.run() } catch { return ProgramOutcome(passed: false, summary: "failed: cannot start (\(error.localizedDescription))") }
+        do { try process.runWithDefaultSignalMask() } catch { return ProgramOutcome(passed: false, summary: "failed: cannot start (\(error.localizedDescription))") }
         // The output is read as it comes (a full pipe would stall the program), the last 4 KiB kept.
         let tail = OutputTail()
         output.fileHandleForReading.readabilityHandler = { handle in tail.append(handle.availableData) }

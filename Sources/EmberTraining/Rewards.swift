@@ -1,3 +1,4 @@
+import EmberTensor
 import Foundation
 
 /// One completion to reward: the prompt it answers, the completion, and the reference answer
@@ -74,7 +75,7 @@ public struct ExternalReward: Sendable {
         let name = command.joined(separator: " ")
         let finished = DispatchSemaphore(value: 0)
         process.terminationHandler = { _ in finished.signal() }
-        do { try process.run() } catch { throw TrainingError("the reward command \(name) could not start: \(error.localizedDescription)") }
+        do { try process.runWithDefaultSignalMask() } catch { throw TrainingError("the reward command \(name) could not start: \(error.localizedDescription)") }
         let lines = try items.map { item -> Data in
             var object: [String: Any] = ["prompt": item.prompt, "completion": item.completion]
             object["answer"] = item.answer ?? NSNull()

@@ -161,7 +161,9 @@ final class RuleBackend: EvaluationBackend, @unchecked Sendable {
         server.standardError = FileHandle.nullDevice
         server.standardOutput = FileHandle.nullDevice
         try server.run()
-        defer { server.terminate() }
+        // SIGKILL: a child started from a thread of the concurrency pool can inherit a mask that
+        // blocks SIGTERM, and `terminate()` then left the server running after the tests.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
         try await Task.sleep(nanoseconds: 1_000_000_000)
         let named = try await Evaluator(task: EvaluationTask.load(path: path), backend: OpenAIBackend(url: "http://127.0.0.1:\(port)", model: "m", apiKey: nil)).run()
         #expect(named.error?.contains("/completions answered HTTP 501") == true, "\(named.error ?? "")")
