@@ -8,11 +8,11 @@ struct BenchGEMM: ParsableCommand {
         commandName: "bench-gemm",
         abstract: "Time the training products in f32 (OpenBLAS SGEMM) and in bf16 (AVX-512 BF16), side by side.",
         discussion: """
-        For each weight of the small and medium pretraining presets (and a square product that gives
-        each path's peak), times the three products a linear layer makes in a training step over
-        --tokens rows: the forward x · Wᵀ, the input gradient dy · W and the weight gradient dyᵀ · x,
-        each split across the threads as training splits it (one single-threaded call per thread).
-        Reports GFLOP/s of both paths and their ratio (median of the repetitions). Without AVX-512
+        For each weight of the small and medium pretraining presets (and a square product that gives \
+        each path's peak), times the three products a linear layer makes in a training step over \
+        --tokens rows: the forward x · Wᵀ, the input gradient dy · W and the weight gradient dyᵀ · x, \
+        each split across the threads as training splits it (one single-threaded call per thread). \
+        Reports GFLOP/s of both paths and their ratio (median of the repetitions). Without AVX-512 \
         BF16 the bf16 path is SGEMM over bf16-rounded copies, and says so.
         """)
 
