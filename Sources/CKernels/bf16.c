@@ -41,7 +41,8 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
     uint32_t row[KC / 2];
     for (int p = 0; p < count; p += width) {
         uint32_t *panel = out + (long)(p / width) * pairs * width;
-        const int valid = (count - p < width ? count - p : width) < limit - (i0 + p) ? (count - p < width ? count - p : width) : limit - (i0 + p);
+        int valid = count - p < width ? count - p : width;  /* indices of this panel inside the matrix */
+        if (limit - (i0 + p) < valid) valid = limit - (i0 + p);
         if (index_major) {
             for (int r = 0; r < width; r++) {
                 if (r < valid) {

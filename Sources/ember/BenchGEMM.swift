@@ -1,5 +1,4 @@
 import ArgumentParser
-import CBLAS
 import EmberTensor
 import Foundation
 
@@ -45,44 +44,24 @@ struct BenchGEMM: ParsableCommand {
             ("medium down [512, 1536]", 512, 1536), ("medium head [4096, 512]", 4096, 512), ("square [2048, 2048]", 2048, 2048),
         ]
         for (name, n, k) in cases {
-            let f32 = gflops(n: n, k: k, pool: pool, bf16: false), bf16 = gflops(n: n, k: k, pool: pool, bf16: true)
+            let f32 = gflops(n: n, k: k, pool: pool, precision: .f32), bf16 = gflops(n: n, k: k, pool: pool, precision: .bf16)
             print("| \(name) | \(String(format: "%.1f", f32)) | \(String(format: "%.1f", bf16)) | \(String(format: "%.2f", bf16 / f32)) |")
         }
     }
 
     /// GFLOP/s of the forward, input-gradient and weight-gradient products of a weight [n, k].
-    func gflops(n: Int, k: Int, pool: ThreadPool, bf16: Bool) -> Double {
+    func gflops(n: Int, k: Int, pool: ThreadPool, precision: Precision) -> Double {
         let m = tokens
         let x = FloatBuffer(count: m * k), w = FloatBuffer(count: n * k), y = FloatBuffer(count: m * n)
         let dx = FloatBuffer(count: m * k), dw = FloatBuffer(count: n * k)
         for (i, buffer) in [x, w, y].enumerated() {
             for j in 0..<buffer.count { buffer.pointer[j] = Float((j * 7 + i * 13) % 29) / 29 - 0.5 }
         }
-        /// C = alpha · op(A) · op(B) + beta · C on this thread.
-        func product(_ ta: Bool, _ tb: Bool, _ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>,
-                     _ ldb: Int, _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-            if bf16 {
-                gemmBF16(transA: ta, transB: tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-            } else {
-                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
-                            a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-            }
-        }
+        /// The forward and both gradients, split across the threads by training's own products.
         func step() {
-            let parts = min(pool.threadCount, m)
-            pool.parallelFor(parts) { p in  // y = x · wᵀ, rows split
-                let r = (p * m / parts)..<((p + 1) * m / parts)
-                product(false, true, r.count, n, k, x.pointer + r.lowerBound * k, k, w.pointer, k, 0, y.pointer + r.lowerBound * n, n)
-            }
-            pool.parallelFor(parts) { p in  // dx += dy · w, rows split
-                let r = (p * m / parts)..<((p + 1) * m / parts)
-                product(false, false, r.count, k, n, y.pointer + r.lowerBound * n, n, w.pointer, k, 1, dx.pointer + r.lowerBound * k, k)
-            }
-            let wParts = min(pool.threadCount, n)
-            pool.parallelFor(wParts) { p in  // dw += dyᵀ · x, rows of w split
-                let r = (p * n / wParts)..<((p + 1) * n / wParts)
-                product(true, false, r.count, k, m, y.pointer + r.lowerBound, n, x.pointer, k, 1, dw.pointer + r.lowerBound * k, k)
-            }
+            matmulLarge(x.pointer, w.pointer, y.pointer, m: m, n: n, k: k, precision: precision, pool: pool)
+            matmulBackward(dy: y.pointer, x: x.pointer, w: w.pointer, dx: dx.pointer, dw: dw.pointer, m: m, n: n, k: k,
+                           precision: precision, pool: pool)
         }
         step()  // warm-up: pages, packing buffers, OpenBLAS's core
         var times: [Double] = []
