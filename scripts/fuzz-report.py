@@ -10,12 +10,13 @@ path = sys.argv[1] if len(sys.argv) > 1 else ".cache/fuzz/summary.txt"
 order = ["gguf", "safetensors", "tokenizer-json", "sentencepiece", "jinja", "requests", "jsonl", "adapter", "checkpoint", "dequantize"]
 rows = {h: {"cpu": 0, "runs": 0, "execs": 0, "cov": 0, "ft": 0, "corpus": 0, "findings": 0} for h in order}
 for line in open(path):
-    m = re.match(r"\S+ (\S+) seconds=(\d+) jobs=(\d+) status=(\d+) findings=(\d+) last: #(\d+)\S*\s+(?:\S+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)", line)
+    m = re.match(r"\S+ (\S+) seconds=(\d+) jobs=(\d+)(?: cpu=(\d+))? status=(\d+) findings=(\d+) last: #(\d+)\S*\s+(?:\S+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)", line)
     if not m:
         continue
-    h, seconds, jobs, status, found, execs, cov, ft, corpus = m.groups()
+    h, seconds, jobs, cpu, status, found, execs, cov, ft, corpus = m.groups()
     row = rows.setdefault(h, {"cpu": 0, "runs": 0, "execs": 0, "cov": 0, "ft": 0, "corpus": 0, "findings": 0})
-    row["cpu"] += int(seconds) * int(jobs)
+    # Runs before the cpu field counted wall time on every job, on an otherwise idle machine.
+    row["cpu"] += int(cpu) if cpu else int(seconds) * int(jobs)
     row["runs"] += 1
     row["execs"] += int(execs)
     row["cov"] = max(row["cov"], int(cov))

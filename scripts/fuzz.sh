@@ -3,7 +3,7 @@
 # JOBS cores. Each harness's corpus grows in .cache/fuzz/corpus/<harness> from the committed seeds in
 # Fuzz/seeds/<harness>, after the inputs in Fuzz/regressions/<harness> (each once a finding) pass; crashes, hangs (an input over 1 s) and out-of-memory inputs (over 2 GiB)
 # land in .cache/fuzz/findings/<harness>/ and fail the run. A summary line per harness (executions,
-# coverage in edges and features, corpus size, findings) goes to .cache/fuzz/summary.txt.
+# CPU seconds, coverage in edges and features, corpus size, findings) goes to .cache/fuzz/summary.txt.
 # Usage: scripts/fuzz.sh [SECONDS per harness, default 60] [HARNESS...]
 #   JOBS=N   processes per harness (default 2)
 #   NO_BUILD=1  run the harnesses as last built
@@ -44,12 +44,14 @@ for harness in "${harnesses[@]}"; do
     echo "fuzz-$harness: ${seconds}s on $jobs cores" >&2
     status=0
     started=$(date +%s)
-    "$build/release/fuzz-$harness" "$corpus" "Fuzz/seeds/$harness" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
+    /usr/bin/time -f "%U %S" -o "$logs/time.txt" "$build/release/fuzz-$harness" "$corpus" "Fuzz/seeds/$harness" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 -max_len=65536 -fork="$jobs" -artifact_prefix="$findings/" -print_final_stats=1 \
         >"$logs/fuzz.log" 2>&1 || status=$?
     stats=$(grep -E "^#[0-9]+" "$logs/fuzz.log" | tail -1 || true)
     found=$(ls "$findings" | wc -l)
-    line="$(date -u +%FT%TZ) $harness seconds=$(( $(date +%s) - started )) jobs=$jobs status=$status findings=$found last: $stats"
+    # CPU seconds the harness's processes used (user and system), which the campaign counts.
+    cpu=$(awk 'END { printf "%d", $1 + $2 }' "$logs/time.txt" 2>/dev/null || echo 0)
+    line="$(date -u +%FT%TZ) $harness seconds=$(( $(date +%s) - started )) jobs=$jobs cpu=$cpu status=$status findings=$found last: $stats"
     echo "$line" | tee -a "$summary" >&2
     if [ "$status" -ne 0 ] || [ "$found" -gt 0 ]; then
         failed=1
