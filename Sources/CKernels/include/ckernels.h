@@ -77,4 +77,11 @@ uint16_t ember_bf16_from_f32(float x);
 /// bf16-rounded operands), −2 when the packing buffers cannot be allocated.
 int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
                     float beta, float *c, long ldc);
+/// Whether this CPU runs AVX-512F: `ember_gemm_f32`.
+int ember_has_avx512f(void);
+/// C [m, n] = alpha · op(A) · op(B) + beta · C in f32 with AVX-512F, row-major as cblas_sgemm (same
+/// arguments as `ember_gemm_bf16`). Single-threaded. Returns 0; −1 where the CPU lacks AVX-512F (C
+/// untouched), −2 when the packing buffers cannot be allocated.
+int ember_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
+                   float beta, float *c, long ldc);
 #endif

@@ -1,4 +1,8 @@
 import CBLAS
+import CKernels
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Dense f32 matrix multiply through OpenBLAS.
 ///
@@ -35,11 +39,31 @@ func gemm(_ precision: Precision, transA: Bool, transB: Bool, m: Int, n: Int, k:
           b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     switch precision {
     case .f32:
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), 1,
-                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        gemmF32(transA: transA, transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     case .bf16:
         gemmBF16(transA: transA, transB: transB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
+}
+
+/// Whether this CPU runs AVX-512F (`ember_gemm_f32`).
+public let hasAVX512F = ember_has_avx512f() != 0
+
+/// Whether training's f32 products run Ember's AVX-512F kernel (`ember_gemm_f32`): where the CPU has
+/// AVX-512F, unless EMBER_F32_GEMM=openblas asks for OpenBLAS's SGEMM, which runs them otherwise.
+/// Set it before products run (`ember bench-gemm` times both).
+nonisolated(unsafe) public var usesOwnF32Kernel: Bool = hasAVX512F && getenv("EMBER_F32_GEMM").map { String(cString: $0) } != "openblas"
+
+/// cblas_sgemm's row-major product C [m, n] = alpha · op(A) · op(B) + beta · C on one thread: with
+/// `ownKernel`, `ember_gemm_f32` (AVX-512F), otherwise (or where the CPU lacks AVX-512F) SGEMM.
+public func gemmF32(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                    b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                    ownKernel: Bool = usesOwnF32Kernel) {
+    if ownKernel, ember_gemm_f32(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, lda, b, ldb, beta, c, ldc) == 0 {
+        return
+    }
+    BLASCore.prepare()
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
 /// y [M, N] = x [M, K] · w [N, K]ᵀ for large products (training): the rows of x are split into one

@@ -1,0 +1,139 @@
+/* f32 matrix products with AVX-512F: the same three loops around a register-tiled micro-kernel as
+   the bf16 products, with f32 panels and one fused multiply-add per element pair. A 12 × 32 tile
+   of C lives in 24 zmm registers; each k step loads two vectors of the B panel and broadcasts
+   twelve values of the A panel. Used where the CPU has AVX-512F, in place of a BLAS whose kernels
+   stop at AVX2. */
+#include "ckernels.h"
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MR = 12, NR = 32, KC = 256, MC = 144, NC = 4096 };
+
+int ember_has_avx512f(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f");
+    }
+    return known;
+}
+
+/* Panels of `width` indices i0 ..< i0 + count (columns of op(B), or rows of op(A)) by k0 ..< k0 + kc:
+   [panel][k][width] floats, zero past the matrix (`limit` indices). Element (i, k) is x[i * ld + k]
+   when `index_major`, else x[k * ld + i]. */
+__attribute__((target("avx512f")))
+static void pack(const float *x, long ld, int index_major, int i0, int count, int k0, int kc, int limit, int width, float *out) {
+    for (int p = 0; p < count; p += width) {
+        float *panel = out + (long)p * kc;
+        int valid = count - p < width ? count - p : width;
+        if (limit - (i0 + p) < valid) valid = limit - (i0 + p);
+        if (index_major) {
+            /* 16 indices × 16 k at a time: gathered rows, transposed in registers. */
+            int r = 0;
+            for (; r + 16 <= valid; r += 16) {
+                const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                          _mm512_set1_epi32((int)ld));
+                const float *base = x + (long)(i0 + p + r) * ld + k0;
+                if ((long)ld * 16 < (1L << 31)) {
+                    for (int q = 0; q < kc; q++) _mm512_storeu_ps(panel + (long)q * width + r, _mm512_i32gather_ps(stride, base + q, 4));
+                } else {
+                    for (int q = 0; q < kc; q++) for (int t = 0; t < 16; t++) panel[(long)q * width + r + t] = base[(long)t * ld + q];
+                }
+            }
+            for (; r < width; r++) {
+                if (r < valid) {
+                    const float *src = x + (long)(i0 + p + r) * ld + k0;
+                    for (int q = 0; q < kc; q++) panel[(long)q * width + r] = src[q];
+                } else {
+                    for (int q = 0; q < kc; q++) panel[(long)q * width + r] = 0;
+                }
+            }
+        } else {
+            for (int q = 0; q < kc; q++) {
+                const float *src = x + (long)(k0 + q) * ld + i0 + p;
+                for (int c = 0; c < width; c += 16) {
+                    const int n = valid - c >= 16 ? 16 : valid - c <= 0 ? 0 : valid - c;
+                    const int store = width - c >= 16 ? 16 : width - c;
+                    _mm512_mask_storeu_ps(panel + (long)q * width + c, (__mmask16)(store == 16 ? 0xffff : (1u << store) - 1),
+                                          _mm512_maskz_loadu_ps((__mmask16)(n == 16 ? 0xffff : (1u << n) - 1), src + c));
+                }
+            }
+        }
+    }
+}
+
+/* c[MR][NR] (row stride ldc) += alpha · Apanel · Bpanel over kc steps (= with `overwrite`); rows ≥
+   rows and columns ≥ cols are not written. */
+__attribute__((target("avx512f")))
+static void micro_kernel(const float *ap, const float *bp, int kc, float alpha, float *c, long ldc, int rows, int cols, int overwrite) {
+    __m512 acc[MR][2];
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int q = 0; q < kc; q++) {
+        const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(ap[r]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+        ap += MR;
+        bp += NR;
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (rows == MR && cols == NR) {
+        for (int r = 0; r < MR; r++) {
+            float *row = c + r * ldc;
+            const __m512 c0 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row);
+            const __m512 c1 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
+            _mm512_storeu_ps(row, _mm512_fmadd_ps(acc[r][0], va, c0));
+            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(acc[r][1], va, c1));
+        }
+        return;
+    }
+    const __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
+    const __mmask16 m1 = (__mmask16)(cols >= 32 ? 0xffff : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
+    for (int r = 0; r < rows; r++) {
+        float *row = c + r * ldc;
+        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[r][0], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m0, row)));
+        _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(acc[r][1], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m1, row + 16)));
+    }
+}
+
+int ember_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
+                   float beta, float *c, long ldc) {
+    if (!ember_has_avx512f()) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    float *bp = aligned_alloc(64, sizeof(float) * (size_t)KC * (size_t)((NC + NR - 1) / NR * NR));
+    float *ap = aligned_alloc(64, sizeof(float) * (size_t)KC * (size_t)((MC + MR - 1) / MR * MR));
+    if (!bp || !ap) { free(bp); free(ap); return -2; }
+    /* With beta 0, the first block of k writes C instead of adding to it. */
+    const int overwrite = beta == 0 && k > 0 && alpha != 0;
+    for (int i = 0; i < m && !overwrite; i++) {
+        float *row = c + (long)i * ldc;
+        if (beta == 0) memset(row, 0, sizeof(float) * (size_t)n);
+        else if (beta != 1) for (int j = 0; j < n; j++) row[j] *= beta;
+    }
+    if (k <= 0 || alpha == 0) { free(bp); free(ap); return 0; }
+    for (int jc = 0; jc < n; jc += NC) {
+        const int nc = n - jc < NC ? n - jc : NC;
+        for (int pc = 0; pc < k; pc += KC) {
+            const int kc = k - pc < KC ? k - pc : KC;
+            pack(b, ldb, trans_b, jc, nc, pc, kc, n, NR, bp);
+            for (int ic = 0; ic < m; ic += MC) {
+                const int mc = m - ic < MC ? m - ic : MC;
+                pack(a, lda, !trans_a, ic, mc, pc, kc, m, MR, ap);
+                for (int jr = 0; jr < nc; jr += NR) {
+                    const int cols = nc - jr < NR ? nc - jr : NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        const int rows = mc - ir < MR ? mc - ir : MR;
+                        micro_kernel(ap + (long)ir * kc, bp + (long)jr * kc, kc, alpha, c + (long)(ic + ir) * ldc + jc + jr, ldc, rows, cols,
+                                     overwrite && pc == 0);
+                    }
+                }
+            }
+        }
+    }
+    free(bp);
+    free(ap);
+    return 0;
+}
