@@ -103,9 +103,12 @@ int ember_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, c
                    float beta, float *c, long ldc) {
     if (!ember_has_avx512f()) return -1;
     if (m <= 0 || n <= 0) return 0;
-    float *bp = aligned_alloc(64, sizeof(float) * (size_t)KC * (size_t)((NC + NR - 1) / NR * NR));
-    float *ap = aligned_alloc(64, sizeof(float) * (size_t)KC * (size_t)((MC + MR - 1) / MR * MR));
-    if (!bp || !ap) { free(bp); free(ap); return -2; }
+    /* Panels as large as this product needs (attention's are small), rounded to whole cache lines. */
+    const size_t kcap = (size_t)(k < KC ? k : KC), ncap = (size_t)((n < NC ? n : NC) + NR - 1) / NR * NR;
+    const size_t mcap = (size_t)((m < MC ? m : MC) + MR - 1) / MR * MR;
+    float *bp = k > 0 ? aligned_alloc(64, (sizeof(float) * kcap * ncap + 63) / 64 * 64) : NULL;
+    float *ap = k > 0 ? aligned_alloc(64, (sizeof(float) * kcap * mcap + 63) / 64 * 64) : NULL;
+    if (k > 0 && (!bp || !ap)) { free(bp); free(ap); return -2; }
     /* With beta 0, the first block of k writes C instead of adding to it. */
     const int overwrite = beta == 0 && k > 0 && alpha != 0;
     for (int i = 0; i < m && !overwrite; i++) {

@@ -34,9 +34,9 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
         for h in g * groups..<(g + 1) * groups {
             let qh = q + b * T * qStride + h * D, oh = out + b * T * qStride + h * D, lse = logSumExp + (b * H + h) * T
             for rows in causalChunks(T) {
-                let m = Int32(rows.count), n = Int32(rows.upperBound)  // the keys these queries see
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), scale, qh + rows.lowerBound * qStride, Int32(qStride),
-                            kg, Int32(kvStride), 0, p, Int32(T))
+                let m = rows.count, n = rows.upperBound  // the keys these queries see
+                gemmF32(transA: false, transB: true, m: m, n: n, k: D, alpha: scale, a: qh + rows.lowerBound * qStride, lda: qStride,
+                        b: kg, ldb: kvStride, beta: 0, c: p, ldc: T)
                 for i in rows {
                     let row = p + (i - rows.lowerBound) * T
                     let first = firstVisibleKey(i, row: b * T, tokens: T, segmentStarts: segmentStarts, window: window)
@@ -49,8 +49,8 @@ public func causalAttentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Flo
                     row.update(repeating: 0, count: first)
                     (row + i + 1).update(repeating: 0, count: rows.upperBound - i - 1)
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Int32(D), n, 1, p, Int32(T),
-                            vg, Int32(kvStride), 0, oh + rows.lowerBound * qStride, Int32(qStride))
+                gemmF32(transA: false, transB: false, m: m, n: D, k: n, alpha: 1, a: p, lda: T,
+                        b: vg, ldb: kvStride, beta: 0, c: oh + rows.lowerBound * qStride, ldc: qStride)
             }
         }
     }
@@ -78,11 +78,11 @@ public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer
         for h in g * groups..<(g + 1) * groups {
             let offset = b * T * qStride + h * D, lse = logSumExp + (b * H + h) * T
             for rows in causalChunks(T) {
-                let m = Int32(rows.count), n = Int32(rows.upperBound)
+                let m = rows.count, n = rows.upperBound
                 let qc = q + offset + rows.lowerBound * qStride, doc = dout + offset + rows.lowerBound * qStride
                 // P[rows, 0..<n], recomputed
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), scale, qc, Int32(qStride),
-                            kg, Int32(kvStride), 0, p, Int32(T))
+                gemmF32(transA: false, transB: true, m: m, n: n, k: D, alpha: scale, a: qc, lda: qStride,
+                        b: kg, ldb: kvStride, beta: 0, c: p, ldc: T)
                 var firsts = [Int](repeating: 0, count: rows.count)
                 for i in rows {
                     let row = p + (i - rows.lowerBound) * T
@@ -93,11 +93,11 @@ public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer
                     (row + i + 1).update(repeating: 0, count: rows.upperBound - i - 1)
                 }
                 // dv_g[0..<n] += P[rows, 0..<n]ᵀ · dout_h[rows]
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Int32(D), m, 1, p, Int32(T),
-                            doc, Int32(qStride), 1, dvg, Int32(kvStride))
+                gemmF32(transA: true, transB: false, m: n, n: D, k: m, alpha: 1, a: p, lda: T,
+                        b: doc, ldb: qStride, beta: 1, c: dvg, ldc: kvStride)
                 // dP = dout_h[rows] · v_g[0..<n]ᵀ, then dS in place
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, Int32(D), 1, doc, Int32(qStride),
-                            vg, Int32(kvStride), 0, dS, Int32(T))
+                gemmF32(transA: false, transB: true, m: m, n: n, k: D, alpha: 1, a: doc, lda: qStride,
+                        b: vg, ldb: kvStride, beta: 0, c: dS, ldc: T)
                 for i in rows {
                     let r = i - rows.lowerBound, first = firsts[r]
                     let pr = p + r * T, dr = dS + r * T
@@ -107,10 +107,10 @@ public func causalAttentionBackward(dout: UnsafePointer<Float>, q: UnsafePointer
                     dr.update(repeating: 0, count: first)
                     (dr + i + 1).update(repeating: 0, count: rows.upperBound - i - 1)
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, Int32(D), n, scale, dS, Int32(T),
-                            kg, Int32(kvStride), 1, dq + offset + rows.lowerBound * qStride, Int32(qStride))
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, Int32(D), m, scale, dS, Int32(T),
-                            qc, Int32(qStride), 1, dkg, Int32(kvStride))
+                gemmF32(transA: false, transB: false, m: m, n: D, k: n, alpha: scale, a: dS, lda: T,
+                        b: kg, ldb: kvStride, beta: 1, c: dq + offset + rows.lowerBound * qStride, ldc: qStride)
+                gemmF32(transA: true, transB: false, m: n, n: D, k: m, alpha: scale, a: dS, lda: T,
+                        b: qc, ldb: qStride, beta: 1, c: dkg, ldc: kvStride)
             }
         }
     }
