@@ -38,15 +38,25 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
     /* Interleaves the low 16 bf16 (from the first operand's rows ka) with the high 16 (rows kb). */
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    uint32_t row[KC / 2];
+    /* Index-major: 16 rows at a time are converted into `rows` [16][KC / 2] pairs, then each pair
+       column is gathered into the panel. */
+    uint32_t rows[16 * (KC / 2)];
+    const __m512i row_stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                  _mm512_set1_epi32(KC / 2));
     for (int p = 0; p < count; p += width) {
         uint32_t *panel = out + (long)(p / width) * pairs * width;
         int valid = count - p < width ? count - p : width;  /* indices of this panel inside the matrix */
         if (limit - (i0 + p) < valid) valid = limit - (i0 + p);
         if (index_major) {
-            for (int r = 0; r < width; r++) {
-                if (r < valid) {
-                    const float *src = x + (long)(i0 + p + r) * ld;
+            for (int r0 = 0; r0 < width; r0 += 16) {
+                const int block = width - r0 < 16 ? width - r0 : 16;
+                for (int r = 0; r < 16; r++) {
+                    uint32_t *row = rows + r * (KC / 2);
+                    if (r0 + r >= valid) {
+                        memset(row, 0, sizeof(uint32_t) * (size_t)pairs);
+                        continue;
+                    }
+                    const float *src = x + (long)(i0 + p + r0 + r) * ld;
                     for (int q = 0; q < pairs; q += 16) {
                         const int ka = k0 + 2 * q;
                         const int left = kend - ka;  /* values of this row left from ka */
@@ -55,10 +65,10 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
                         const __m512 a = _mm512_maskz_loadu_ps(lo, src + ka), b = _mm512_maskz_loadu_ps(hi, src + ka + 16);
                         _mm512_storeu_si512(row + q, (__m512i)_mm512_cvtne2ps_pbh(b, a));
                     }
-                    for (int q = 0; q < pairs; q++) panel[q * width + r] = row[q];
-                } else {
-                    for (int q = 0; q < pairs; q++) panel[q * width + r] = 0;
                 }
+                const __mmask16 keep = (__mmask16)(block == 16 ? 0xffff : (1u << block) - 1);
+                for (int q = 0; q < pairs; q++)
+                    _mm512_mask_storeu_epi32(panel + q * width + r0, keep, _mm512_i32gather_epi32(row_stride, rows + q, 4));
             }
         } else {
             for (int q = 0; q < pairs; q++) {
@@ -140,9 +150,12 @@ int ember_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha, 
                     float beta, float *c, long ldc) {
     if (!ember_has_bf16()) return -1;
     if (m <= 0 || n <= 0) return 0;
-    uint32_t *bp = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((NC + NR - 1) / NR * NR));
-    uint32_t *ap = aligned_alloc(64, sizeof(uint32_t) * (size_t)(KC / 2) * (size_t)((MC + MR - 1) / MR * MR));
-    if (!bp || !ap) { free(bp); free(ap); return -2; }
+    /* Panels as large as this product needs, rounded to whole cache lines. */
+    const size_t pcap = (size_t)((k < KC ? k : KC) + 1) / 2, ncap = (size_t)((n < NC ? n : NC) + NR - 1) / NR * NR;
+    const size_t mcap = (size_t)((m < MC ? m : MC) + MR - 1) / MR * MR;
+    uint32_t *bp = k > 0 ? aligned_alloc(64, (sizeof(uint32_t) * pcap * ncap + 63) / 64 * 64) : NULL;
+    uint32_t *ap = k > 0 ? aligned_alloc(64, (sizeof(uint32_t) * pcap * mcap + 63) / 64 * 64) : NULL;
+    if (k > 0 && (!bp || !ap)) { free(bp); free(ap); return -2; }
     /* With beta 0, the first block of k writes C instead of adding to it. */
     const int overwrite = beta == 0 && k > 0 && alpha != 0;
     for (int i = 0; i < m && !overwrite; i++) {

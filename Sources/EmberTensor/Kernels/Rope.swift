@@ -50,17 +50,37 @@ private func rotate(_ x: UnsafeMutablePointer<Float>, positions: UnsafePointer<I
     let half = parameters.dimensions / 2
     let thetaScale = powf(parameters.base, -2 / Float(parameters.dimensions))
     let frequencyScale = 1 / parameters.linearScale
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half) { table in
-        let cosines = table.baseAddress!, sines = cosines + half
+    /// The cosines and (signed) sines of one position's angles, into `row` [2 × half].
+    func angles(_ position: Int32, _ row: UnsafeMutablePointer<Float>) {
+        var theta = Float(position)
+        for i in 0..<half {
+            var angle = frequencyScale * theta
+            if let factors = parameters.frequencyFactors { angle /= factors[i] }
+            row[i] = cosf(angle)
+            row[half + i] = direction * sinf(angle)
+            theta *= thetaScale
+        }
+    }
+    // A batch repeats the same positions in every row: their angles are computed once, in a table
+    // over 0 ... the largest position, unless the positions are sparse or negative.
+    var largest: Int32 = -1, smallest: Int32 = 0
+    for t in 0..<tokens {
+        largest = max(largest, positions[t])
+        smallest = min(smallest, positions[t])
+    }
+    let tabled = smallest >= 0 && Int(largest) < tokens
+    let rows = tabled ? Int(largest) + 1 : 1
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half * rows) { table in
+        if tabled { for p in 0..<rows { angles(Int32(p), table.baseAddress! + 2 * half * p) } }
         for t in 0..<tokens {
-            var theta = Float(positions[t])
-            for i in 0..<half {
-                var angle = frequencyScale * theta
-                if let factors = parameters.frequencyFactors { angle /= factors[i] }
-                cosines[i] = cosf(angle)
-                sines[i] = direction * sinf(angle)
-                theta *= thetaScale
+            let row: UnsafeMutablePointer<Float>
+            if tabled {
+                row = table.baseAddress! + 2 * half * Int(positions[t])
+            } else {
+                row = table.baseAddress!
+                angles(positions[t], row)
             }
+            let cosines = row, sines = row + half
             for h in 0..<heads {
                 let v = x + (t * heads + h) * headDim
                 for i in 0..<half {
