@@ -4,6 +4,7 @@
    (KC × NC) and of A (MC × KC) are packed once per block, pairs of k side by side, because
    vdpbf16ps multiplies two bf16 pairs per 32-bit lane and adds both products to the lane's f32. */
 #include "ckernels.h"
+#include "transpose16.h"
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,37 +39,30 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
     /* Interleaves the low 16 bf16 (from the first operand's rows ka) with the high 16 (rows kb). */
     const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    /* Index-major: 16 rows at a time are converted into `rows` [16][KC / 2] pairs, then each pair
-       column is gathered into the panel. */
-    uint32_t rows[16 * (KC / 2)];
-    const __m512i row_stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                  _mm512_set1_epi32(KC / 2));
     for (int p = 0; p < count; p += width) {
         uint32_t *panel = out + (long)(p / width) * pairs * width;
         int valid = count - p < width ? count - p : width;  /* indices of this panel inside the matrix */
         if (limit - (i0 + p) < valid) valid = limit - (i0 + p);
         if (index_major) {
+            /* 16 indices × 16 k pairs at a time: converted row by row, then transposed in registers. */
             for (int r0 = 0; r0 < width; r0 += 16) {
                 const int block = width - r0 < 16 ? width - r0 : 16;
-                for (int r = 0; r < 16; r++) {
-                    uint32_t *row = rows + r * (KC / 2);
-                    if (r0 + r >= valid) {
-                        memset(row, 0, sizeof(uint32_t) * (size_t)pairs);
-                        continue;
+                const int inside = valid - r0 < block ? (valid - r0 > 0 ? valid - r0 : 0) : block;
+                const __mmask16 store = (__mmask16)((1u << block) - 1);
+                for (int q0 = 0; q0 < pairs; q0 += 16) {
+                    const int ka = k0 + 2 * q0, left = kend - ka;  /* values of each row left from ka */
+                    const __mmask16 lo = (__mmask16)(left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1);
+                    const __mmask16 hi = (__mmask16)(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
+                    __m512 v[16];
+                    for (int t = 0; t < 16; t++) {
+                        if (t >= inside) { v[t] = _mm512_setzero_ps(); continue; }
+                        const float *src = x + (long)(i0 + p + r0 + t) * ld + ka;
+                        v[t] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + 16), _mm512_maskz_loadu_ps(lo, src));
                     }
-                    const float *src = x + (long)(i0 + p + r0 + r) * ld;
-                    for (int q = 0; q < pairs; q += 16) {
-                        const int ka = k0 + 2 * q;
-                        const int left = kend - ka;  /* values of this row left from ka */
-                        const __mmask16 lo = (__mmask16)(left >= 16 ? 0xffff : left <= 0 ? 0 : (1u << left) - 1);
-                        const __mmask16 hi = (__mmask16)(left >= 32 ? 0xffff : left <= 16 ? 0 : (1u << (left - 16)) - 1);
-                        const __m512 a = _mm512_maskz_loadu_ps(lo, src + ka), b = _mm512_maskz_loadu_ps(hi, src + ka + 16);
-                        _mm512_storeu_si512(row + q, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-                    }
+                    ember_transpose16(v);
+                    const int pn = pairs - q0 < 16 ? pairs - q0 : 16;
+                    for (int j = 0; j < 16; j++) if (j < pn) _mm512_mask_storeu_epi32(panel + (q0 + j) * width + r0, store, (__m512i)v[j]);
                 }
-                const __mmask16 keep = (__mmask16)(block == 16 ? 0xffff : (1u << block) - 1);
-                for (int q = 0; q < pairs; q++)
-                    _mm512_mask_storeu_epi32(panel + q * width + r0, keep, _mm512_i32gather_epi32(row_stride, rows + q, 4));
             }
         } else {
             for (int q = 0; q < pairs; q++) {

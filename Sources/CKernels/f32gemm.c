@@ -4,6 +4,7 @@
    twelve values of the A panel. Used where the CPU has AVX-512F, in place of a BLAS whose kernels
    stop at AVX2. */
 #include "ckernels.h"
+#include "transpose16.h"
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,24 +30,19 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
         int valid = count - p < width ? count - p : width;
         if (limit - (i0 + p) < valid) valid = limit - (i0 + p);
         if (index_major) {
-            /* 16 indices × 16 k at a time: gathered rows, transposed in registers. */
-            int r = 0;
-            for (; r + 16 <= valid; r += 16) {
-                const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                          _mm512_set1_epi32((int)ld));
-                const float *base = x + (long)(i0 + p + r) * ld + k0;
-                if ((long)ld * 16 < (1L << 31)) {
-                    for (int q = 0; q < kc; q++) _mm512_storeu_ps(panel + (long)q * width + r, _mm512_i32gather_ps(stride, base + q, 4));
-                } else {
-                    for (int q = 0; q < kc; q++) for (int t = 0; t < 16; t++) panel[(long)q * width + r + t] = base[(long)t * ld + q];
-                }
-            }
-            for (; r < width; r++) {
-                if (r < valid) {
-                    const float *src = x + (long)(i0 + p + r) * ld + k0;
-                    for (int q = 0; q < kc; q++) panel[(long)q * width + r] = src[q];
-                } else {
-                    for (int q = 0; q < kc; q++) panel[(long)q * width + r] = 0;
+            /* 16 indices × 16 k at a time, transposed in registers. */
+            for (int r0 = 0; r0 < width; r0 += 16) {
+                const int block = width - r0 < 16 ? width - r0 : 16;
+                const int inside = valid - r0 < block ? (valid - r0 > 0 ? valid - r0 : 0) : block;
+                const __mmask16 store = (__mmask16)((1u << block) - 1);
+                for (int q0 = 0; q0 < kc; q0 += 16) {
+                    const int kn = kc - q0 < 16 ? kc - q0 : 16;
+                    const __mmask16 load = (__mmask16)((1u << kn) - 1);
+                    __m512 v[16];
+                    for (int t = 0; t < 16; t++)
+                        v[t] = t < inside ? _mm512_maskz_loadu_ps(load, x + (long)(i0 + p + r0 + t) * ld + k0 + q0) : _mm512_setzero_ps();
+                    ember_transpose16(v);
+                    for (int j = 0; j < 16; j++) if (j < kn) _mm512_mask_storeu_ps(panel + (long)(q0 + j) * width + r0, store, v[j]);
                 }
             }
         } else {
