@@ -6,8 +6,9 @@ length and thread count: PyTorch with transformers' LlamaForCausalLM (its defaul
 in f32 and under CPU autocast to bf16, Ember with `ember pretrain --config` with `--precision f32`
 and `--precision bf16`. Reported: median tokens/s over the timed steps, the ratios, and achieved
 GFLOP/s (6·N + 12·L·C·T per token, N = parameters used in products) against this machine's peaks
-measured in the same run on 2048×2048 matrices: SGEMM (the best of torch.mm and numpy matmul in
-f32) for f32, and torch.mm on bf16 matrices for bf16.
+measured in the same run on 2048×2048 matrices: for f32 the best of torch.mm, numpy matmul and
+Ember's products (`ember bench-gemm --peak`: OpenBLAS SGEMM and Ember's AVX-512F kernel), for bf16
+the better of torch.mm on bf16 matrices and Ember's bf16 kernel.
 
 Usage: bench/train-speed.py --data DIR [--threads 2] [--steps 12] [--batch-size 8] [--seq-len 256]
 (bench/train-speed.sh prepares the default corpus and runs this.)
@@ -48,6 +49,18 @@ def gemm_peak(threads, bf16=False):
             times.append(time.perf_counter() - t)
         best = max(best, 2 * n ** 3 / min(times) / 1e9)
     return best
+
+
+def ember_peaks(threads):
+    """GFLOP/s of Ember's products on a square 2048 training step (`ember bench-gemm --peak`):
+    {"f32": the faster of SGEMM and Ember's f32 kernel, "bf16": the bf16 kernel}."""
+    out = subprocess.run([os.path.join(ROOT, ".build/release/ember"), "bench-gemm", "--peak", "--threads", str(threads), "--repetitions", "3"],
+                         check=True, capture_output=True, text=True).stdout.splitlines()
+    header = [c.strip() for c in next(line for line in out if line.startswith("| weight")).strip("|").split("|")]
+    row = [c.strip() for c in next(line for line in out if line.startswith("| square")).strip("|").split("|")]
+    values = dict(zip(header, row))
+    f32 = max(float(values[k]) for k in header if k in ("SGEMM GFLOP/s", "AVX-512F f32 GFLOP/s"))
+    return {"f32": f32, "bf16": float(values["bf16 GFLOP/s"])}
 
 
 def flops_per_token(config, seq_len):
@@ -113,8 +126,10 @@ def main():
     raw = open(os.path.join(args.data, "train.bin"), "rb").read()
     width = int.from_bytes(raw[12:16], "little")
     data = np.frombuffer(raw[32:], dtype=np.uint16 if width == 2 else np.uint32)
-    peak, peak16 = gemm_peak(args.threads), gemm_peak(args.threads, bf16=True)
-    print(f"GEMM peaks ({args.threads} threads, 2048³): f32 {peak:.1f}, bf16 {peak16:.1f} GFLOP/s", file=sys.stderr)
+    torch32, torch16, ember = gemm_peak(args.threads), gemm_peak(args.threads, bf16=True), ember_peaks(args.threads)
+    peak, peak16 = max(torch32, ember["f32"]), max(torch16, ember["bf16"])
+    print(f"GEMM peaks ({args.threads} threads, 2048³): f32 torch/numpy {torch32:.1f}, Ember {ember['f32']:.1f}; "
+          f"bf16 torch {torch16:.1f}, Ember {ember['bf16']:.1f} GFLOP/s", file=sys.stderr)
     rows = []
     for name in args.sizes.split(","):
         config = dict(SIZES[name], vocab_size=description["vocab_size"], max_position_embeddings=max(256, args.seq_len),
@@ -125,14 +140,16 @@ def main():
         print(f"{name}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in speeds.items()), file=sys.stderr)
         rows.append((name, parameters, speeds, flops))
     print("| model | parameters | PyTorch f32 | PyTorch bf16 autocast | Ember f32 | Ember bf16 | Ember f32 / PyTorch f32 | "
-          "Ember bf16 / PyTorch f32 | Ember bf16 / PyTorch bf16 | Ember f32 GFLOP/s (of SGEMM peak) | Ember bf16 GFLOP/s (of bf16 peak) |")
+          "Ember bf16 / PyTorch f32 | Ember bf16 / PyTorch bf16 | Ember f32 GFLOP/s (of f32 peak) | Ember bf16 GFLOP/s (of bf16 peak) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, parameters, s, flops in rows:
         g32, g16 = s["ember f32"] * flops / 1e9, s["ember bf16"] * flops / 1e9
         print(f"| {name} | {parameters / 1e6:.1f}M | {s['torch f32']:.0f} | {s['torch bf16']:.0f} | {s['ember f32']:.0f} | {s['ember bf16']:.0f} | "
               f"{s['ember f32'] / s['torch f32']:.2f} | {s['ember bf16'] / s['torch f32']:.2f} | {s['ember bf16'] / s['torch bf16']:.2f} | "
               f"{g32:.1f} ({g32 / peak:.0%}) | {g16:.1f} ({g16 / peak16:.0%}) |")
-    print(f"Tokens/s, median of the timed steps; peaks on 2048³ matrices with {args.threads} threads: SGEMM {peak:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s.")
+    print(f"Tokens/s, median of the timed steps. Peaks on 2048³ products with {args.threads} threads, the best of torch.mm, numpy and "
+          f"Ember's own products: f32 {peak:.0f} GFLOP/s (torch/numpy {torch32:.0f}, Ember {ember['f32']:.0f}), "
+          f"bf16 {peak16:.0f} GFLOP/s (torch {torch16:.0f}, Ember {ember['bf16']:.0f}).")
 
 if __name__ == "__main__":
     main()
