@@ -89,7 +89,7 @@ struct ParallelOptions: ParsableArguments {
         if trainer.settings.precision == .bf16 {
             say("bf16 products: \(hasBF16Instructions ? "AVX-512 BF16 (vdpbf16ps), f32 sums" : "SGEMM over bf16-rounded operands (this CPU has no AVX-512 BF16)"); master weights, moments, norms, softmax and losses in f32")
         } else {
-            say("f32 products: \(BLASCore.summary)")
+            say("f32 products: \(usesOwnF32Kernel ? "Ember's AVX-512F kernel (EMBER_F32_GEMM=openblas runs OpenBLAS's SGEMM)" : BLASCore.summary)")
         }
         if world.size > 1 {
             let gradients = "gradients \(zeroStage > 0 ? "reduce-scattered" : "all-reduced") in \(String(format: "%g", bucketMB)) MiB buckets \(noOverlap ? "after" : "during") the backward"
