@@ -4,12 +4,12 @@
    twelve values of the A panel. Used where the CPU has AVX-512F, in place of a BLAS whose kernels
    stop at AVX2. */
 #include "ckernels.h"
-#include "transpose16.h"
+#include "gemm_common.h"
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { MR = 12, NR = 32, KC = 256, MC = 144, NC = 4096 };
+enum { MR = TILE_ROWS, NR = TILE_COLUMNS, KC = 256, MC = 144, NC = 4096 };
 
 int ember_has_avx512f(void) {
     static int known = -1;
@@ -75,24 +75,7 @@ static void micro_kernel(const float *ap, const float *bp, int kc, float alpha, 
         ap += MR;
         bp += NR;
     }
-    const __m512 va = _mm512_set1_ps(alpha);
-    if (rows == MR && cols == NR) {
-        for (int r = 0; r < MR; r++) {
-            float *row = c + r * ldc;
-            const __m512 c0 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row);
-            const __m512 c1 = overwrite ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
-            _mm512_storeu_ps(row, _mm512_fmadd_ps(acc[r][0], va, c0));
-            _mm512_storeu_ps(row + 16, _mm512_fmadd_ps(acc[r][1], va, c1));
-        }
-        return;
-    }
-    const __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xffff : (1u << cols) - 1);
-    const __mmask16 m1 = (__mmask16)(cols >= 32 ? 0xffff : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
-    for (int r = 0; r < rows; r++) {
-        float *row = c + r * ldc;
-        _mm512_mask_storeu_ps(row, m0, _mm512_fmadd_ps(acc[r][0], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m0, row)));
-        _mm512_mask_storeu_ps(row + 16, m1, _mm512_fmadd_ps(acc[r][1], va, _mm512_maskz_loadu_ps(overwrite ? 0 : m1, row + 16)));
-    }
+    ember_store_tile(acc, alpha, c, ldc, rows, cols, overwrite);
 }
 
 int ember_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda, const float *b, long ldb,
@@ -107,11 +90,7 @@ int ember_gemm_f32(int trans_a, int trans_b, int m, int n, int k, float alpha, c
     if (k > 0 && (!bp || !ap)) { free(bp); free(ap); return -2; }
     /* With beta 0, the first block of k writes C instead of adding to it. */
     const int overwrite = beta == 0 && k > 0 && alpha != 0;
-    for (int i = 0; i < m && !overwrite; i++) {
-        float *row = c + (long)i * ldc;
-        if (beta == 0) memset(row, 0, sizeof(float) * (size_t)n);
-        else if (beta != 1) for (int j = 0; j < n; j++) row[j] *= beta;
-    }
+    ember_scale_c(m, n, beta, c, ldc, overwrite);
     if (k <= 0 || alpha == 0) { free(bp); free(ap); return 0; }
     for (int jc = 0; jc < n; jc += NC) {
         const int nc = n - jc < NC ? n - jc : NC;

@@ -35,13 +35,8 @@ import Testing
             print("skipped: this CPU has no AVX-512 BF16, so only the SGEMM path runs (tested above)")
             return
         }
-        var state: UInt64 = 7
-        func random(_ n: Int) -> [Float] {
-            (0..<n).map { _ in
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                return Float(Double(state >> 40) / Double(1 << 24)) * 2 - 1
-            }
-        }
+        var draws = SeededFloats(state: 7)
+        func random(_ n: Int) -> [Float] { draws.next(n) }
         var worst: Float = 0
         for (m, n, k) in [(130, 530, 301), (1, 33, 2), (197, 31, 513), (12, 32, 256), (13, 4100, 35)] {
             for transA in [false, true] {

@@ -11,13 +11,8 @@ import Testing
             print("skipped: this CPU has no AVX-512F, so training's f32 products run OpenBLAS's SGEMM")
             return
         }
-        var state: UInt64 = 11
-        func random(_ n: Int) -> [Float] {
-            (0..<n).map { _ in
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                return Float(Double(state >> 40) / Double(1 << 24)) * 2 - 1
-            }
-        }
+        var draws = SeededFloats(state: 11)
+        func random(_ n: Int) -> [Float] { draws.next(n) }
         var worstSGEMM: Float = 0, worstExact = 0.0
         for (m, n, k, pad) in [(130, 530, 301, 0), (1, 33, 2, 3), (197, 31, 513, 0), (12, 32, 256, 0), (13, 4100, 35, 5), (145, 64, 600, 7)] {
             for transA in [false, true] {

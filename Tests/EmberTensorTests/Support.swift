@@ -26,3 +26,15 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
 func floats(_ value: Any?) -> [Float] {
     (value as! [Any]).map { ($0 as? Double).map(Float.init) ?? -.infinity }
 }
+
+/// Uniform values in [−1, 1) from a 64-bit linear congruential generator: the same draws on every run.
+struct SeededFloats {
+    var state: UInt64
+
+    mutating func next(_ n: Int) -> [Float] {
+        (0..<n).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Double(state >> 40) / Double(1 << 24)) * 2 - 1
+        }
+    }
+}
