@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MR = TILE_ROWS, NR = TILE_COLUMNS, KC = 256, MC = 192, NC = 4096 };
+enum { MR = TILE_ROWS, NR = TILE_COLUMNS, KC = 512, MC = 96, NC = 4096 };
 
 uint16_t ember_bf16_from_f32(float x) {
     uint32_t u;

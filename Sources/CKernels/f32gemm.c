@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MR = TILE_ROWS, NR = TILE_COLUMNS, KC = 256, MC = 144, NC = 4096 };
+enum { MR = TILE_ROWS, NR = TILE_COLUMNS, KC = 512, MC = 48, NC = 4096 };
 
 int ember_has_avx512f(void) {
     static int known = -1;

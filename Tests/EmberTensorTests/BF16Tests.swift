@@ -28,7 +28,7 @@ import Testing
         #expect(difference < 1e-4)
     }
 
-    /// Every transpose, shapes that cross the kernel's blocks (K 256, N 4096, M 192, tiles of 12 × 32),
+    /// Every transpose, shapes that cross the kernel's blocks (K 512, N 4096, M 96, tiles of 12 × 32),
     /// alpha and beta (0 and not), against the SGEMM over rounded copies.
     @Test func everyLayoutAgreesWithTheRoundedSGEMM() throws {
         guard hasBF16Instructions else {

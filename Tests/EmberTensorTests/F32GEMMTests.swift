@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// Ember's AVX-512F f32 products (`ember_gemm_f32`) against OpenBLAS's SGEMM and against sums in
-/// double precision: every transpose, shapes that cross the kernel's blocks (K 256, N 4096, M 144,
+/// double precision: every transpose, shapes that cross the kernel's blocks (K 512, N 4096, M 48,
 /// tiles of 12 × 32), strides wider than the rows, alpha and beta.
 @Suite struct F32GEMMTests {
     @Test func everyLayoutAgreesWithSGEMMAndExactSums() throws {
