@@ -42,6 +42,7 @@ public enum TokenizerJSON {
             guard let id = $0["id"] as? Int, let content = $0["content"] as? String else {
                 throw TokenizerError("an added token lacks its id or content")
             }
+            guard id >= 0 else { throw TokenizerError("added token \(content.debugDescription) has the negative id \(id)") }
             return AddedToken(id: id, content: content, special: $0["special"] as? Bool ?? false)
         }
     }

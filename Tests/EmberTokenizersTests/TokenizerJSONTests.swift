@@ -56,5 +56,8 @@ import Testing
             .contains("unknown token [UNK] is not in the vocabulary") == true)
         #expect(error(#"{"normalizer": {"type": "NFKC"}, "model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}}"#)?
             .contains("normalizer NFKC is not supported") == true)
+        // Found by the fuzzer: a negative id indexed the vocabulary array.
+        #expect(error(#"{"added_tokens": [{"id": -3, "content": "<x>"}], "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}}"#)?
+            .contains("added token \"<x>\" has the negative id -3") == true)
     }
 }
