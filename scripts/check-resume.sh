@@ -3,6 +3,7 @@
 # run again, kills it with SIGKILL once its mid-way checkpoint is complete, resumes it, and checks
 # that both final models are byte-identical.
 # Usage: scripts/check-resume.sh [STEPS]   (default 40; builds ember when missing)
+#   PRECISION=bf16  the same with bf16 products (default f32)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,7 +13,7 @@ half=$((steps / 2))
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ember=.build/release/ember
-common=(--preset tiny --steps "$steps" --save-every "$half" --eval-every 0 --seed 3 --threads 2)
+common=(--preset tiny --steps "$steps" --save-every "$half" --eval-every 0 --seed 3 --threads 2 --precision "${PRECISION:-f32}")
 
 $ember pretrain "${common[@]}" --output "$work/straight" 2>"$work/straight.log"
 $ember pretrain "${common[@]}" --data "$work/straight/data" --output "$work/killed" 2>"$work/killed.log" &
@@ -28,7 +29,7 @@ done_steps=$(wc -l <"$work/killed/log.jsonl")
 echo "killed with SIGKILL after step $half was saved ($done_steps steps logged)"
 $ember pretrain --resume "$work/killed" 2>"$work/resumed.log"
 if cmp "$work/straight/model/model.safetensors" "$work/killed/model/model.safetensors"; then
-    echo "PASS: $steps steps straight and $half + kill + resume give byte-identical model.safetensors ($(sha256sum <"$work/straight/model/model.safetensors" | cut -c1-16))"
+    echo "PASS (${PRECISION:-f32}): $steps steps straight and $half + kill + resume give byte-identical model.safetensors ($(sha256sum <"$work/straight/model/model.safetensors" | cut -c1-16))"
 else
     echo "FAIL: the resumed model differs" >&2
     exit 1
