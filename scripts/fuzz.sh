@@ -15,6 +15,7 @@ shift || true
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] || harnesses=(gguf safetensors tokenizer-json sentencepiece jinja requests jsonl adapter checkpoint dequantize)
 jobs=${JOBS:-2}
+[ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time), which counts the fuzzers' CPU seconds, is missing: run scripts/setup.sh" >&2; exit 1; }
 build=.build-fuzz
 for harness in "${harnesses[@]}"; do
     [ -n "${NO_BUILD:-}" ] && continue

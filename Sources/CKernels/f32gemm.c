@@ -33,7 +33,7 @@ static void pack(const float *x, long ld, int index_major, int i0, int count, in
             /* 16 indices × 16 k at a time, transposed in registers. */
             for (int r0 = 0; r0 < width; r0 += 16) {
                 const int block = width - r0 < 16 ? width - r0 : 16;
-                const int inside = valid - r0 < block ? (valid - r0 > 0 ? valid - r0 : 0) : block;
+                const int inside = ember_clamp(valid - r0, 0, block);  /* rows of this block inside the matrix */
                 const __mmask16 store = (__mmask16)((1u << block) - 1);
                 for (int q0 = 0; q0 < kc; q0 += 16) {
                     const int kn = kc - q0 < 16 ? kc - q0 : 16;

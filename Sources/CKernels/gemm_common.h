@@ -7,6 +7,9 @@
 
 enum { TILE_ROWS = 12, TILE_COLUMNS = 32 };
 
+/* x limited to lo ... hi. */
+static inline int ember_clamp(int x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : x; }
+
 /* c[rows][cols] (row stride ldc) = alpha · acc + (overwrite ? 0 : c); rows ≤ 12 and cols ≤ 32, the
    rest of the tile not written. */
 __attribute__((target("avx512f"), always_inline))
