@@ -94,6 +94,61 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
         print("bf16 products, recompute \(recompute) (\(hasBF16Instructions ? "AVX-512 BF16" : "SGEMM on rounded operands")): loss \(loss.values[0]) vs f32 \(expectedLoss); worst gradient \(worst.name), max |Δ| \(worst.relative) of its largest")
         #expect(abs(loss.values[0] - expectedLoss) < 1e-2 * expectedLoss)
     }
+
+    /// Against PyTorch's CPU autocast to bf16 (`scripts/fixtures/autocast-reference.py`).
+    ///
+    /// The tolerance comes from counting roundings. Each rounding to bf16 moves a value by up to
+    /// u = 2⁻⁸ of itself; independent roundings along a path add up like a random walk, so a path
+    /// with n of them ends about √n·u·c away from the exact result, where the constant c (how the
+    /// layers amplify an error) belongs to the model. Autocast's own distance from float32, δ_A,
+    /// measured on this very model, calibrates c. On the forward path to the logits Ember rounds
+    /// n_E = 18 values to bf16: per layer the input and the weight of the QKV, output, gate-up and
+    /// down products (8), and the output projection's two operands. Autocast rounds n_A = 37:
+    /// per layer the same 8, the Q/K/V, output, gate, up and down products' outputs (5), RoPE's
+    /// result, the scaled QKᵀ (2), the softmax cast, the PV product, SiLU and SiLU·up (17 in all),
+    /// and the logits' three. The backward pass goes through the same products on both sides, so
+    /// the gradients keep that ratio. Ember's distance from autocast is then about
+    /// δ_A·√(1 + n_E/n_A); twice that is the tolerance, for the largest of many elements. The loss
+    /// is a log-sum-exp minus one logit, each moving by at most the logits' largest change, so it
+    /// gets twice the logits' tolerance.
+    @Test func matchesPyTorchAutocast() throws {
+        let f32 = try Reference("untied/reference.safetensors"), autocast = try Reference("untied/autocast.safetensors")
+        let model = try TrainableLlama(directory: Reference.directory("untied"))
+        model.precision = .bf16
+        let inputs = try f32.ints("inputs"), targets = try f32.ints("targets")
+        let tape = Tape()
+        let logits = model.logits(tape, inputs: inputs, batch: 2)
+        let loss = tape.crossEntropy(logits, targets: targets)
+        tape.backward(loss)
+
+        let widening = 2 * (1 + Float(18) / 37).squareRoot()
+        func relative(_ a: [Float], _ b: [Float]) -> Float { maxDifference(a, b) / b.map(abs).max()! }
+        let logitsF32 = try f32.floats("logits"), logitsAutocast = try autocast.floats("logits")
+        let logitsTolerance = widening * relative(logitsAutocast, logitsF32)
+        let logitsDifference = relative(logits.values, logitsAutocast)
+        let lossAutocast = try autocast.floats("loss")[0]
+        let lossTolerance = 2 * logitsTolerance * logitsF32.map(abs).max()!
+        print("""
+            bf16 against PyTorch autocast: loss \(loss.values[0]) vs \(lossAutocast) (f32 \(try f32.floats("loss")[0])), |Δ| \(abs(loss.values[0] - lossAutocast)), tolerance \(lossTolerance)
+            logits max |Δ| \(logitsDifference) of the largest (from f32: Ember \(relative(logits.values, logitsF32)), autocast \(relative(logitsAutocast, logitsF32))), tolerance \(logitsTolerance)
+            """)
+        #expect(logitsDifference <= logitsTolerance)
+        #expect(abs(loss.values[0] - lossAutocast) <= lossTolerance)
+
+        var autocastFromF32: Float = 0
+        for p in model.parameters {
+            autocastFromF32 = max(autocastFromF32, relative(try autocast.floats("grad." + p.name), try f32.floats("grad." + p.name)))
+        }
+        let gradientTolerance = widening * autocastFromF32
+        var worst: (name: String, relative: Float, fromF32: Float) = ("", 0, 0)
+        for p in model.parameters {
+            let expected = try autocast.floats("grad." + p.name)
+            let difference = relative(p.gradient.values, expected)
+            if difference > worst.relative { worst = (p.name, difference, relative(p.gradient.values, try f32.floats("grad." + p.name))) }
+            #expect(difference <= gradientTolerance, "\(p.name): max |Δ| \(difference) of the largest autocast gradient")
+        }
+        print("gradients: worst \(worst.name), max |Δ| \(worst.relative) of its largest (Ember from f32 \(worst.fromF32); autocast from f32 up to \(autocastFromF32)), tolerance \(gradientTolerance)")
+    }
 }
 
 /// Frozen parameters get no gradient and no update; the others are unchanged by the freezing.
