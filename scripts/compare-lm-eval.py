@@ -94,7 +94,11 @@ for task, ember_name, kind in [("logiqa", "logiqa", "mc"), ("reclor", "reclor", 
     else:
         same = sum(our_items[d]["output"] == their_items[d]["resps"][0][0] for d in our_items)
         answers = sum(our_items[d]["answer"] == their_items[d]["filtered_resps"][0] for d in our_items)
-        details.append(f"- {task}: {n} items, {same} outputs identical to the harness's, {answers} extracted answers identical")
+        served_same = ""
+        if served_items:
+            outputs = sum(served_items[d]["resps"][0][0] == our_items[d]["output"] for d in our_items)
+            served_same = f"; through ember serve via local-completions, {outputs} outputs identical to ember eval's"
+        details.append(f"- {task}: {n} items, {same} outputs identical to the harness's, {answers} extracted answers identical{served_same}")
         r_h, r_e = rate("lm_eval", task, n), rate("ember", ember_name, n)
         if r_h and r_e:
             details.append(f"  - items/s: lm_eval hf {r_h:.3f}, ember eval {r_e:.3f} ({r_e / r_h:.1f}×)")

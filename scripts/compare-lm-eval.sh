@@ -6,10 +6,11 @@
 #     gsm_symbolic questions as 4-shot generation;
 #   - `ember eval --model` on the same folder, with tasks/*.json|yaml; and, for the multiple-choice
 #     tasks, again with --no-shared-context, to show what sharing each question's context gives;
-#   - with SERVER=1, lm_eval's local-completions backend against `ember serve` on the same tasks.
+#   - with SERVER=1, lm_eval's local-completions backend against `ember serve` on the same tasks
+#     (the generation task's requests carry its stop strings and max_tokens).
 # Then scripts/compare-lm-eval.py prints each metric from both, the per-item log-likelihood
 # differences, how many items' chosen answers differ, and items per second.
-# Usage: [SERVER=1] [SKIP_LOCAL=1] [KEEP_OPENBLAS_CORE=1] scripts/compare-lm-eval.sh [LIMIT]   (items per task, default
+# Usage: [SERVER=1 [SERVED_TASKS="logiqa ..."]] [SKIP_LOCAL=1] [KEEP_OPENBLAS_CORE=1] scripts/compare-lm-eval.sh [LIMIT]   (items per task, default
 # 200; GSM takes LIMIT/4; SKIP_LOCAL=1 reruns only the server part and compares with the last runs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -128,15 +129,16 @@ if [ "${SERVER:-0}" = 1 ]; then
     server=$!
     trap 'kill $server 2>/dev/null || true' EXIT
     scripts/wait-ready.sh "$port" "$server" "$work/runs/serve.log"
-    for name in logiqa reclor; do
+    for name in ${SERVED_TASKS:-logiqa reclor gsm_symbolic}; do
+        count=$limit; [ "$name" = gsm_symbolic ] && count=$gsm_limit
         echo "== $name: lm_eval local-completions against ember serve" >&2
         rm -rf "$work/runs/served-$name"
         start=$(seconds)
         HF_DATASETS_OFFLINE=1 "$python" -m lm_eval --model local-completions \
             --model_args "base_url=http://127.0.0.1:$port/v1/completions,model=$(basename "$model"),tokenizer=$root/$model,tokenized_requests=True,num_concurrent=1,max_retries=1" \
-            --include_path "$work/tasks" --tasks "ember_$name" --limit "$limit" --log_samples \
+            --include_path "$work/tasks" --tasks "ember_$name" --limit "$count" --log_samples \
             --output_path "$work/runs/served-$name" >"$work/runs/served-$name.log" 2>&1
-        echo "served $name $limit $(python3 -c "print($(seconds) - $start)")" >>"$log"
+        echo "served $name $count $(python3 -c "print($(seconds) - $start)")" >>"$log"
     done
 fi
 "$python" scripts/compare-lm-eval.py "$work/runs"

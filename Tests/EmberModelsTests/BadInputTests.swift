@@ -38,6 +38,17 @@ func loadError(_ path: String) -> String? {
         #expect(loadError(path)?.contains("tensor blk.1.ffn_up.weight is missing") == true)
     }
 
+    @Test(arguments: [("llama", "general.architecture"), ("llama", "llama.embedding_length"), ("llama", "llama.block_count"),
+                      ("llama", "llama.attention.head_count"), ("qwen3", "qwen3.feed_forward_length"), ("gemma2", "gemma2.embedding_length")])
+    func rejectsMissingMetadata(architecture: String, key: String) {
+        let path = TinyModel(architecture: architecture, omitMetadata: key).write()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let message = loadError(path)
+        print("a GGUF without \(key): \(message ?? "loaded")")
+        #expect(message?.contains("metadata \(key) is missing") == true)
+        #expect(message?.contains("\n") == false)
+    }
+
     @Test func rejectsTensorTypeEmberCannotRead() throws {
         let path = TinyModel(queryType: .q8_K).write()
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -12,6 +12,7 @@ struct TinyModel {
     var layerCount = 2
     var contextLength = 64
     var omitTensor: String?
+    var omitMetadata: String?
     var queryType: GGMLType = .f32
     let hidden = 32, intermediate = 64
 
@@ -32,6 +33,7 @@ struct TinyModel {
             ("tokenizer.ggml.merges", .array([])),
             ("tokenizer.ggml.eos_token_id", .uint32(257)),
         ]
+        w.metadata.removeAll { $0.0 == omitMetadata }
         var random = SplitMix(seed: 7)
         func tensor(_ name: String, _ extents: [Int], type: GGMLType = .f32, scale: Float = 0.2) {
             guard name != omitTensor else { return }
