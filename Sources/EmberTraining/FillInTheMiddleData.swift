@@ -13,19 +13,25 @@ import Foundation
 ///     SPM:  <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle <eos>   (probability spmRate)
 ///
 /// (SPM as StarCoder trains it, the FIM paper's variant that keeps prefix and middle contiguous.)
+/// With `span` `.line` the cut points are drawn over the starts of lines instead (and the end), so
+/// that the middle is whole lines, the unit of single-line and multi-line infilling.
 /// Every token is learned. The draws of a document depend only on the seed and the document's
 /// number, so a resumed run transforms each document as before.
 public struct FIMTransform: Sendable {
     public enum Order: Sendable, Equatable { case psm, spm }
+    /// Where a document may be cut.
+    public enum Span: String, Codable, Sendable, CaseIterable { case character, line }
 
     public let rate: Double
     public let spmRate: Double
+    public let span: Span
     public let seed: UInt64
     public let tokens: FillInTheMiddle
 
-    public init(rate: Double, spmRate: Double, seed: UInt64, tokens: FillInTheMiddle) {
+    public init(rate: Double, spmRate: Double, span: Span = .character, seed: UInt64, tokens: FillInTheMiddle) {
         self.rate = rate
         self.spmRate = spmRate
+        self.span = span
         self.seed = seed
         self.tokens = tokens
     }
@@ -35,7 +41,10 @@ public struct FIMTransform: Sendable {
         var random = SplitMix64(seed: seed ^ (UInt64(document) &* 0xD1B5_4A32_D192_ED03))
         guard random.nextUnit() < rate else { return nil }
         let scalars = Array(text.unicodeScalars)
-        var a = Int(random.next() % UInt64(scalars.count + 1)), b = Int(random.next() % UInt64(scalars.count + 1))
+        // The places a cut may fall: every character boundary, or the start of each line and the end.
+        let places = span == .character ? Array(0...scalars.count)
+            : [0] + scalars.indices.filter { scalars[$0] == "\n" && $0 + 1 < scalars.count }.map { $0 + 1 } + [scalars.count]
+        var a = places[Int(random.next() % UInt64(places.count))], b = places[Int(random.next() % UInt64(places.count))]
         if a > b { swap(&a, &b) }
         func string(_ range: Range<Int>) -> String { String(String.UnicodeScalarView(scalars[range])) }
         let order: Order = random.nextUnit() < spmRate ? .spm : .psm

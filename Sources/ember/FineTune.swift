@@ -17,7 +17,7 @@ struct FineTune: ParsableCommand {
 
         The loss is the mean cross-entropy over the learned tokens of the whole step (--batch-size × --grad-accum examples, or packed rows with --packing), as TRL computes it. --packing puts the examples into rows of --max-length by best-fit decreasing; each example restarts its positions and attends only to itself. The held-out examples (--eval-data, or --eval-fraction of --data) give the validation masked NLL and token accuracy, before training and every --eval-every steps.
 
-        --fim-rate R trains code completion inside a file: each plain-text document, with probability R, is cut at two random characters into prefix, middle and suffix and rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle (PSM), or with probability --fim-spm-rate as <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle (SPM), StarCoder's transformation. A model whose vocabulary lacks <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> gets them first (the embedding grows by four rows at the mean of the others); that model, untrained, is written to OUTPUT/base. `ember serve` then answers POST /infill and "suffix" on /v1/completions.
+        --fim-rate R trains code completion inside a file: each plain-text document, with probability R, is cut at two random characters (with --fim-span line, at two line starts, so that the middle is whole lines) into prefix, middle and suffix and rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle (PSM), or with probability --fim-spm-rate as <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle (SPM), StarCoder's transformation. A model whose vocabulary lacks <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> gets them first (the embedding grows by four rows at the mean of the others); that model, untrained, is written to OUTPUT/base. `ember serve` then answers POST /infill and "suffix" on /v1/completions.
 
         With --lora-rank only a LoRA adapter trains (PEFT's initialisation: the model starts as the base); the base stays frozen where it lies: f32 from a folder, or a GGUF file's quantized blocks (QLoRA), expanded a tile at a time in the products.
 
@@ -46,6 +46,8 @@ struct FineTune: ParsableCommand {
     var fimRate: Double = 0
     @Option(name: .customLong("fim-spm-rate"), help: "The fraction of those in SPM rather than PSM order.")
     var fimSPMRate: Double = 0.5
+    @Option(name: .customLong("fim-span"), help: "Where a document is cut: character (anywhere, as StarCoder) or line (at line starts, so that the middle is whole lines).")
+    var fimSpan: FIMTransform.Span = .character
 
     @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var parallel: ParallelOptions
@@ -83,7 +85,7 @@ struct FineTune: ParsableCommand {
             let (weights, prompting, tokenizerFiles) = try options.load(model, lora: try loraOptions.configuration(), parallelism: parallelism)
             let fineTuning = FineTuningSettings(validationData: options.heldOut.data, validationFraction: options.heldOut.fraction, packing: packing,
                                                 learned: lossOn, overlong: overlong, fimRate: fimRate > 0 ? fimRate : nil,
-                                                fimSPMRate: fimRate > 0 ? fimSPMRate : nil)
+                                                fimSPMRate: fimRate > 0 ? fimSPMRate : nil, fimSpan: fimRate > 0 ? fimSpan : nil)
             var settings = options.settings(defaultLR: 2e-5, fineTuning: fineTuning)
             let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting,
                                                     tokenizerFiles: tokenizerFiles, configuration: weights.configuration)
@@ -103,3 +105,4 @@ struct FineTune: ParsableCommand {
 
 extension LearnedTokens: ExpressibleByArgument {}
 extension OverlongExamples: ExpressibleByArgument {}
+extension FIMTransform.Span: ExpressibleByArgument {}

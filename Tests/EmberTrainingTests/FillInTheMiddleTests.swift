@@ -97,6 +97,27 @@ import Testing
         #expect(FIMTransform(rate: 1, spmRate: 0, seed: 7, tokens: Self.tokens).split("", document: 3).map { $0.prefix + $0.middle + $0.suffix } == "")
     }
 
+    @Test func lineSpansCutAtLineStarts() throws {
+        let text = "def f(x):\n    y = x * 2\n\n    return y\n"
+        let starts = [0, 10, 24, 25, 38]  // each line's start, and the end
+        var cuts: [Int: Int] = [:]
+        let transform = FIMTransform(rate: 1, spmRate: 0, span: .line, seed: 3, tokens: Self.tokens)
+        for document in 0..<2000 {
+            let split = try #require(transform.split(text, document: document))
+            #expect(split.prefix + split.middle + split.suffix == text)
+            cuts[split.prefix.unicodeScalars.count, default: 0] += 1
+            cuts[split.prefix.unicodeScalars.count + split.middle.unicodeScalars.count, default: 0] += 1
+            #expect(split.middle.isEmpty || split.middle.hasSuffix("\n"), "the middle is whole lines: \(split.middle.debugDescription)")
+        }
+        print("line spans: cut points \(cuts.sorted { $0.key < $1.key })")
+        #expect(cuts.keys.sorted() == starts)
+        #expect(cuts.values.allSatisfy { abs(Double($0) - 800) < 0.25 * 800 })
+        // A last line without a newline ends at the document's end; a document of one line stays whole or empty in the middle.
+        let unterminated = try #require(FIMTransform(rate: 1, spmRate: 0, span: .line, seed: 1, tokens: Self.tokens).split("a\nb", document: 0))
+        #expect(unterminated.prefix + unterminated.middle + unterminated.suffix == "a\nb")
+        #expect([0, 2, 3].contains(unterminated.prefix.unicodeScalars.count))
+    }
+
     @Test func fineTuningSequencesEndWithEOSAfterTheMiddle() throws {
         let output = Self.temporaryFolder("sft")
         defer { try? FileManager.default.removeItem(atPath: output) }
