@@ -81,10 +81,16 @@ public struct FillInTheMiddle: Sendable, Equatable {
     /// last 3/4 of `window` tokens and the suffix its first `window/4 − 2 − prompt` tokens; the extra
     /// files fill what is left of `context` after `window` and twice `maxTokens`, the latest kept.
     /// `encode` tokenizes text without reading special tokens.
+    /// What an infill prompt without extra files starts with, llama-server's placeholders for the
+    /// repository and the file where the vocabulary has their markers: FIM training puts the same
+    /// before each transformed document, so that the model meets at `/infill` what it learned on.
+    public func contextHeader(encode: (String) -> [Int]) -> [Int] { repositoryHeader(encode: encode) + fileHeader(encode: encode) }
+    private func repositoryHeader(encode: (String) -> [Int]) -> [Int] { repository.map { [$0] + encode("myproject\n") } ?? [] }
+    private func fileHeader(encode: (String) -> [Int]) -> [Int] { fileSeparator.map { [$0] + encode("filename\n") } ?? [] }
+
     public func prompt(prefix: String, suffix: String, extra: [ExtraFile], prompt: [Int], bos: Int?, spm: Bool,
                        window: Int, context: Int, maxTokens: Int, encode: (String) -> [Int]) -> [Int] {
-        var extraTokens: [Int] = []
-        if let repository { extraTokens += [repository] + encode("myproject\n") }
+        var extraTokens = repositoryHeader(encode: encode)
         for file in extra {
             if let fileSeparator {
                 extraTokens += [fileSeparator] + encode(file.filename + "\n")
@@ -93,7 +99,7 @@ public struct FillInTheMiddle: Sendable, Equatable {
             }
             extraTokens += encode(file.text)
         }
-        if let fileSeparator { extraTokens += [fileSeparator] + encode("filename\n") }
+        extraTokens += fileHeader(encode: encode)
 
         var head = encode(prefix), tail = encode(suffix)
         head = Array(head.suffix(min(head.count, 3 * (window / 4))))

@@ -125,8 +125,8 @@ public struct SupervisedTokenizer {
         func plain(_ text: String) -> [Int32] { prompting.tokens(text).map(Int32.init) }
         switch (example.prompt, example.completion) {
         case (.text(let text)?, nil):
-            if let fim, let ids = fillInTheMiddle(text, document: example.line, fim, eos: eos) {
-                return SupervisedSequence(ids: ids, learned: Array(repeating: true, count: ids.count))
+            if let fim, let (ids, header) = fillInTheMiddle(text, document: example.line, fim, eos: eos) {
+                return SupervisedSequence(ids: ids, learned: ids.indices.map { $0 >= header })
             }
             let ids = plain(withEOS(text))
             return SupervisedSequence(ids: ids, learned: Array(repeating: true, count: ids.count))
@@ -162,16 +162,19 @@ public struct SupervisedTokenizer {
         }
     }
 
-    /// The FIM-transformed tokens of a document (nil when it stays whole): BOS when the model wants
-    /// one, the transformed pieces, then EOS.
-    private func fillInTheMiddle(_ text: String, document: Int, _ fim: FIMTransform, eos: String?) -> [Int32]? {
+    /// The FIM-transformed tokens of a document (nil when it stays whole), laid out as an infill
+    /// prompt is: the context header (not learned; its length is returned with the ids), BOS when
+    /// the model wants one, the transformed pieces, then EOS.
+    private func fillInTheMiddle(_ text: String, document: Int, _ fim: FIMTransform, eos: String?) -> (ids: [Int32], header: Int)? {
         var body = text
         if let eos, body.hasSuffix(eos) { body.removeLast(eos.count) }
         let tokenizer = prompting.tokenizer
-        guard var ids = fim.apply(body, document: document, encode: { tokenizer.encode($0, parseSpecial: true) }) else { return nil }
+        let encode = { (text: String) in tokenizer.encode(text, parseSpecial: true) }
+        guard var ids = fim.apply(body, document: document, encode: encode) else { return nil }
         if prompting.addBOS, let bos = tokenizer.bosTokenID { ids.insert(bos, at: 0) }
-        if let eos { ids += tokenizer.encode(eos, parseSpecial: true) }
-        return ids.map(Int32.init)
+        if let eos { ids += encode(eos) }
+        let header = fim.tokens.contextHeader(encode: { tokenizer.encode($0, parseSpecial: false) })
+        return ((header + ids).map(Int32.init), header.count)
     }
 
     private func isEmptyTurn(_ message: JinjaValue) -> Bool {

@@ -138,6 +138,19 @@ import Testing
             #expect(sequence.ids.map(Int.init) == expected)
             #expect(sequence.learned.allSatisfy { $0 })
         }
+        // With a repository marker in the vocabulary, each document starts as an infill prompt
+        // does (llama-server's placeholder repository), and that header is not learned.
+        var marked = tokens
+        marked.repository = try #require(prompting.tokenizer.id(of: "<|im_start|>"))
+        let header = [marked.repository!] + prompting.tokenizer.encode("myproject\n", parseSpecial: false)
+        #expect(marked.contextHeader(encode: { prompting.tokenizer.encode($0, parseSpecial: false) }) == header)
+        let markedFIM = FIMTransform(rate: 1, spmRate: 0, seed: 1, tokens: marked)
+        let withHeader = try SupervisedTokenizer(prompting: prompting, fim: markedFIM).sequences(FineTuningDataset.load(path: data), maximumLength: 512).sequences
+        for (plain, headed) in zip(sequences, withHeader) {
+            #expect(headed.ids.map(Int.init) == header + plain.ids.map(Int.init))
+            #expect(headed.learned == Array(repeating: false, count: header.count) + plain.learned)
+        }
+
         // Without the transformation the documents are plain text.
         let plain = try SupervisedTokenizer(prompting: prompting).sequences(FineTuningDataset.load(path: data), maximumLength: 512).sequences
         #expect(plain[0].ids.map(Int.init) == prompting.tokens(documents[0]) + [eos])
