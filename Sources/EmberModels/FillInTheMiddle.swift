@@ -72,6 +72,13 @@ public struct FillInTheMiddle: Sendable, Equatable {
         }
     }
 
+    /// What an infill prompt without extra files starts with, llama-server's placeholders for the
+    /// repository and the file where the vocabulary has their markers: FIM training puts the same
+    /// before each transformed document, so that the model meets at `/infill` what it learned on.
+    public func contextHeader(encode: (String) -> [Int]) -> [Int] { repositoryHeader(encode: encode) + fileHeader(encode: encode) }
+    private func repositoryHeader(encode: (String) -> [Int]) -> [Int] { repository.map { [$0] + encode("myproject\n") } ?? [] }
+    private func fileHeader(encode: (String) -> [Int]) -> [Int] { fileSeparator.map { [$0] + encode("filename\n") } ?? [] }
+
     /// The prompt llama.cpp's server builds for `/infill`:
     ///
     ///     [<|repo_name|>myproject\n] (<|file_sep|>filename\n text | "\n\n--- snippet ---\n\n" text)…
@@ -81,13 +88,6 @@ public struct FillInTheMiddle: Sendable, Equatable {
     /// last 3/4 of `window` tokens and the suffix its first `window/4 − 2 − prompt` tokens; the extra
     /// files fill what is left of `context` after `window` and twice `maxTokens`, the latest kept.
     /// `encode` tokenizes text without reading special tokens.
-    /// What an infill prompt without extra files starts with, llama-server's placeholders for the
-    /// repository and the file where the vocabulary has their markers: FIM training puts the same
-    /// before each transformed document, so that the model meets at `/infill` what it learned on.
-    public func contextHeader(encode: (String) -> [Int]) -> [Int] { repositoryHeader(encode: encode) + fileHeader(encode: encode) }
-    private func repositoryHeader(encode: (String) -> [Int]) -> [Int] { repository.map { [$0] + encode("myproject\n") } ?? [] }
-    private func fileHeader(encode: (String) -> [Int]) -> [Int] { fileSeparator.map { [$0] + encode("filename\n") } ?? [] }
-
     public func prompt(prefix: String, suffix: String, extra: [ExtraFile], prompt: [Int], bos: Int?, spm: Bool,
                        window: Int, context: Int, maxTokens: Int, encode: (String) -> [Int]) -> [Int] {
         var extraTokens = repositoryHeader(encode: encode)

@@ -53,8 +53,8 @@ struct FineTune: ParsableCommand {
     @OptionGroup var parallel: ParallelOptions
 
     func validate() throws {
-        if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 {
-            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-rate and --lora-rank")
+        if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 || fimSpan != .character {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-rate, --fim-span and --lora-rank")
         }
         guard (0...1).contains(fimRate), (0...1).contains(fimSPMRate) else { throw ValidationError("--fim-rate and --fim-spm-rate must be between 0 and 1") }
     }
