@@ -29,6 +29,9 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
     return zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
 }
 
+/// The largest difference as a fraction of the reference's largest magnitude.
+func maxRelativeDifference(_ a: [Float], _ reference: [Float]) -> Float { maxDifference(a, reference) / reference.map(abs).max()! }
+
 /// Ember's loss, logits and every parameter gradient against transformers' LlamaForCausalLM with
 /// PyTorch autograd (the test_gpt2.c pattern), with and without recomputation.
 @Suite struct GradientParityTests {
@@ -87,7 +90,7 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
         var worst: (name: String, relative: Float) = ("", 0)
         for p in model.parameters {
             let expected = try reference.floats("grad." + p.name)
-            let relative = maxDifference(p.gradient.values, expected) / expected.map(abs).max()!
+            let relative = maxRelativeDifference(p.gradient.values, expected)
             if relative > worst.relative { worst = (p.name, relative) }
             #expect(relative < 0.05, "\(p.name): max |Δ| \(relative) of the largest f32 gradient")
         }
@@ -122,7 +125,7 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
         tape.backward(loss)
 
         let widening = 2 * (1 + Float(18) / 37).squareRoot()
-        func relative(_ a: [Float], _ b: [Float]) -> Float { maxDifference(a, b) / b.map(abs).max()! }
+        let relative = maxRelativeDifference
         let logitsF32 = try f32.floats("logits"), logitsAutocast = try autocast.floats("logits")
         let logitsTolerance = widening * relative(logitsAutocast, logitsF32)
         let logitsDifference = relative(logits.values, logitsAutocast)
@@ -135,16 +138,13 @@ func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
         #expect(logitsDifference <= logitsTolerance)
         #expect(abs(loss.values[0] - lossAutocast) <= lossTolerance)
 
-        var autocastFromF32: Float = 0
-        for p in model.parameters {
-            autocastFromF32 = max(autocastFromF32, relative(try autocast.floats("grad." + p.name), try f32.floats("grad." + p.name)))
-        }
+        let gradients = try model.parameters.map { (p: $0, autocast: try autocast.floats("grad." + $0.name), f32: try f32.floats("grad." + $0.name)) }
+        let autocastFromF32 = gradients.map { relative($0.autocast, $0.f32) }.max()!
         let gradientTolerance = widening * autocastFromF32
         var worst: (name: String, relative: Float, fromF32: Float) = ("", 0, 0)
-        for p in model.parameters {
-            let expected = try autocast.floats("grad." + p.name)
+        for (p, expected, fromF32) in gradients {
             let difference = relative(p.gradient.values, expected)
-            if difference > worst.relative { worst = (p.name, difference, relative(p.gradient.values, try f32.floats("grad." + p.name))) }
+            if difference > worst.relative { worst = (p.name, difference, relative(p.gradient.values, fromF32)) }
             #expect(difference <= gradientTolerance, "\(p.name): max |Δ| \(difference) of the largest autocast gradient")
         }
         print("gradients: worst \(worst.name), max |Δ| \(worst.relative) of its largest (Ember from f32 \(worst.fromF32); autocast from f32 up to \(autocastFromF32)), tolerance \(gradientTolerance)")
