@@ -13,8 +13,11 @@ import Foundation
 ///     SPM:  <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle <eos>   (probability spmRate)
 ///
 /// (SPM as StarCoder trains it, the FIM paper's variant that keeps prefix and middle contiguous.)
-/// With `span` `.line` the cut points are drawn over the starts of lines instead (and the end), so
-/// that the middle is whole lines, the unit of single-line and multi-line infilling.
+/// With `span` `.line` the middle is whole lines instead, the unit of single-line and multi-line
+/// infilling: two lines drawn uniformly are its first and last (or, with `maxLines`, its first line
+/// and a length drawn uniformly from 1 to `maxLines`, cut at the document's end). The middle stops
+/// before its last line's newline, so the suffix starts with it, as when an editor's cursor is at
+/// the end of a line.
 /// Every token is learned. The draws of a document depend only on the seed and the document's
 /// number, so a resumed run transforms each document as before.
 public struct FIMTransform: Sendable {
@@ -25,13 +28,17 @@ public struct FIMTransform: Sendable {
     public let rate: Double
     public let spmRate: Double
     public let span: Span
+    /// The most lines in a middle (nil: up to the whole document); only with `.line`.
+    public let maxLines: Int?
     public let seed: UInt64
     public let tokens: FillInTheMiddle
 
-    public init(rate: Double, spmRate: Double, span: Span = .character, seed: UInt64, tokens: FillInTheMiddle) {
+    public init(rate: Double, spmRate: Double, span: Span = .character, maxLines: Int? = nil, seed: UInt64, tokens: FillInTheMiddle) {
+        precondition(maxLines.map { $0 > 0 } ?? true, "maxLines must be positive")
         self.rate = rate
         self.spmRate = spmRate
         self.span = span
+        self.maxLines = maxLines
         self.seed = seed
         self.tokens = tokens
     }
@@ -41,11 +48,25 @@ public struct FIMTransform: Sendable {
         var random = SplitMix64(seed: seed ^ (UInt64(document) &* 0xD1B5_4A32_D192_ED03))
         guard random.nextUnit() < rate else { return nil }
         let scalars = Array(text.unicodeScalars)
-        // The places a cut may fall: every character boundary, or the start of each line and the end.
-        let places = span == .character ? Array(0...scalars.count)
-            : [0] + scalars.indices.filter { scalars[$0] == "\n" && $0 + 1 < scalars.count }.map { $0 + 1 } + [scalars.count]
-        var a = places[Int(random.next() % UInt64(places.count))], b = places[Int(random.next() % UInt64(places.count))]
-        if a > b { swap(&a, &b) }
+        var a: Int, b: Int
+        switch span {
+        case .character:
+            a = Int(random.next() % UInt64(scalars.count + 1))
+            b = Int(random.next() % UInt64(scalars.count + 1))
+            if a > b { swap(&a, &b) }
+        case .line:
+            // Line k is starts[k] ..< ends[k]: up to its newline, or to the end of the last line.
+            let starts = [0] + scalars.indices.filter { scalars[$0] == "\n" && $0 + 1 < scalars.count }.map { $0 + 1 }
+            let ends = starts.dropFirst().map { $0 - 1 } + [scalars.last == "\n" ? scalars.count - 1 : scalars.count]
+            var first = Int(random.next() % UInt64(starts.count)), last: Int
+            if let maxLines {
+                last = min(first + Int(random.next() % UInt64(maxLines)), starts.count - 1)
+            } else {
+                last = Int(random.next() % UInt64(starts.count))
+                if first > last { swap(&first, &last) }
+            }
+            (a, b) = (starts[first], ends[last])
+        }
         func string(_ range: Range<Int>) -> String { String(String.UnicodeScalarView(scalars[range])) }
         let order: Order = random.nextUnit() < spmRate ? .spm : .psm
         return (order, string(0..<a), string(a..<b), string(b..<scalars.count))

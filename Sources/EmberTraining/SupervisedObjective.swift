@@ -19,6 +19,8 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var fimSPMRate: Double?
     /// Where the transformation cuts (nil: anywhere, `.character`).
     public var fimSpan: FIMTransform.Span?
+    /// The most lines in a middle with `.line` (nil: no limit).
+    public var fimMaxLines: Int?
     /// A reward model or DPO instead of supervised fine-tuning (the data are then preference pairs).
     public var preference: PreferenceSettings?
     /// GRPO instead (the data are then prompts).
@@ -27,7 +29,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var ppo: PPOSettings?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
-                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, fimSpan: FIMTransform.Span? = nil, preference: PreferenceSettings? = nil,
+                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, fimSpan: FIMTransform.Span? = nil, fimMaxLines: Int? = nil, preference: PreferenceSettings? = nil,
                 grpo: GRPOSettings? = nil, ppo: PPOSettings? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
@@ -37,6 +39,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
         self.fimRate = fimRate
         self.fimSPMRate = fimSPMRate
         self.fimSpan = fimSpan
+        self.fimMaxLines = fimMaxLines
         self.preference = preference
         self.grpo = grpo
         self.ppo = ppo
@@ -94,7 +97,7 @@ public final class SupervisedObjective: TrainingObjective {
             guard let tokens = FillInTheMiddle(tokenizer: prompting.tokenizer) else {
                 throw TrainingError("fill-in-the-middle training needs <fim_prefix>, <fim_suffix> and <fim_middle> in the vocabulary; this tokenizer has none")
             }
-            tokenizer.fim = FIMTransform(rate: rate, spmRate: f.fimSPMRate ?? 0.5, span: f.fimSpan ?? .character, seed: s.seed, tokens: tokens)
+            tokenizer.fim = FIMTransform(rate: rate, spmRate: f.fimSPMRate ?? 0.5, span: f.fimSpan ?? .character, maxLines: f.fimMaxLines, seed: s.seed, tokens: tokens)
         }
         let dataset = try FineTuningDataset.load(path: s.data)
         if tokenizer.fim != nil, dataset.format != .languageModeling || dataset.conversational {

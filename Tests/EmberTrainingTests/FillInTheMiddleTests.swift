@@ -97,25 +97,46 @@ import Testing
         #expect(FIMTransform(rate: 1, spmRate: 0, seed: 7, tokens: Self.tokens).split("", document: 3).map { $0.prefix + $0.middle + $0.suffix } == "")
     }
 
-    @Test func lineSpansCutAtLineStarts() throws {
+    @Test func lineSpansAreWholeLines() throws {
         let text = "def f(x):\n    y = x * 2\n\n    return y\n"
-        let starts = [0, 10, 24, 25, 38]  // each line's start, and the end
-        var cuts: [Int: Int] = [:]
+        let starts = [0, 10, 24, 25], ends = [9, 23, 24, 37]  // each line's first character and its newline
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        // Without a limit the middle runs from the first of two drawn lines to the other: line k
+        // starts it with probability (2(n-k)-1)/n² and ends it with probability (2k+1)/n².
+        var first = [Int](repeating: 0, count: 4), last = first
+        let documents = 4000
         let transform = FIMTransform(rate: 1, spmRate: 0, span: .line, seed: 3, tokens: Self.tokens)
-        for document in 0..<2000 {
+        for document in 0..<documents {
             let split = try #require(transform.split(text, document: document))
             #expect(split.prefix + split.middle + split.suffix == text)
-            cuts[split.prefix.unicodeScalars.count, default: 0] += 1
-            cuts[split.prefix.unicodeScalars.count + split.middle.unicodeScalars.count, default: 0] += 1
-            #expect(split.middle.isEmpty || split.middle.hasSuffix("\n"), "the middle is whole lines: \(split.middle.debugDescription)")
+            let a = try #require(starts.firstIndex(of: split.prefix.unicodeScalars.count), "the middle starts at a line")
+            let b = try #require(ends.firstIndex(of: split.prefix.unicodeScalars.count + split.middle.unicodeScalars.count), "the middle ends before a newline")
+            #expect(split.suffix.hasPrefix("\n"))
+            first[a] += 1
+            last[b] += 1
         }
-        print("line spans: cut points \(cuts.sorted { $0.key < $1.key })")
-        #expect(cuts.keys.sorted() == starts)
-        #expect(cuts.values.allSatisfy { abs(Double($0) - 800) < 0.25 * 800 })
-        // A last line without a newline ends at the document's end; a document of one line stays whole or empty in the middle.
+        print("line spans: first lines \(first), last lines \(last)")
+        for k in 0..<4 {
+            #expect(abs(Double(first[k]) - Double(documents * (7 - 2 * k)) / 16) < 0.2 * Double(documents * (7 - 2 * k)) / 16)
+            #expect(abs(Double(last[k]) - Double(documents * (2 * k + 1)) / 16) < 0.2 * Double(documents * (2 * k + 1)) / 16)
+        }
+        // --fim-max-lines 1: the middle is one line, each about as often; 2: one or two lines.
+        var chosen: [String: Int] = [:]
+        for document in 0..<documents {
+            let one = try #require(FIMTransform(rate: 1, spmRate: 0, span: .line, maxLines: 1, seed: 5, tokens: Self.tokens).split(text, document: document))
+            #expect(one.prefix + one.middle + one.suffix == text)
+            #expect(starts.contains(one.prefix.unicodeScalars.count) && lines.contains(one.middle))
+            chosen[one.middle, default: 0] += 1
+            let two = try #require(FIMTransform(rate: 1, spmRate: 0, span: .line, maxLines: 2, seed: 5, tokens: Self.tokens).split(text, document: document))
+            #expect(two.middle.filter { $0 == "\n" }.count <= 1 && two.suffix.hasPrefix("\n"))
+        }
+        print("single lines: \(chosen.sorted { $0.key < $1.key })")
+        #expect(chosen.count == 4 && chosen.values.allSatisfy { abs(Double($0) - 1000) < 0.2 * 1000 })
+        // A last line without a newline ends at the document's end.
         let unterminated = try #require(FIMTransform(rate: 1, spmRate: 0, span: .line, seed: 1, tokens: Self.tokens).split("a\nb", document: 0))
         #expect(unterminated.prefix + unterminated.middle + unterminated.suffix == "a\nb")
-        #expect([0, 2, 3].contains(unterminated.prefix.unicodeScalars.count))
+        #expect([0, 2].contains(unterminated.prefix.unicodeScalars.count))
+        #expect([1, 3].contains(unterminated.prefix.unicodeScalars.count + unterminated.middle.unicodeScalars.count))
     }
 
     @Test func fineTuningSequencesEndWithEOSAfterTheMiddle() throws {
