@@ -13,6 +13,11 @@ import Foundation
 ///     SPM:  <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle <eos>   (probability spmRate)
 ///
 /// (SPM as StarCoder trains it, the FIM paper's variant that keeps prefix and middle contiguous.)
+/// With `spmStyle` `.llamaServer`, SPM is instead the prompt that `/infill` builds in SPM order
+/// (`ember serve --spm-infill`, llama-server's `--spm-infill`), with the middle after it:
+///
+///     SPM:  <fim_suffix> suffix <fim_prefix> prefix <fim_middle> middle <eos>
+///
 /// With `span` `.line` the middle is whole lines instead, the unit of single-line and multi-line
 /// infilling: two lines drawn uniformly are its first and last (or, with `maxLines`, its first line
 /// and a length drawn uniformly from 1 to `maxLines`, cut at the document's end). The middle stops
@@ -24,21 +29,26 @@ public struct FIMTransform: Sendable {
     public enum Order: Sendable, Equatable { case psm, spm }
     /// Where a document may be cut.
     public enum Span: String, Codable, Sendable, CaseIterable { case character, line }
+    /// The layout of SPM documents: StarCoder's, or the prompt of llama-server's `--spm-infill`.
+    public enum SPMStyle: String, Codable, Sendable, CaseIterable { case starcoder, llamaServer = "llama-server" }
 
     public let rate: Double
     public let spmRate: Double
     public let span: Span
     /// The most lines in a middle (nil: up to the whole document); only with `.line`.
     public let maxLines: Int?
+    public let spmStyle: SPMStyle
     public let seed: UInt64
     public let tokens: FillInTheMiddle
 
-    public init(rate: Double, spmRate: Double, span: Span = .character, maxLines: Int? = nil, seed: UInt64, tokens: FillInTheMiddle) {
+    public init(rate: Double, spmRate: Double, span: Span = .character, maxLines: Int? = nil, spmStyle: SPMStyle = .starcoder, seed: UInt64,
+                tokens: FillInTheMiddle) {
         precondition(maxLines.map { $0 > 0 } ?? true, "maxLines must be positive")
         self.rate = rate
         self.spmRate = spmRate
         self.span = span
         self.maxLines = maxLines
+        self.spmStyle = spmStyle
         self.seed = seed
         self.tokens = tokens
     }
@@ -77,6 +87,8 @@ public struct FIMTransform: Sendable {
         guard let (order, prefix, middle, suffix) = split(text, document: document) else { return nil }
         switch order {
         case .psm: return [tokens.prefix] + encode(prefix) + [tokens.suffix] + encode(suffix) + [tokens.middle] + encode(middle)
+        case .spm where spmStyle == .llamaServer:
+            return [tokens.suffix] + encode(suffix) + [tokens.prefix] + encode(prefix) + [tokens.middle] + encode(middle)
         case .spm: return [tokens.prefix, tokens.suffix] + encode(suffix) + [tokens.middle] + encode(prefix) + encode(middle)
         }
     }

@@ -21,6 +21,8 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var fimSpan: FIMTransform.Span?
     /// The most lines in a middle with `.line` (nil: no limit).
     public var fimMaxLines: Int?
+    /// The layout of SPM documents (nil: StarCoder's).
+    public var fimSPMStyle: FIMTransform.SPMStyle?
     /// A reward model or DPO instead of supervised fine-tuning (the data are then preference pairs).
     public var preference: PreferenceSettings?
     /// GRPO instead (the data are then prompts).
@@ -29,7 +31,8 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
     public var ppo: PPOSettings?
 
     public init(validationData: String? = nil, validationFraction: Double = 0.05, packing: Bool = false, learned: LearnedTokens = .completion,
-                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, fimSpan: FIMTransform.Span? = nil, fimMaxLines: Int? = nil, preference: PreferenceSettings? = nil,
+                overlong: OverlongExamples = .drop, fimRate: Double? = nil, fimSPMRate: Double? = nil, fimSpan: FIMTransform.Span? = nil, fimMaxLines: Int? = nil, fimSPMStyle: FIMTransform.SPMStyle? = nil,
+                preference: PreferenceSettings? = nil,
                 grpo: GRPOSettings? = nil, ppo: PPOSettings? = nil) {
         self.validationData = validationData
         self.validationFraction = validationFraction
@@ -40,6 +43,7 @@ public struct FineTuningSettings: Codable, Sendable, Equatable {
         self.fimSPMRate = fimSPMRate
         self.fimSpan = fimSpan
         self.fimMaxLines = fimMaxLines
+        self.fimSPMStyle = fimSPMStyle
         self.preference = preference
         self.grpo = grpo
         self.ppo = ppo
@@ -97,7 +101,8 @@ public final class SupervisedObjective: TrainingObjective {
             guard let tokens = FillInTheMiddle(tokenizer: prompting.tokenizer) else {
                 throw TrainingError("fill-in-the-middle training needs <fim_prefix>, <fim_suffix> and <fim_middle> in the vocabulary; this tokenizer has none")
             }
-            tokenizer.fim = FIMTransform(rate: rate, spmRate: f.fimSPMRate ?? 0.5, span: f.fimSpan ?? .character, maxLines: f.fimMaxLines, seed: s.seed, tokens: tokens)
+            tokenizer.fim = FIMTransform(rate: rate, spmRate: f.fimSPMRate ?? 0.5, span: f.fimSpan ?? .character, maxLines: f.fimMaxLines,
+                                        spmStyle: f.fimSPMStyle ?? .starcoder, seed: s.seed, tokens: tokens)
         }
         let dataset = try FineTuningDataset.load(path: s.data)
         if tokenizer.fim != nil, dataset.format != .languageModeling || dataset.conversational {

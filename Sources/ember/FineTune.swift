@@ -17,7 +17,7 @@ struct FineTune: ParsableCommand {
 
         The loss is the mean cross-entropy over the learned tokens of the whole step (--batch-size × --grad-accum examples, or packed rows with --packing), as TRL computes it. --packing puts the examples into rows of --max-length by best-fit decreasing; each example restarts its positions and attends only to itself. The held-out examples (--eval-data, or --eval-fraction of --data) give the validation masked NLL and token accuracy, before training and every --eval-every steps.
 
-        --fim-rate R trains code completion inside a file: each plain-text document, with probability R, is cut at two random characters (with --fim-span line, the middle is whole lines instead, at most --fim-max-lines of them) into prefix, middle and suffix and rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle (PSM), or with probability --fim-spm-rate as <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle (SPM), StarCoder's transformation. A model whose vocabulary lacks <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> gets them first (the embedding grows by four rows at the mean of the others); that model, untrained, is written to OUTPUT/base. `ember serve` then answers POST /infill and "suffix" on /v1/completions.
+        --fim-rate R trains code completion inside a file: each plain-text document, with probability R, is cut at two random characters (with --fim-span line, the middle is whole lines instead, at most --fim-max-lines of them) into prefix, middle and suffix and rearranged as <fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle (PSM), or with probability --fim-spm-rate as <fim_prefix> <fim_suffix> suffix <fim_middle> prefix middle (SPM), StarCoder's transformation; with --fim-spm-style llama-server, SPM documents are <fim_suffix> suffix <fim_prefix> prefix <fim_middle> middle instead, the prompt that `ember serve --spm-infill` and llama-server's --spm-infill build. A model whose vocabulary lacks <fim_prefix>, <fim_middle>, <fim_suffix> and <fim_pad> gets them first (the embedding grows by four rows at the mean of the others); that model, untrained, is written to OUTPUT/base. `ember serve` then answers POST /infill and "suffix" on /v1/completions.
 
         With --lora-rank only a LoRA adapter trains (PEFT's initialisation: the model starts as the base); the base stays frozen where it lies: f32 from a folder, or a GGUF file's quantized blocks (QLoRA), expanded a tile at a time in the products.
 
@@ -46,6 +46,8 @@ struct FineTune: ParsableCommand {
     var fimRate: Double = 0
     @Option(name: .customLong("fim-spm-rate"), help: "The fraction of those in SPM rather than PSM order.")
     var fimSPMRate: Double = 0.5
+    @Option(name: .customLong("fim-spm-style"), help: "The layout of SPM documents: starcoder or llama-server (what --spm-infill serves).")
+    var fimSPMStyle: FIMTransform.SPMStyle = .starcoder
     @Option(name: .customLong("fim-span"), help: "Where a document is cut: character (anywhere, as StarCoder) or line (the middle is whole lines, without the last one's newline).")
     var fimSpan: FIMTransform.Span = .character
     @Option(name: .customLong("fim-max-lines"), help: "With --fim-span line: the most lines in a middle (1 trains single-line infilling; default: up to the whole document).")
@@ -55,11 +57,14 @@ struct FineTune: ParsableCommand {
     @OptionGroup var parallel: ParallelOptions
 
     func validate() throws {
-        if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 || fimSpan != .character || fimMaxLines != nil {
-            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-rate, --fim-span, --fim-max-lines and --lora-rank")
+        if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 || fimSpan != .character || fimMaxLines != nil
+            || fimSPMStyle != .starcoder {
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-*, and --lora-rank")
         }
         guard (0...1).contains(fimRate), (0...1).contains(fimSPMRate) else { throw ValidationError("--fim-rate and --fim-spm-rate must be between 0 and 1") }
-        if fimRate == 0, fimSpan != .character { throw ValidationError("--fim-span shapes the fill-in-the-middle transformation; give it with --fim-rate") }
+        if fimRate == 0, fimSpan != .character || fimSPMStyle != .starcoder {
+            throw ValidationError("--fim-span and --fim-spm-style shape the fill-in-the-middle transformation; give them with --fim-rate")
+        }
         if let fimMaxLines {
             guard fimMaxLines > 0 else { throw ValidationError("--fim-max-lines must be at least 1") }
             guard fimSpan == .line, fimRate > 0 else { throw ValidationError("--fim-max-lines limits the middles of --fim-span line; give it with --fim-rate and --fim-span line") }
@@ -93,7 +98,7 @@ struct FineTune: ParsableCommand {
             let fineTuning = FineTuningSettings(validationData: options.heldOut.data, validationFraction: options.heldOut.fraction, packing: packing,
                                                 learned: lossOn, overlong: overlong, fimRate: fimRate > 0 ? fimRate : nil,
                                                 fimSPMRate: fimRate > 0 ? fimSPMRate : nil, fimSpan: fimRate > 0 ? fimSpan : nil,
-                                                fimMaxLines: fimRate > 0 ? fimMaxLines : nil)
+                                                fimMaxLines: fimRate > 0 ? fimMaxLines : nil, fimSPMStyle: fimRate > 0 ? fimSPMStyle : nil)
             var settings = options.settings(defaultLR: 2e-5, fineTuning: fineTuning)
             let objective = try SupervisedObjective(settings: settings, fineTuning: fineTuning, prompting: prompting,
                                                     tokenizerFiles: tokenizerFiles, configuration: weights.configuration)
@@ -114,3 +119,4 @@ struct FineTune: ParsableCommand {
 extension LearnedTokens: ExpressibleByArgument {}
 extension OverlongExamples: ExpressibleByArgument {}
 extension FIMTransform.Span: ExpressibleByArgument {}
+extension FIMTransform.SPMStyle: ExpressibleByArgument {}

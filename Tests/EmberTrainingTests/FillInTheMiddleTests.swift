@@ -97,6 +97,19 @@ import Testing
         #expect(FIMTransform(rate: 1, spmRate: 0, seed: 7, tokens: Self.tokens).split("", document: 3).map { $0.prefix + $0.middle + $0.suffix } == "")
     }
 
+    /// `--fim-spm-style llama-server` trains on what `/infill` serves with `--spm-infill`.
+    @Test func llamaServerSPMIsTheServedPrompt() throws {
+        let text = "def f(x):\n    y = x * 2\n    return y\n"
+        let transform = FIMTransform(rate: 1, spmRate: 1, span: .line, maxLines: 1, spmStyle: .llamaServer, seed: 2, tokens: Self.tokens)
+        for document in 0..<20 {
+            let split = try #require(transform.split(text, document: document))
+            #expect(split.order == .spm)
+            let served = Self.tokens.prompt(prefix: split.prefix, suffix: split.suffix, extra: [], prompt: [], bos: nil, spm: true,
+                                            window: 2048, context: 8192, maxTokens: 64, encode: Self.scalars)
+            #expect(transform.apply(text, document: document, encode: Self.scalars) == served + Self.scalars(split.middle))
+        }
+    }
+
     @Test func lineSpansAreWholeLines() throws {
         let text = "def f(x):\n    y = x * 2\n\n    return y\n"
         let starts = [0, 10, 24, 25], ends = [9, 23, 24, 37]  // each line's first character and its newline
