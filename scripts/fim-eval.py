@@ -7,13 +7,13 @@ Modes:
   suffix  POST URL/v1/completions with prompt = prefix and suffix; completion = choices[0].text
   prefix  POST URL/v1/completions with the prefix only (left-to-right baseline ignoring the suffix)
 
-Greedy decoding. In the infill modes generation stops at the first newline and the prediction is
-the completion up to it, stripped. The prefix mode sends the prefix without its final newline,
-which a BPE vocabulary would otherwise split from the next line's indentation as the model never
-saw it, and generates up to --max-tokens; the prediction is the first non-blank line after the
-completion's first newline, stripped. A prediction matches when it equals the stripped middle. Prints the exact match with its
-standard error and the request rate; --out writes one JSON line per item, --agree compares the
-predictions with another --out file of the same items.
+Greedy decoding. In the infill modes generation stops at the first newline and the prediction is the
+completion up to it, stripped. The prefix mode sends the prefix without its final newline, which a
+BPE vocabulary would otherwise split from the next line's indentation as the model never saw it, and
+generates up to --max-tokens; the prediction is the first non-blank line after the completion's
+first newline, stripped. A prediction matches when it equals the stripped middle. Prints the exact
+match with its standard error and the request rate; --out writes one JSON line per item, --agree
+compares the predictions with another --out file of the same items.
 
 Usage: python3 scripts/fim-eval.py --url http://127.0.0.1:8080 --data .cache/fim/heldout.jsonl
          [--mode infill|suffix|prefix] [--limit N] [--max-tokens 48] [--out results.jsonl]
@@ -48,7 +48,8 @@ def post(url, body):
         fail(f"POST {url}: response is not JSON ({e})")
 
 
-def complete(args, item):
+def predict(args, item):
+    """The server's line for the item's middle, as the docstring describes for each mode."""
     if args.mode == "infill":
         body = {"input_prefix": item["prefix"], "input_suffix": item["suffix"], "input_extra": [], "prompt": "",
                 "n_predict": args.max_tokens, "temperature": 0, "top_k": 1, "stop": ["\n"], "cache_prompt": True}
@@ -64,9 +65,13 @@ def complete(args, item):
         url = f"{args.url}/v1/completions"
     response = post(url, body)
     try:
-        return response["content"] if args.mode == "infill" else response["choices"][0]["text"]
+        completion = response["content"] if args.mode == "infill" else response["choices"][0]["text"]
     except (KeyError, IndexError, TypeError):
         fail(f"POST {url}: unexpected response {json.dumps(response)[:500]}")
+    if args.mode != "prefix":
+        return completion.split("\n", 1)[0].strip()
+    following = completion.split("\n", 1)[1] if "\n" in completion else ""
+    return next((line.strip() for line in following.split("\n") if line.strip()), "")
 
 
 def read_jsonl(path):
@@ -101,12 +106,7 @@ def main():
 
     results, start = [], time.monotonic()
     for index, item in enumerate(items):
-        completion = complete(args, item)
-        if args.mode == "prefix":
-            following = completion.split("\n", 1)[1] if "\n" in completion else ""
-            prediction = next((line.strip() for line in following.split("\n") if line.strip()), "")
-        else:
-            prediction = completion.split("\n", 1)[0].strip()
+        prediction = predict(args, item)
         source = {k: item[k] for k in ("module", "function", "task_id") if k in item}
         results.append({"index": index, **source, "middle": item["middle"], "prediction": prediction,
                         "match": prediction == item["middle"].strip()})

